@@ -1,0 +1,1 @@
+"""The client: a sync Python API (``chunkyard.Client``) and the ``chunkyard`` CLI."""

@@ -1,0 +1,99 @@
+"""``chunkyard.Client``: the public Python API, so training code can push and pull."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..names import check_alias, check_name, check_tags, parse_ref
+from . import download, upload
+from .transport import Transport
+
+
+class Client:
+    """A connection to one gateway (``url``, else ``CHUNKYARD_URL``, else
+    ``http://127.0.0.1:8080``). Thread-safe; close it, or use it as a context manager."""
+
+    def __init__(self, url: str | None = None, *, progress: bool = False) -> None:
+        self.transport = Transport(url)
+        self.url = self.transport.url
+        self.show_progress = progress
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _bar(self, label: str):  # type: ignore[no-untyped-def]
+        from .progress import bar
+
+        return bar(label, enabled=None if self.show_progress else False)
+
+    def push(
+        self, path: str | os.PathLike, name: str, tags: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Push a file or directory as a new version of ``name`` (or return the latest
+        version if its content is identical). Returns a summary: ``name``, ``version``,
+        ``digest``, ``size``, ``files``, ``chunks_total``, ``chunks_new``,
+        ``bytes_uploaded``, ``created``."""
+        check_name(name)
+        tags = check_tags(tags)
+        with self._bar(f"push {name}") as factory:
+            return upload.push(self.transport, path, name, tags, factory)
+
+    def pull(self, ref: str, dest: str | os.PathLike) -> dict[str, Any]:
+        """Write ``name``, ``name@VERSION`` or ``name:ALIAS`` to ``dest``; every chunk and
+        the whole content are verified."""
+        name, version = parse_ref(ref)
+        with self._bar(f"pull {name}") as factory:
+            return download.pull(self.transport, name, version, dest, factory)
+
+    def show(self, ref: str) -> dict[str, Any]:
+        name, version = parse_ref(ref)
+        v = "latest" if version is None else str(version)
+        return self.transport.call("GET", f"/v1/artifacts/{name}/-/versions/{v}")
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        check_name(name)
+        out, cursor = [], 0
+        while cursor is not None:
+            page = self.transport.call(
+                "GET", f"/v1/artifacts/{name}/-/versions", params={"cursor": cursor}
+            )
+            out += page["versions"]
+            cursor = page["next"]
+        return out
+
+    def ls(self, prefix: str = "") -> list[dict[str, Any]]:
+        out, cursor = [], ""
+        while cursor is not None:
+            page = self.transport.call(
+                "GET", "/v1/artifacts", params={"prefix": prefix, "cursor": cursor}
+            )
+            out += page["artifacts"]
+            cursor = page["next"]
+        return out
+
+    def set_alias(
+        self, name: str, alias: str, version: int, expect: int | None = None
+    ) -> dict[str, Any]:
+        check_name(name)
+        check_alias(alias)
+        body: dict[str, Any] = {"version": version}
+        if expect is not None:
+            body["expect"] = expect
+        return self.transport.call("PUT", f"/v1/artifacts/{name}/-/aliases/{alias}", json=body)
+
+    def tag(self, ref: str, tags: dict[str, str]) -> dict[str, Any]:
+        name, version = parse_ref(ref)
+        v = "latest" if version is None else str(version)
+        return self.transport.call(
+            "POST", f"/v1/artifacts/{name}/-/versions/{v}/tags", json={"tags": check_tags(tags)}
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return self.transport.call("GET", "/v1/stats")

@@ -1,0 +1,239 @@
+"""The ``chunkyard`` command: a thin layer over ``chunkyard.Client`` (and ``serve``).
+
+It catches only :class:`~chunkyard.errors.ChunkyardError`, prints it plainly (or as
+JSON with ``--json``) and exits non-zero: 2 for bad input, 3 for not found, 4 for a
+conflict, 5 for an integrity failure, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..errors import (
+    ChunkyardError,
+    Conflict,
+    IntegrityFailure,
+    InvalidRequest,
+    NotFound,
+)
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--tag wants KEY=VALUE, got {p!r}")
+        out[key] = value
+    return out
+
+
+def _print(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else human)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..config import Settings
+    from ..server.app import create_app
+
+    settings = Settings.load(args.data, args.host, args.port)
+    print(
+        f"chunkyard gateway on http://{args.host}:{args.port}  catalog={settings.db_url}  "
+        f"store={settings.store_url}",
+        file=sys.stderr,
+    )
+    print(
+        f"push with:  CHUNKYARD_URL=http://{args.host}:{args.port} chunkyard push FILE "
+        "team/project/model",
+        file=sys.stderr,
+    )
+    if args.workers > 1:
+        os.environ.update(
+            CHUNKYARD_DATA=str(settings.data_dir),
+            CHUNKYARD_HOST=args.host,
+            CHUNKYARD_PORT=str(args.port),
+        )
+        uvicorn.run(
+            "chunkyard.server.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .api import Client
+
+    return Client(progress=not args.json and sys.stderr.isatty())
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.push(args.path, args.name, _tags(args.tag))
+    what = "new version" if r.get("created") else "unchanged, latest version"
+    _print(
+        args,
+        r,
+        f"{r['name']}@{r['version']}  ({what})\n"
+        f"  digest {r['digest']}\n  {_human_size(r['size'])} in {r['files']} file(s), "
+        f"{r['chunks_new']}/{r['chunks_total']} chunks new, "
+        f"{_human_size(r['bytes_uploaded'])} uploaded",
+    )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.pull(args.ref, args.dest)
+    _print(
+        args,
+        r,
+        f"{r['name']}@{r['version']} → {r['path']}  ({_human_size(r['size'])}, "
+        f"verified {r['digest'][:16]}…)",
+    )
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        items = c.ls(args.prefix or "")
+    lines = [f"{a['name']}  latest={a['latest']}  versions={a['versions']}" for a in items]
+    _print(args, items, "\n".join(lines) if lines else "(no artifacts)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        v = c.show(args.ref)
+    lines = [
+        f"{v['name']}@{v['version']}  kind={v['kind']}  layout={v['layout']}",
+        f"  digest  {v['digest']}",
+        f"  size    {_human_size(v['size'])} ({v['files']} file(s))",
+    ]
+    if v["aliases"]:
+        lines.append("  aliases " + ", ".join(v["aliases"]))
+    lines += [f"  tag     {k}={val}" for k, val in sorted(v["tags"].items())]
+    lines += [f"  file    {f['path']}  {_human_size(f['size'])}" for f in v["file_list"][:50]]
+    if len(v["file_list"]) > 50:
+        lines.append(f"  … {len(v['file_list']) - 50} more files")
+    _print(args, v, "\n".join(lines))
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.set_alias(args.name, args.alias, args.version, args.expect)
+    _print(args, r, f"{r['name']}:{r['alias']} → {r['version']} (was {r['previous']})")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.tag(args.ref, _tags(args.tag))
+    _print(args, r, f"{r['name']}@{r['version']} tags: {r['tags']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        s = c.stats()
+    ratio = s["dedup_ratio"]
+    _print(
+        args,
+        s,
+        f"artifacts {s['artifacts']}  versions {s['versions']}\n"
+        f"logical {_human_size(s['logical_bytes'])}  stored {_human_size(s['stored_bytes'])}"
+        f"  dedup ratio {ratio if ratio is not None else '-'}\n"
+        f"chunks {s['chunks']}  packs {s['packs']}",
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chunkyard", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    s = cmd("serve", cmd_serve, "run the gateway")
+    s.add_argument("--host", default=os.environ.get("CHUNKYARD_HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(os.environ.get("CHUNKYARD_PORT", "8080")))
+    s.add_argument("--data", default=os.environ.get("CHUNKYARD_DATA", "./chunkyard-data"))
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--log-level", default="warning")
+    s = cmd("push", cmd_push, "push a file or directory as a new version")
+    s.add_argument("path")
+    s.add_argument("name")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    s = cmd("pull", cmd_pull, "pull NAME[@VERSION|:ALIAS] to DEST")
+    s.add_argument("ref")
+    s.add_argument("dest")
+    s = cmd("ls", cmd_ls, "list artifacts")
+    s.add_argument("prefix", nargs="?")
+    s = cmd("show", cmd_show, "show NAME[@VERSION|:ALIAS]")
+    s.add_argument("ref")
+    s = cmd("tag", cmd_tag, "add write-once tags to a version")
+    s.add_argument("ref")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE", required=True)
+    a = sub.add_parser("alias", help="manage aliases")
+    asub = a.add_subparsers(dest="alias_command", required=True)
+    s = asub.add_parser("set", help="point NAME:ALIAS at VERSION")
+    s.set_defaults(fn=cmd_alias)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("version", type=int)
+    s.add_argument(
+        "--expect",
+        type=int,
+        help="only if the alias points at this version now (0: only if it does not exist)",
+    )
+    cmd("stats", cmd_stats, "storage statistics")
+    return p
+
+
+def exit_code(exc: ChunkyardError) -> int:
+    for cls, code in ((InvalidRequest, 2), (NotFound, 3), (Conflict, 4), (IntegrityFailure, 5)):
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ChunkyardError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps(exc.to_json()), file=sys.stdout)
+        print(f"chunkyard: error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

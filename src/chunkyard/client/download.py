@@ -1,0 +1,150 @@
+"""Pull: fetch pack ranges straight from the store, verify, write in order.
+
+Reconstruction pages (≤512 MiB of content each) are cut into fetch units of at most
+``UNIT_BYTES`` of pack data; ``DEPTH`` units are in flight, each fetched and decoded
+(every chunk id checked) on a worker thread, then written in order while the whole
+file's BLAKE3 is computed. Memory is bounded by ``DEPTH × UNIT_BYTES``, not file size.
+The file is written under a temporary name and renamed into place only once its
+digest matches, so a failed pull never leaves a wrong file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from ..digest import new_file_hasher
+from ..errors import DigestMismatch, InvalidRequest
+from ..names import check_path
+from ..packs import decode_run
+from .transport import Transport
+from .upload import pipelined
+
+UNIT_BYTES = 8 * 1024 * 1024
+DEPTH = 6
+
+
+def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
+    """Split each term of a page into fetch units at chunk boundaries."""
+    for term in page["terms"]:
+        url = page["urls"][term["pack"]]
+        lo, hi = term["skip"], term["skip"] + term["take"]  # raw bytes wanted of the term
+        group: list = []
+        raw_start = raw_pos = stored = 0
+        start = term["range"][0]
+        chunks = term["chunks"]
+        for i, c in enumerate(chunks):
+            group.append(c)
+            stored += c[1]
+            raw_pos += c[2]
+            if stored >= UNIT_BYTES or i == len(chunks) - 1:
+                skip = max(0, lo - raw_start)
+                take = min(hi, raw_pos) - (raw_start + skip)
+                if take > 0:
+                    yield (
+                        url,
+                        {
+                            "range": [start, start + stored],
+                            "chunks": group,
+                            "skip": skip,
+                            "take": take,
+                        },
+                    )
+                start += stored
+                group, stored, raw_start = [], 0, raw_pos
+
+
+class Downloader:
+    def __init__(self, transport: Transport, progress: Callable[[int], None] | None = None) -> None:
+        self.t = transport
+        self.progress = progress or (lambda n: None)
+        self.pool = ThreadPoolExecutor(DEPTH, thread_name_prefix="cy-get")
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch(self, job: tuple[dict, dict]) -> bytes:
+        url, unit = job
+        a, b = unit["range"]
+        resp = self.t.send(
+            url, headers={"range": f"bytes={a}-{b - 1}"}, what=f"read of pack range {a}-{b}"
+        )
+        if len(resp.content) != b - a:
+            raise DigestMismatch(
+                f"store returned {len(resp.content)} bytes for a {b - a}-byte range"
+            )
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        return decode_run(unit["chunks"], resp.content, unit["skip"], unit["take"], dctx)
+
+    def pages(self, base: str, index: int) -> Iterator[dict]:
+        start: int | None = 0
+        while start is not None:
+            page = self.t.call(
+                "GET", f"{base}/files/{index}/reconstruction", params={"start": start}
+            )
+            yield page
+            start = page["next"]
+
+    def file(self, base: str, entry: dict, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+        hasher = new_file_hasher()
+        try:
+            with open(tmp, "wb") as out:
+                jobs = (u for page in self.pages(base, entry["index"]) for u in _units(page))
+                for data in pipelined(self.pool, self._fetch, jobs, DEPTH):
+                    hasher.update(data)
+                    out.write(data)
+                    self.progress(len(data))
+            if hasher.hexdigest() != entry["digest"]:
+                raise DigestMismatch(
+                    f"{entry['path']}: content does not match its digest",
+                    path=entry["path"],
+                    expected=entry["digest"],
+                    got=hasher.hexdigest(),
+                )
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def pull(
+    transport: Transport,
+    name: str,
+    ref: str | int | None,
+    dest: str | os.PathLike,
+    progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+) -> dict[str, Any]:
+    """Write version ``ref`` of ``name`` to ``dest``; returns the version summary."""
+    ref_text = "latest" if ref is None else str(ref)
+    base = f"/v1/artifacts/{name}/-/versions/{ref_text}"
+    v = transport.call("GET", base)
+    base = f"/v1/artifacts/{name}/-/versions/{v['version']}"  # pin: aliases may move
+    dest = Path(dest)
+    files = v["file_list"]
+    if v["layout"] == "file":
+        target = dest / files[0]["path"] if dest.is_dir() else dest
+        targets = [(files[0], target)]
+    else:
+        if dest.exists() and not dest.is_dir():
+            raise InvalidRequest(f"{dest} exists and is not a directory")
+        targets = [(f, dest / check_path(f["path"])) for f in files]
+    progress = progress_factory(v["size"]) if progress_factory else None
+    d = Downloader(transport, progress)
+    try:
+        for entry, target in targets:
+            d.file(base, entry, target)
+    finally:
+        d.close()
+    return {**v, "path": str(targets[0][1] if v["layout"] == "file" else dest)}

@@ -1,0 +1,60 @@
+"""Gateway settings from command-line options and ``CHUNKYARD_*`` environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    db_url: str
+    store_url: str
+    public_url: str
+    secret: bytes
+    #: lifetime of presigned URLs, seconds (CHUNKYARD_URL_EXPIRY)
+    url_expiry: int = 900
+    #: lifetime of an upload session, seconds
+    session_ttl: int = 7 * 24 * 3600
+
+    @classmethod
+    def load(
+        cls, data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8080
+    ) -> Settings:
+        env = os.environ
+        data = Path(data_dir or env.get("CHUNKYARD_DATA", "./chunkyard-data")).resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        db_url = env.get("CHUNKYARD_DB") or f"sqlite:///{data / 'catalog.db'}"
+        store_url = env.get("CHUNKYARD_STORE") or (data / "store").as_uri()
+        public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        public_url = env.get("CHUNKYARD_PUBLIC_URL") or f"http://{public_host}:{port}"
+        return cls(
+            data_dir=data,
+            db_url=db_url,
+            store_url=store_url,
+            public_url=public_url.rstrip("/"),
+            secret=_load_secret(data),
+            url_expiry=int(env.get("CHUNKYARD_URL_EXPIRY", "900")),
+        )
+
+
+def _load_secret(data: Path) -> bytes:
+    """The signing secret: CHUNKYARD_SECRET, or one kept in the data dir so that URLs
+    stay valid across restarts and across gateway workers sharing the data dir."""
+    if os.environ.get("CHUNKYARD_SECRET"):
+        return os.environ["CHUNKYARD_SECRET"].encode()
+    path = data / "secret.key"
+    if not path.exists():
+        tmp = data / f".secret.{os.getpid()}.tmp"
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # first writer wins when several workers start at once
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip().encode()

@@ -1,0 +1,169 @@
+"""One exception tree for the whole project.
+
+    ChunkyardError                 (code, HTTP status)
+    ├── InvalidRequest             400  bad_request
+    │   ├── InvalidName            400  invalid_name
+    │   ├── InvalidDigest          400  invalid_digest
+    │   ├── InvalidManifest        400  invalid_manifest
+    │   ├── BodyTooLarge           413  body_too_large
+    │   └── RangeNotSatisfiable    416  range_not_satisfiable
+    ├── NotFound                   404  not_found
+    │   ├── ArtifactNotFound       404  artifact_not_found
+    │   ├── VersionNotFound        404  version_not_found
+    │   ├── SessionNotFound        404  session_not_found
+    │   └── PackNotFound           404  pack_not_found
+    ├── Conflict                   409  conflict
+    │   ├── TagConflict            409  tag_conflict
+    │   └── AliasConflict          409  alias_conflict
+    ├── Forbidden                  403  forbidden
+    │   ├── BadSignature           403  bad_signature
+    │   └── UrlExpired             403  url_expired
+    ├── IntegrityFailure           422  integrity_failure
+    │   ├── PackCorrupt            422  pack_corrupt
+    │   ├── DigestMismatch         422  digest_mismatch
+    │   └── UntrustedChunks        422  untrusted_chunks
+    ├── StoreError                 502  store_error
+    │   └── StoreObjectMissing     502  store_object_missing
+    └── GatewayUnavailable         503  gateway_unavailable  (client side: cannot reach it)
+
+Foreign errors (botocore, Azure, Google, SQLAlchemy, httpx) are translated at the
+boundary with the original chained as ``__cause__``. The HTTP API maps this tree to
+JSON ``{"error": {"code", "message", "detail"}}`` in exactly one place
+(``server/errors.py``); the client maps it back with :func:`from_json`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChunkyardError(Exception):
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail:
+            body["detail"] = self.detail
+        return {"error": body}
+
+
+class InvalidRequest(ChunkyardError):
+    code, status = "bad_request", 400
+
+
+class InvalidName(InvalidRequest):
+    code = "invalid_name"
+
+
+class InvalidDigest(InvalidRequest):
+    code = "invalid_digest"
+
+
+class InvalidManifest(InvalidRequest):
+    code = "invalid_manifest"
+
+
+class BodyTooLarge(InvalidRequest):
+    code, status = "body_too_large", 413
+
+
+class RangeNotSatisfiable(InvalidRequest):
+    code, status = "range_not_satisfiable", 416
+
+
+class NotFound(ChunkyardError):
+    code, status = "not_found", 404
+
+
+class ArtifactNotFound(NotFound):
+    code = "artifact_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class PackNotFound(NotFound):
+    code = "pack_not_found"
+
+
+class Conflict(ChunkyardError):
+    code, status = "conflict", 409
+
+
+class TagConflict(Conflict):
+    code = "tag_conflict"
+
+
+class AliasConflict(Conflict):
+    code = "alias_conflict"
+
+
+class Forbidden(ChunkyardError):
+    code, status = "forbidden", 403
+
+
+class BadSignature(Forbidden):
+    code = "bad_signature"
+
+
+class UrlExpired(Forbidden):
+    code = "url_expired"
+
+
+class IntegrityFailure(ChunkyardError):
+    code, status = "integrity_failure", 422
+
+
+class PackCorrupt(IntegrityFailure):
+    code = "pack_corrupt"
+
+
+class DigestMismatch(IntegrityFailure):
+    code = "digest_mismatch"
+
+
+class UntrustedChunks(IntegrityFailure):
+    code = "untrusted_chunks"
+
+
+class StoreError(ChunkyardError):
+    code, status = "store_error", 502
+
+
+class StoreObjectMissing(StoreError):
+    code = "store_object_missing"
+
+
+class GatewayUnavailable(ChunkyardError):
+    code, status = "gateway_unavailable", 503
+
+
+def _all_subclasses(cls: type[ChunkyardError]) -> list[type[ChunkyardError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def from_json(status: int, body: Any) -> ChunkyardError:
+    """Rebuild the typed error a gateway sent, so clients can ``except`` precisely."""
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    code = err.get("code", "error")
+    message = err.get("message") or f"gateway answered HTTP {status}"
+    for cls in _all_subclasses(ChunkyardError):
+        if cls.code == code:
+            return cls(message, **(err.get("detail") or {}))
+    exc = ChunkyardError(message, **(err.get("detail") or {}))
+    exc.code, exc.status = code, status
+    return exc

@@ -1,0 +1,461 @@
+"""The upload protocol: session → missing chunks → packs (presigned parts) → commit.
+
+Trust: a pack's chunks enter the dedup index only after the gateway has read the pack
+back from the store and checked its id and every chunk id (``packs.verify``). A commit
+may name only chunks of verified packs; term sizes are recomputed from the catalog,
+never taken from the client.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import anyio
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import packs as packfmt
+from ..catalog.db import insert_ignoring_duplicates
+from ..catalog.schema import (
+    artifacts,
+    chunks,
+    pack_entries,
+    packs,
+    sessions,
+    version_files,
+    versions,
+)
+from ..digest import DIGEST_SIZE, check_hex, tree_digest
+from ..errors import (
+    BodyTooLarge,
+    InvalidManifest,
+    InvalidRequest,
+    PackCorrupt,
+    PackNotFound,
+    SessionNotFound,
+    UntrustedChunks,
+    VersionNotFound,
+)
+from ..manifest import Term, dumps, loads, parse_terms
+from ..names import check_name, check_path, check_tags
+from ..stores.base import CompletedPart
+from .artifacts import apply_tags, version_json
+from .core import Gateway, pack_key
+
+#: ids per missing-chunk query: 64 Ki ids = a 2 MiB body
+MAX_QUERY_IDS = 65536
+MAX_FILES = 1_000_000
+
+
+async def create_session(gw: Gateway, name: object) -> dict[str, Any]:
+    name = check_name(name)
+    sid, now = uuid.uuid4().hex, time.time()
+    async with gw.db.write() as conn:
+        await conn.execute(
+            sessions.insert().values(
+                id=sid,
+                artifact_name=name,
+                state="open",
+                created_at=now,
+                expires_at=now + gw.settings.session_ttl,
+            )
+        )
+    return {
+        "session": sid,
+        "name": name,
+        "expires_at": now + gw.settings.session_ttl,
+        "part_checksum": gw.store.part_checksum,
+        "sequential_parts": gw.store.sequential_parts,
+        "pack_target_size": packfmt.TARGET_SIZE,
+        "pack_max_size": packfmt.MAX_SIZE,
+        "query_batch": MAX_QUERY_IDS,
+    }
+
+
+async def _session(conn: AsyncConnection, sid: str, open_only: bool = True):  # type: ignore[no-untyped-def]
+    row = (await conn.execute(select(sessions).where(sessions.c.id == sid))).first()
+    if row is None or row.expires_at < time.time():
+        raise SessionNotFound(f"no open upload session {sid!r}", session=sid)
+    if open_only and row.state != "open":
+        raise SessionNotFound(f"upload session {sid!r} is already committed", session=sid)
+    return row
+
+
+async def find_chunks(gw: Gateway, sid: str, body: bytes) -> dict[str, Any]:
+    """Which of these chunk ids are already stored (in verified packs), and where."""
+    if len(body) % DIGEST_SIZE:
+        raise InvalidRequest("body must be a concatenation of 32-byte chunk ids")
+    n = len(body) // DIGEST_SIZE
+    if n > MAX_QUERY_IDS:
+        raise BodyTooLarge(f"at most {MAX_QUERY_IDS} chunk ids per query", limit=MAX_QUERY_IDS)
+    ids = [body[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i in range(n)]
+    found: dict[bytes, tuple[str, int]] = {}
+    async with gw.db.read() as conn:
+        await _session(conn, sid)
+        unique = list(set(ids))
+        for i in range(0, len(unique), 500):
+            rows = await conn.execute(
+                select(chunks.c.id, chunks.c.pack_id, chunks.c.idx).where(
+                    chunks.c.id.in_(unique[i : i + 500])
+                )
+            )
+            for r in rows:
+                found[bytes(r.id)] = (r.pack_id, r.idx)
+    pack_pos: dict[str, int] = {}
+    locations: list[list[int] | None] = []
+    for cid in ids:
+        loc = found.get(cid)
+        if loc is None:
+            locations.append(None)
+        else:
+            locations.append([pack_pos.setdefault(loc[0], len(pack_pos)), loc[1]])
+    return {"packs": list(pack_pos), "locations": locations}
+
+
+async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
+    """Start (or resume) the multipart upload of one pack; returns presigned parts.
+
+    Calling it again for a pack still uploading returns fresh URLs for the same upload,
+    so a client whose URLs expired, or that restarted, goes on where it was.
+    """
+    pack_id = check_hex(body.get("pack"), "pack id")
+    size = body.get("size")
+    if not isinstance(size, int) or not (
+        packfmt.HEADER_SIZE + packfmt.FOOTER_SIZE <= size <= packfmt.MAX_SIZE
+    ):
+        raise InvalidRequest(
+            f"pack size must be between {packfmt.HEADER_SIZE + packfmt.FOOTER_SIZE}"
+            f" and {packfmt.MAX_SIZE} bytes"
+        )
+    plan = gw.store.plan_parts(size)
+    checksums = body.get("checksums")
+    if gw.store.part_checksum and not (
+        isinstance(checksums, list)
+        and len(checksums) == len(plan)
+        and all(isinstance(c, str) and len(c) < 100 for c in checksums)
+    ):
+        raise InvalidRequest(
+            f"this store needs a {gw.store.part_checksum} checksum per part",
+            parts=[p.size for p in plan],
+        )
+    key = pack_key(pack_id)
+    async with gw.db.read() as conn:
+        await _session(conn, sid)
+        row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+    if row is not None and row.state == "verified":
+        return {"pack": pack_id, "state": "verified", "parts": []}
+    if row is not None and row.size != size:
+        raise InvalidRequest(f"pack {pack_id} is being uploaded with size {row.size}")
+    if row is None:
+        upload_id = await gw.store.create_upload(key, size)
+        async with gw.db.write() as conn:
+            row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+            if row is None:
+                await conn.execute(
+                    packs.insert().values(
+                        id=pack_id,
+                        size=size,
+                        chunk_count=0,
+                        state="uploading",
+                        session_id=sid,
+                        upload_id=upload_id,
+                        created_at=time.time(),
+                    )
+                )
+        if row is not None:  # another session began the same pack meanwhile: join it
+            await gw.store.abort_upload(key, upload_id)
+            upload_id = row.upload_id
+    else:
+        upload_id = row.upload_id
+    expiry = gw.settings.url_expiry
+    parts = []
+    for i, part in enumerate(plan):
+        req = await gw.store.presign_part(
+            key, upload_id, part, size, checksums[i] if gw.store.part_checksum else None, expiry
+        )
+        parts.append(
+            {"number": part.number, "offset": part.offset, "size": part.size, **req.to_json()}
+        )
+    return {
+        "pack": pack_id,
+        "state": "uploading",
+        "parts": parts,
+        "sequential": gw.store.sequential_parts,
+        "expires_in": expiry,
+    }
+
+
+async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict[str, Any]:
+    """Assemble the parts, read the pack back and verify every chunk, then index it.
+
+    A pack that fails verification is deleted from the store and the catalog: it never
+    becomes visible, and the client gets ``pack_corrupt``.
+    """
+    check_hex(pack_id, "pack id")
+    raw_parts = body.get("parts", [])
+    if not isinstance(raw_parts, list) or len(raw_parts) > 10_000:
+        raise InvalidRequest("parts must be a list of {number, etag}")
+    try:
+        completed = [CompletedPart(int(p["number"]), str(p.get("etag", ""))) for p in raw_parts]
+    except (KeyError, TypeError, ValueError):
+        raise InvalidRequest("parts must be a list of {number, etag}") from None
+    async with gw.db.read() as conn:
+        await _session(conn, sid)
+        row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+    if row is None:
+        raise PackNotFound(f"pack {pack_id} was never begun", pack=pack_id)
+    if row.state == "verified":
+        return {"pack": pack_id, "state": "verified", "chunks": row.chunk_count}
+    key = pack_key(pack_id)
+    info = await gw.store.stat(key)
+    if info is None or info.size != row.size:
+        await gw.store.complete_upload(key, row.upload_id, completed)
+    try:
+        data = await gw.store.get(key)
+        if len(data) != row.size:
+            raise PackCorrupt(
+                f"pack {pack_id} has {len(data)} bytes, expected {row.size}", pack=pack_id
+            )
+        entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, data)
+        del data
+    except PackCorrupt:
+        await gw.store.delete(key)
+        async with gw.db.write() as conn:
+            await conn.execute(
+                packs.delete().where(packs.c.id == pack_id, packs.c.state == "uploading")
+            )
+        raise
+    async with gw.db.write() as conn:
+        cur = (await conn.execute(select(packs.c.state).where(packs.c.id == pack_id))).scalar()
+        if cur == "verified":
+            return {"pack": pack_id, "state": "verified", "chunks": len(entries)}
+        await conn.execute(
+            packs.update()
+            .where(packs.c.id == pack_id)
+            .values(state="verified", chunk_count=len(entries), verified_at=time.time())
+        )
+        rows = [
+            {
+                "pack_id": pack_id,
+                "idx": i,
+                "chunk_id": e.chunk_id,
+                "offset": e.offset,
+                "stored_len": e.stored_len,
+                "raw_len": e.raw_len,
+                "scheme": e.scheme,
+            }
+            for i, e in enumerate(entries)
+        ]
+        if rows:
+            await conn.execute(pack_entries.insert(), rows)
+            await conn.execute(
+                insert_ignoring_duplicates(conn.dialect.name, chunks),
+                [{"id": e.chunk_id, "pack_id": pack_id, "idx": i} for i, e in enumerate(entries)],
+            )
+    return {"pack": pack_id, "state": "verified", "chunks": len(entries)}
+
+
+def _parse_commit(body: dict) -> tuple[str, list[dict], dict[str, str]]:
+    layout = body.get("layout")
+    if layout not in ("file", "tree"):
+        raise InvalidManifest("layout must be 'file' or 'tree'")
+    files = body.get("files")
+    if not isinstance(files, list) or len(files) > MAX_FILES:
+        raise InvalidManifest("files must be a list")
+    if layout == "file" and len(files) != 1:
+        raise InvalidManifest("a 'file' version has exactly one file")
+    out, seen = [], set()
+    for f in files:
+        if not isinstance(f, dict):
+            raise InvalidManifest("each file is an object")
+        path = check_path(f.get("path"))
+        if path in seen:
+            raise InvalidManifest(f"file {path!r} appears twice")
+        seen.add(path)
+        size = f.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidManifest(f"file {path!r} needs a non-negative integer size")
+        digest = check_hex(f.get("digest"), f"digest of {path!r}")
+        entry: dict[str, Any] = {"path": path, "size": size, "digest": digest}
+        if "from_version" in f:
+            if not isinstance(f["from_version"], int):
+                raise InvalidManifest("from_version must be a version number")
+            entry["from_version"] = f["from_version"]
+        else:
+            entry["terms"] = parse_terms(f.get("terms", []))
+            if not entry["terms"] and size:
+                raise InvalidManifest(f"file {path!r} has bytes but no terms")
+        out.append(entry)
+    return layout, out, check_tags(body.get("tags"))
+
+
+async def _resolve_terms(
+    conn: AsyncConnection, path: str, size: int, terms: list[Term], pack_cache: dict
+) -> list[Term]:
+    resolved, total = [], 0
+    for t in terms:
+        if t.pack not in pack_cache:
+            pack_cache[t.pack] = (
+                await conn.execute(
+                    select(packs.c.state, packs.c.chunk_count).where(packs.c.id == t.pack)
+                )
+            ).first()
+        p = pack_cache[t.pack]
+        if p is None or p.state != "verified":
+            raise UntrustedChunks(
+                f"file {path!r} names pack {t.pack}, which is not a verified pack", pack=t.pack
+            )
+        if t.end > p.chunk_count:
+            raise InvalidManifest(
+                f"pack {t.pack} has {p.chunk_count} chunks, term asks for {t.first}..{t.end}"
+            )
+        n = (
+            await conn.execute(
+                select(func.sum(pack_entries.c.raw_len)).where(
+                    pack_entries.c.pack_id == t.pack,
+                    pack_entries.c.idx >= t.first,
+                    pack_entries.c.idx < t.end,
+                )
+            )
+        ).scalar_one()
+        resolved.append(Term(t.pack, t.first, t.end, int(n)))
+        total += int(n)
+    if total != size:
+        raise InvalidManifest(
+            f"terms of {path!r} cover {total} bytes, but its size is {size}",
+            path=path,
+            covered=total,
+            size=size,
+        )
+    return resolved
+
+
+async def commit(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
+    """Create the new version in one transaction: it appears whole or not at all.
+
+    Content identical to the latest version (same layout and digest) returns that
+    version instead of creating a new one.
+    """
+    layout, files, new_tags = _parse_commit(body)
+    digest = (
+        files[0]["digest"]
+        if layout == "file"
+        else tree_digest((f["path"], f["size"], f["digest"]) for f in files)
+    )
+    for attempt in range(5):
+        try:
+            return await _commit_once(gw, sid, layout, files, new_tags, digest)
+        except IntegrityError:  # a concurrent writer took the number (PostgreSQL); retry
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _commit_once(
+    gw: Gateway, sid: str, layout: str, files: list[dict], new_tags: dict[str, str], digest: str
+) -> dict[str, Any]:
+    async with gw.db.write() as conn:
+        sess = await _session(conn, sid, open_only=False)
+        name = sess.artifact_name
+        if sess.state == "committed":  # a retried commit: answer what it made
+            v = (await conn.execute(select(versions).where(versions.c.id == sess.version_id))).one()
+            return {**await version_json(conn, name, v), "created": False}
+        now = time.time()
+        art = (await conn.execute(select(artifacts).where(artifacts.c.name == name))).first()
+        if art is None:
+            art_id = (
+                await conn.execute(artifacts.insert().values(name=name, created_at=now))
+            ).inserted_primary_key[0]
+        else:
+            art_id = art.id
+        latest = (
+            await conn.execute(
+                select(versions)
+                .where(versions.c.artifact_id == art_id)
+                .order_by(versions.c.number.desc())
+                .limit(1)
+            )
+        ).first()
+        if (
+            latest is not None
+            and latest.kind == "stored"
+            and latest.layout == layout
+            and latest.digest == digest
+        ):
+            await apply_tags(conn, latest.id, new_tags)
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == sid)
+                .values(state="committed", version_id=latest.id)
+            )
+            return {**await version_json(conn, name, latest), "created": False}
+        pack_cache: dict = {}
+        rows = []
+        for idx, f in enumerate(files):
+            if "from_version" in f:
+                src = (
+                    await conn.execute(
+                        select(version_files.c.manifest)
+                        .join(versions, versions.c.id == version_files.c.version_id)
+                        .where(
+                            versions.c.artifact_id == art_id,
+                            versions.c.number == f["from_version"],
+                            version_files.c.digest == f["digest"],
+                            version_files.c.size == f["size"],
+                        )
+                        .limit(1)
+                    )
+                ).first()
+                if src is None:
+                    raise VersionNotFound(
+                        f"version {f['from_version']} of {name!r} has no file "
+                        f"with digest {f['digest']}"
+                    )
+                manifest = src.manifest
+                loads(manifest)
+            else:
+                manifest = dumps(
+                    await _resolve_terms(conn, f["path"], f["size"], f["terms"], pack_cache)
+                )
+            rows.append(
+                {
+                    "idx": idx,
+                    "path": f["path"],
+                    "size": f["size"],
+                    "digest": f["digest"],
+                    "manifest": manifest,
+                }
+            )
+        number = (
+            (
+                await conn.execute(
+                    select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
+                )
+            ).scalar()
+            or 0
+        ) + 1
+        vid = (
+            await conn.execute(
+                versions.insert().values(
+                    artifact_id=art_id,
+                    number=number,
+                    kind="stored",
+                    layout=layout,
+                    digest=digest,
+                    size=sum(f["size"] for f in files),
+                    file_count=len(files),
+                    created_at=now,
+                )
+            )
+        ).inserted_primary_key[0]
+        if rows:
+            await conn.execute(version_files.insert(), [{"version_id": vid, **r} for r in rows])
+        await apply_tags(conn, vid, new_tags)
+        await conn.execute(
+            sessions.update().where(sessions.c.id == sid).values(state="committed", version_id=vid)
+        )
+        v = (await conn.execute(select(versions).where(versions.c.id == vid))).one()
+        return {**await version_json(conn, name, v), "created": True}

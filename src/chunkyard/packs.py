@@ -1,0 +1,215 @@
+"""The pack format: many compressed chunks in one immutable object, then an index.
+
+    pack   = header record* index footer
+    header = "CYPK" version:u16 reserved:u16                         (8 bytes)
+    record = zstd frame, or the raw chunk where zstd does not shrink it
+    index  = entry*                                                  (52 bytes each)
+    entry  = chunk_id:32 offset:u64 stored_len:u32 raw_len:u32 scheme:u8 pad:3
+    footer = index_offset:u64 count:u32 version:u16 reserved:u16
+             index_check:16 magic:"CYPKIDX\\0"                       (40 bytes)
+
+All integers little-endian. A pack's id is the BLAKE3 of all its bytes. FORMAT.md
+specifies it in prose; this module is the only code that knows the byte layout and
+does no I/O beyond bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from .digest import chunk_id
+from .errors import PackCorrupt
+
+FORMAT_VERSION = 1
+MAGIC = b"CYPK"
+FOOTER_MAGIC = b"CYPKIDX\0"
+HEADER = struct.Struct("<4sHH")
+ENTRY = struct.Struct("<32sQIIB3x")
+FOOTER = struct.Struct("<QIHH16s8s")
+HEADER_SIZE = HEADER.size  # 8
+FOOTER_SIZE = FOOTER.size  # 40
+
+SCHEME_RAW = 0
+SCHEME_ZSTD = 1
+ZSTD_LEVEL = 1
+
+#: Packs close once they reach this many bytes. 32 MiB keeps a few packs in flight
+#: within the client's memory budget and makes a pack a handful of multipart parts.
+TARGET_SIZE = 32 * 1024 * 1024
+#: Hard limit of the format.
+MAX_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    chunk_id: bytes
+    offset: int
+    stored_len: int
+    raw_len: int
+    scheme: int
+
+
+@dataclass(frozen=True)
+class Pack:
+    id: str
+    data: bytes
+    entries: list[Entry]
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def compress(
+    cctx: zstandard.ZstdCompressor, raw: bytes | memoryview
+) -> tuple[int, bytes | memoryview]:
+    """zstd level 1, or the raw bytes where compression does not shrink them."""
+    out = cctx.compress(raw)
+    if len(out) < len(raw):
+        return SCHEME_ZSTD, out
+    return SCHEME_RAW, raw
+
+
+def new_compressor() -> zstandard.ZstdCompressor:
+    """One per thread: zstd contexts are not thread-safe."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
+
+
+class PackWriter:
+    """Accumulates chunk records in memory; ``finish`` appends index and footer."""
+
+    def __init__(self, target_size: int = TARGET_SIZE) -> None:
+        if not HEADER_SIZE + FOOTER_SIZE < target_size <= MAX_SIZE:
+            raise ValueError("target_size out of range")
+        self.target_size = target_size
+        self._buf = bytearray(HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+        self.entries: list[Entry] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def fits(self, stored_len: int) -> bool:
+        """True if a record of ``stored_len`` bytes keeps the pack within target."""
+        projected = len(self._buf) + stored_len + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
+        return not self.entries or projected <= self.target_size
+
+    def add(self, cid: bytes, raw_len: int, scheme: int, stored: bytes | memoryview) -> int:
+        index = len(self.entries)
+        self.entries.append(Entry(cid, len(self._buf), len(stored), raw_len, scheme))
+        self._buf += stored
+        return index
+
+    def finish(self) -> Pack:
+        index = b"".join(
+            ENTRY.pack(e.chunk_id, e.offset, e.stored_len, e.raw_len, e.scheme)
+            for e in self.entries
+        )
+        index_offset = len(self._buf)
+        check = blake3.blake3(index).digest()[:16]
+        self._buf += index
+        self._buf += FOOTER.pack(
+            index_offset, len(self.entries), FORMAT_VERSION, 0, check, FOOTER_MAGIC
+        )
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return Pack(
+            blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.entries
+        )
+
+
+def parse_footer(tail: bytes, pack_size: int) -> tuple[int, int]:
+    """(index_offset, count) from the last FOOTER_SIZE bytes of a pack."""
+    if len(tail) != FOOTER_SIZE or pack_size < HEADER_SIZE + FOOTER_SIZE:
+        raise PackCorrupt("pack is too short to hold a footer")
+    index_offset, count, version, _, _, magic = FOOTER.unpack(tail)
+    if magic != FOOTER_MAGIC:
+        raise PackCorrupt("pack footer magic is wrong")
+    if version != FORMAT_VERSION:
+        raise PackCorrupt(f"unsupported pack format version {version}")
+    if index_offset + count * ENTRY.size + FOOTER_SIZE != pack_size:
+        raise PackCorrupt("pack index does not fit the pack size")
+    return index_offset, count
+
+
+def parse_index(index: bytes, expected_check: bytes | None = None) -> list[Entry]:
+    if expected_check is not None and blake3.blake3(index).digest()[:16] != expected_check:
+        raise PackCorrupt("pack index checksum does not match")
+    return [Entry(*fields) for fields in ENTRY.iter_unpack(index)]
+
+
+def read_index(data: bytes) -> list[Entry]:
+    """Parse the index of a whole pack held in memory, checking its structure."""
+    if len(data) > MAX_SIZE:
+        raise PackCorrupt("pack is larger than the format allows")
+    if len(data) < HEADER_SIZE + FOOTER_SIZE:
+        raise PackCorrupt("pack is too short")
+    magic, version, _ = HEADER.unpack_from(data)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise PackCorrupt("pack header is not a chunkyard pack of a known version")
+    index_offset, count = parse_footer(data[-FOOTER_SIZE:], len(data))
+    check = FOOTER.unpack(data[-FOOTER_SIZE:])[4]
+    entries = parse_index(data[index_offset : index_offset + count * ENTRY.size], check)
+    pos = HEADER_SIZE
+    for e in entries:
+        if e.offset != pos or e.scheme not in (SCHEME_RAW, SCHEME_ZSTD):
+            raise PackCorrupt("pack records are not contiguous or use an unknown scheme")
+        if e.scheme == SCHEME_RAW and e.stored_len != e.raw_len:
+            raise PackCorrupt("raw record length differs from chunk length")
+        pos += e.stored_len
+    if pos != index_offset:
+        raise PackCorrupt("pack records do not end where the index starts")
+    return entries
+
+
+def decode(
+    entry: Entry, stored: bytes | memoryview, dctx: zstandard.ZstdDecompressor | None = None
+) -> bytes | memoryview:
+    """Raw chunk bytes of one record, verified against its chunk id."""
+    if entry.scheme == SCHEME_ZSTD:
+        try:
+            raw = (dctx or zstandard.ZstdDecompressor()).decompress(
+                stored, max_output_size=entry.raw_len
+            )
+        except zstandard.ZstdError as exc:
+            raise PackCorrupt(f"chunk {entry.chunk_id.hex()} does not decompress") from exc
+    else:
+        raw = stored
+    if len(raw) != entry.raw_len or chunk_id(raw) != entry.chunk_id:
+        raise PackCorrupt(
+            f"chunk {entry.chunk_id.hex()} does not match its id", chunk=entry.chunk_id.hex()
+        )
+    return raw
+
+
+def verify(pack_id: str, data: bytes) -> list[Entry]:
+    """Check a whole pack: its id, its structure and every chunk id. Returns the index."""
+    if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != pack_id:
+        raise PackCorrupt(f"pack {pack_id} does not hash to its id", pack=pack_id)
+    entries = read_index(data)
+    dctx = zstandard.ZstdDecompressor()
+    view = memoryview(data)
+    for e in entries:
+        decode(e, view[e.offset : e.offset + e.stored_len], dctx)
+    return entries
+
+
+def decode_run(
+    chunks: list, data: bytes, skip: int, take: int, dctx: zstandard.ZstdDecompressor | None = None
+) -> bytes:
+    """Raw bytes ``[skip, skip+take)`` of consecutive records ``data``, each described
+    by ``[chunk_id_hex, stored_len, raw_len, scheme]`` and verified against its id."""
+    view = memoryview(data)
+    out = bytearray()
+    pos = 0
+    dctx = dctx or zstandard.ZstdDecompressor()
+    for cid, stored_len, raw_len, scheme in chunks:
+        entry = Entry(bytes.fromhex(cid), pos, stored_len, raw_len, scheme)
+        out += decode(entry, view[pos : pos + stored_len], dctx)
+        pos += stored_len
+    if pos != len(data):
+        raise PackCorrupt(f"pack range holds {len(data)} bytes, records need {pos}")
+    return bytes(out[skip : skip + take])

@@ -1,0 +1,48 @@
+"""Pick a store from a URL; cloud backends are imported only when asked for, so a
+gateway on a local directory needs none of the cloud SDKs installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..errors import InvalidRequest
+from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store
+
+__all__ = ["CompletedPart", "ObjectInfo", "PartPlan", "PresignedRequest", "Store", "open_store"]
+
+
+def open_store(url: str, *, public_url: str = "", secret: bytes = b"") -> Store:
+    """``file:///dir`` or a plain path → local; ``s3://``, ``gs://``, ``az://`` → cloud.
+
+    ``public_url`` and ``secret`` matter only to the local store, whose presigned URLs
+    point at the gateway's own blob endpoint.
+    """
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "s3":
+        from .s3 import S3Store
+
+        return S3Store(url)
+    if scheme == "gs":
+        from .gcs import GCSStore
+
+        return GCSStore(url)
+    if scheme == "az":
+        from .azure import AzureStore
+
+        return AzureStore(url)
+    if scheme == "file":
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidRequest(f"file:// store URLs must be local, got {url!r}")
+        root = Path(unquote(parsed.path))
+    elif scheme == "" or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # C:\ on Windows
+        root = Path(url).expanduser()
+    else:
+        raise InvalidRequest(
+            f"unknown store URL scheme {scheme!r} in {url!r} "
+            "(use a path, file://, s3://, gs:// or az://)"
+        )
+    from .local import LocalStore
+
+    return LocalStore(root, public_url=public_url, secret=secret)

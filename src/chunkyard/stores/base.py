@@ -1,0 +1,144 @@
+"""The narrow interface every store (local, S3, GCS, Azure) implements.
+
+Rules every implementation keeps (the shared contract suite in
+``tests/stores/contract.py`` checks them against each store):
+
+- Objects are write-once: a key is written by ``put`` or by a completed multipart
+  upload, never modified afterwards. Only GC deletes.
+- ``get`` with ``start``/``end`` returns exactly bytes ``[start, end)``; reading a
+  missing key raises :class:`~chunkyard.errors.StoreObjectMissing`.
+- ``stat`` returns ``None`` for a missing key; ``delete`` of a missing key is fine.
+- Multipart uploads: ``create_upload`` → ``presign_part`` for each part of
+  ``plan_parts(size)`` (clients PUT those URLs directly, in parallel unless
+  ``sequential_parts``) → ``complete_upload`` makes the object appear whole, atomically.
+  ``abort_upload`` discards the parts.
+- Presigned requests are short-lived and name exactly one part of one object
+  (uploads) or one object (reads; the client adds a ``Range`` header).
+- Every foreign error is translated into :class:`~chunkyard.errors.StoreError`
+  naming the store and the operation, with the original chained.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PresignedRequest:
+    """An HTTP request a client sends straight to the store."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "url": self.url, "headers": self.headers}
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    number: int  # 1-based, as S3 numbers parts
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    number: int
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str = ""
+    version_id: str | None = None
+    last_modified: str | None = None
+
+
+def plan_even_parts(size: int, part_size: int) -> list[PartPlan]:
+    """Cut ``size`` bytes into parts of ``part_size`` (the last one shorter)."""
+    if size <= 0:
+        return [PartPlan(1, 0, 0)]
+    parts, offset, number = [], 0, 1
+    while offset < size:
+        n = min(part_size, size - offset)
+        parts.append(PartPlan(number, offset, n))
+        offset += n
+        number += 1
+    return parts
+
+
+class Store(abc.ABC):
+    """Where packs live. Keys are relative ``/``-separated paths under the store's
+    prefix (``packs/ab/abcd…``); the store adds its own prefix."""
+
+    #: URL the store was configured from (``file:///…``, ``s3://bucket/prefix``)
+    url: str
+    #: checksum the client must compute per part and send in the presign request:
+    #: ``"md5"`` (base64 Content-MD5), ``"sha256"`` (base64 x-amz-checksum-sha256) or None
+    part_checksum: str | None = None
+    #: True where parts must be sent in order (GCS resumable sessions)
+    sequential_parts: bool = False
+
+    @abc.abstractmethod
+    def plan_parts(self, size: int) -> list[PartPlan]:
+        """Split an object of ``size`` bytes into parts within the store's limits."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Fail fast at gateway start with a clear error if the store is unusable."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Write a small object whole (server side)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Read bytes ``[start, end)`` of an object (server side)."""
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """Size and identity of an object, or None if it does not exist."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``."""
+
+    @abc.abstractmethod
+    async def create_upload(self, key: str, size: int) -> str:
+        """Start a multipart upload; returns the store's upload id."""
+
+    @abc.abstractmethod
+    async def presign_part(
+        self,
+        key: str,
+        upload_id: str,
+        part: PartPlan,
+        total_size: int,
+        checksum: str | None,
+        expires: int,
+    ) -> PresignedRequest:
+        """A request that uploads one part, valid for ``expires`` seconds."""
+
+    @abc.abstractmethod
+    async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
+        """Make the uploaded parts appear as one object."""
+
+    @abc.abstractmethod
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Discard an unfinished upload and its parts."""
+
+    @abc.abstractmethod
+    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
+        """A GET for one object, valid for ``expires`` seconds; clients add Range."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,196 @@
+"""A store in a local directory, served through the gateway's blob endpoint.
+
+It speaks the same multipart protocol as S3 so that clients have one code path:
+"presigned" URLs point at ``/v1/blobs/{key}`` on the gateway, HMAC-signed and expiring
+(see :mod:`chunkyard.signing`). Parts land in ``.uploads/<id>/``; completion
+concatenates them into a temporary file and renames it into place, so an object
+appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import anyio
+
+from .. import signing
+from ..errors import InvalidRequest, StoreError, StoreObjectMissing
+from .base import (
+    CompletedPart,
+    ObjectInfo,
+    PartPlan,
+    PresignedRequest,
+    Store,
+    plan_even_parts,
+)
+
+UPLOADS = ".uploads"
+#: one part per pack: on local disk there is nothing to gain from splitting
+PART_SIZE = 64 * 1024 * 1024
+
+
+class LocalStore(Store):
+    part_checksum = None
+
+    def __init__(self, root: str | os.PathLike, public_url: str = "", secret: bytes = b"") -> None:
+        self.root = Path(root)
+        self.url = self.root.resolve().as_uri()
+        self.public_url = public_url.rstrip("/")
+        self.secret = secret
+
+    # -- helpers ---------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(UPLOADS):
+            raise InvalidRequest(f"invalid store key {key!r}")
+        return self.root / key
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id or not all(c in "0123456789abcdef" for c in upload_id):
+            raise InvalidRequest("invalid upload id")
+        return self.root / UPLOADS / upload_id
+
+    def blob_path(self, key: str) -> str:
+        return "/v1/blobs/" + quote(key)
+
+    def _signed_url(self, method: str, key: str, params: dict[str, str], expires: int) -> str:
+        path = self.blob_path(key)
+        signed = signing.sign(self.secret, method, path, params, expires)
+        return f"{self.public_url}{path}?{urlencode(signed)}"
+
+    # -- Store interface ------------------------------------------------
+    def plan_parts(self, size: int) -> list[PartPlan]:
+        return plan_even_parts(size, PART_SIZE)
+
+    async def check(self) -> None:
+        try:
+            (self.root / UPLOADS).mkdir(parents=True, exist_ok=True)
+            probe = self.root / UPLOADS / f"probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"local store {self.root} is not writable: {exc}", store=self.url, operation="check"
+            ) from exc
+
+    async def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        await anyio.to_thread.run_sync(write)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        path = self._path(key)
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(-1 if end is None else max(0, end - start))
+
+        try:
+            return await anyio.to_thread.run_sync(read)
+        except FileNotFoundError as exc:
+            raise StoreObjectMissing(
+                f"object {key} is missing from {self.url}", store=self.url, operation="get", key=key
+            ) from exc
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            if rel_dir == UPLOADS or rel_dir.startswith(UPLOADS + "/"):
+                dirnames[:] = []
+                continue
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith(".tmp"):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    st = os.stat(os.path.join(dirpath, name))
+                    yield ObjectInfo(key=key, size=st.st_size)
+
+    async def create_upload(self, key: str, size: int) -> str:
+        self._path(key)
+        upload_id = uuid.uuid4().hex
+        d = self._upload_dir(upload_id)
+        await anyio.to_thread.run_sync(lambda: d.mkdir(parents=True))
+        (d / "key").write_text(key)
+        return upload_id
+
+    async def presign_part(
+        self,
+        key: str,
+        upload_id: str,
+        part: PartPlan,
+        total_size: int,
+        checksum: str | None,
+        expires: int,
+    ) -> PresignedRequest:
+        params = {"upload": upload_id, "part": str(part.number), "size": str(part.size)}
+        return PresignedRequest("PUT", self._signed_url("PUT", key, params, expires))
+
+    async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
+        d = self._upload_dir(upload_id)
+        path = self._path(key)
+
+        def assemble() -> None:
+            if not d.is_dir() or (d / "key").read_text() != key:
+                raise StoreError(
+                    f"no upload {upload_id} for {key}", store=self.url, operation="complete_upload"
+                )
+            numbers = sorted(p.number for p in parts)
+            if numbers != list(range(1, len(numbers) + 1)):
+                raise InvalidRequest("parts must be numbered 1..N without gaps")
+            missing = [n for n in numbers if not (d / f"{n:05d}").exists()]
+            if missing:
+                raise InvalidRequest(f"parts {missing} were not uploaded", missing_parts=missing)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{upload_id}.tmp")
+            if len(numbers) == 1:
+                os.replace(d / "00001", tmp)
+            else:
+                with open(tmp, "wb") as out:
+                    for n in numbers:
+                        with open(d / f"{n:05d}", "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, path)
+            shutil.rmtree(d, ignore_errors=True)
+
+        await anyio.to_thread.run_sync(assemble)
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        d = self._upload_dir(upload_id)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(d, ignore_errors=True))
+
+    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
+        return PresignedRequest("GET", self._signed_url("GET", key, {}, expires))
+
+    # -- used only by the gateway's blob endpoint -------------------------
+    def part_path(self, key: str, upload_id: str, number: int) -> Path:
+        d = self._upload_dir(upload_id)
+        self._path(key)
+        return d / f"{number:05d}"
+
+    def object_path(self, key: str) -> Path:
+        return self._path(key)

@@ -1,0 +1,322 @@
+"""Packs in an S3 bucket (AWS, SeaweedFS, MinIO, ...).
+
+Server-side calls go through aiobotocore so the gateway never blocks its event loop;
+presigning uses a plain botocore client because it is pure local computation.
+Every part URL signs the part's ``Content-MD5``: the store itself rejects a part whose
+bytes were corrupted on the way (S3 and SeaweedFS answer ``BadDigest``), and a client
+cannot swap in other bytes without breaking the signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+from urllib.parse import urlparse
+
+try:
+    import botocore.session
+    from aiobotocore.session import get_session
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the S3 store needs boto3 and aiobotocore: pip install 'chunkyard[s3]'"
+    ) from exc
+
+from ..errors import InvalidRequest, StoreError, StoreObjectMissing
+from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store, plan_even_parts
+
+MIN_PART = 5 * 1024 * 1024  # S3 rejects smaller non-final parts (EntityTooSmall)
+MAX_PARTS = 10_000
+#: 16 MiB: a 64 MiB pack becomes 4 parts, enough to keep a few connections busy in
+#: parallel, while a failed part costs at most 16 MiB to resend. Packs of 16 MiB or
+#: less go up as one part. Far inside S3's 5 MiB-5 GiB / 10,000-part limits.
+PART_SIZE = 16 * 1024 * 1024
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def _split_url(url: str, scheme: str) -> tuple[str, str]:
+    """``scheme://bucket/some/prefix`` → (bucket, ``some/prefix/``)."""
+    parsed = urlparse(url)
+    if parsed.scheme != scheme or not parsed.netloc:
+        raise InvalidRequest(f"expected {scheme}://bucket/prefix, got {url!r}")
+    prefix = parsed.path.strip("/")
+    return parsed.netloc, f"{prefix}/" if prefix else ""
+
+
+class S3Store(Store):
+    part_checksum = "md5"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        self.url = url
+        self.bucket, self.prefix = _split_url(url, "s3")
+        if part_size < MIN_PART:
+            raise InvalidRequest(f"S3 part size must be at least {MIN_PART} bytes")
+        self.part_size = part_size
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        self._kwargs: dict[str, Any] = {
+            "endpoint_url": endpoint_url,
+            "region_name": region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+            "aws_access_key_id": access_key,
+            "aws_secret_access_key": secret_key,
+            "config": Config(
+                signature_version="s3v4",
+                # custom endpoints (SeaweedFS, MinIO) rarely have wildcard DNS
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
+        }
+        self._signer = botocore.session.Session().create_client("s3", **self._kwargs)
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    # -- helpers ---------------------------------------------------------
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise InvalidRequest(f"invalid store key {key!r}")
+        return self.prefix + key
+
+    async def _s3(self) -> Any:
+        """The aiobotocore client, created on first use inside the running loop."""
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    stack = AsyncExitStack()
+                    self._client = await stack.enter_async_context(
+                        get_session().create_client("s3", **self._kwargs)
+                    )
+                    self._stack = stack
+        return self._client
+
+    def _error(self, op: str, exc: Exception, key: str | None = None) -> StoreError:
+        where = f"s3://{self.bucket}/{self.prefix}{key or ''}"
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if key is not None and code in _MISSING:
+                return StoreObjectMissing(
+                    f"object {key} is missing from {self.url}",
+                    store=self.url,
+                    operation=op,
+                    key=key,
+                )
+            msg = {
+                "NoSuchBucket": f"bucket {self.bucket} does not exist",
+                "InvalidAccessKeyId": "the access key is not known (check AWS_ACCESS_KEY_ID)",
+                "SignatureDoesNotMatch": "bad credentials (check AWS_SECRET_ACCESS_KEY)",
+                "403": "access denied (check the credentials and bucket policy)",
+                "AccessDenied": "access denied (check the credentials and bucket policy)",
+            }.get(code, f"{code}: {exc}")
+            if op == "check" and code in _MISSING:
+                msg = f"bucket {self.bucket} does not exist"
+        else:
+            msg = f"{type(exc).__name__}: {exc}"
+        return StoreError(
+            f"S3 store {self.url}: {op} failed on {where}: {msg}",
+            store=self.url,
+            operation=op,
+            **({"key": key} if key else {}),
+        )
+
+    def _code(self, exc: Exception) -> str:
+        return (
+            str(exc.response.get("Error", {}).get("Code", ""))
+            if isinstance(exc, ClientError)
+            else ""
+        )
+
+    # -- Store interface ------------------------------------------------
+    def plan_parts(self, size: int) -> list[PartPlan]:
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        return plan_even_parts(size, part_size)
+
+    async def check(self) -> None:
+        try:
+            await (await self._s3()).head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("check", exc) from exc
+
+    async def put(self, key: str, data: bytes) -> None:
+        try:
+            await (await self._s3()).put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("put", exc, key) from exc
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        if end is not None and end <= start:
+            if await self.stat(key) is None:
+                raise StoreObjectMissing(
+                    f"object {key} is missing from {self.url}",
+                    store=self.url,
+                    operation="get",
+                    key=key,
+                )
+            return b""
+        args = {"Bucket": self.bucket, "Key": self._key(key)}
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            resp = await (await self._s3()).get_object(**args)
+            async with resp["Body"] as body:
+                return await body.read()
+        except ClientError as exc:
+            if self._code(exc) == "InvalidRange":  # start at or past the end
+                return b""
+            raise self._error("get", exc, key) from exc
+        except BotoCoreError as exc:
+            raise self._error("get", exc, key) from exc
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            h = await (await self._s3()).head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._code(exc) in _MISSING:
+                return None
+            raise self._error("stat", exc, key) from exc
+        except BotoCoreError as exc:
+            raise self._error("stat", exc, key) from exc
+        return ObjectInfo(
+            key=key,
+            size=h["ContentLength"],
+            etag=h.get("ETag", "").strip('"'),
+            version_id=h.get("VersionId"),
+            last_modified=h["LastModified"].isoformat() if h.get("LastModified") else None,
+        )
+
+    async def delete(self, key: str) -> None:
+        try:
+            await (await self._s3()).delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            if self._code(exc) not in _MISSING:
+                raise self._error("delete", exc, key) from exc
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        try:
+            pages = (
+                (await self._s3())
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            )
+            async for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=obj["Key"][len(self.prefix) :],
+                        size=obj["Size"],
+                        etag=obj.get("ETag", "").strip('"'),
+                        last_modified=obj["LastModified"].isoformat(),
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list", exc) from exc
+
+    async def create_upload(self, key: str, size: int) -> str:
+        try:
+            resp = await (await self._s3()).create_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key)
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("create_upload", exc, key) from exc
+        return resp["UploadId"]
+
+    async def presign_part(
+        self,
+        key: str,
+        upload_id: str,
+        part: PartPlan,
+        total_size: int,
+        checksum: str | None,
+        expires: int,
+    ) -> PresignedRequest:
+        try:
+            if checksum is None or len(base64.b64decode(checksum, validate=True)) != 16:
+                raise ValueError
+        except (ValueError, binascii.Error) as exc:
+            raise InvalidRequest("S3 parts need the base64 Content-MD5 of the part") from exc
+        url = self._signer.generate_presigned_url(
+            "upload_part",
+            ExpiresIn=expires,
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._key(key),
+                "UploadId": upload_id,
+                "PartNumber": part.number,
+                "ContentMD5": checksum,
+            },
+        )
+        # Content-MD5 is among the signed headers: the client must send exactly this value
+        return PresignedRequest("PUT", url, {"Content-MD5": checksum})
+
+    async def _etags(self, key: str, upload_id: str) -> dict[int, str]:
+        """ETags of the uploaded parts, for clients that could not read them (CORS)."""
+        s3, etags, marker = await self._s3(), {}, 0
+        while True:
+            resp = await s3.list_parts(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, PartNumberMarker=marker
+            )
+            etags.update({p["PartNumber"]: p["ETag"] for p in resp.get("Parts", [])})
+            if not resp.get("IsTruncated"):
+                return etags
+            marker = resp["NextPartNumberMarker"]
+
+    async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
+        try:
+            parts = sorted(parts, key=lambda p: p.number)
+            known = await self._etags(key, upload_id) if any(not p.etag for p in parts) else {}
+            listed = []
+            for p in parts:
+                etag = p.etag or known.get(p.number)
+                if not etag:
+                    raise InvalidRequest(
+                        f"part {p.number} was not uploaded", missing_parts=[p.number]
+                    )
+                listed.append({"PartNumber": p.number, "ETag": etag})
+            await (await self._s3()).complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listed},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            # a retried completion (say the gateway died after S3 answered) finds no upload
+            if self._code(exc) == "NoSuchUpload" and await self.stat(key) is not None:
+                return
+            raise self._error("complete_upload", exc, key) from exc
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            await (await self._s3()).abort_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if self._code(exc) != "NoSuchUpload":  # already aborted or completed
+                raise self._error("abort_upload", exc, key) from exc
+
+    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
+        url = self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
+        )
+        return PresignedRequest("GET", url)
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+        self._signer.close()
