@@ -12,8 +12,9 @@ bounded by the window size whatever the file size.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pyfastcdc import FastCDC
@@ -30,17 +31,57 @@ def new_chunker() -> FastCDC:
     return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
 
 
+class BufferPool:
+    """Recycles window buffers: a fresh 8 MiB buffer costs ~2,000 page faults, which
+    showed up as a quarter of the chunking time."""
+
+    def __init__(self, size: int, keep: int = 8) -> None:
+        self.size, self.keep = size, keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def put(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep and len(buf) == self.size:
+                self._free.append(buf)
+
+
 @dataclass
 class Window:
-    """A run of whole chunks: ``data`` and the ``(offset, length)`` of each chunk in it."""
+    """A run of whole chunks: ``data`` and the ``(offset, length)`` of each chunk in it.
+
+    With a pool, each user of the window calls ``release()`` once when done (the
+    creator counts as one user; ``hold()`` adds one); the last returns the buffer."""
 
     data: memoryview
     cuts: list[tuple[int, int]]
     offset: int  # position of data[0] in the stream
+    _buf: bytearray | None = None
+    _pool: BufferPool | None = None
+    _users: int = 1
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def chunk(self, i: int) -> memoryview:
         off, length = self.cuts[i]
         return self.data[off : off + length]
+
+    def hold(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last and self._pool is not None and self._buf is not None:
+            self._pool.put(self._buf)
+            self._buf = None
 
 
 def _fill(stream: BinaryIO, view: memoryview) -> int:
@@ -54,32 +95,41 @@ def _fill(stream: BinaryIO, view: memoryview) -> int:
 
 
 def windows(
-    stream: BinaryIO, window_size: int = WINDOW_SIZE, size_hint: int | None = None
+    stream: BinaryIO,
+    window_size: int = WINDOW_SIZE,
+    size_hint: int | None = None,
+    pool: BufferPool | None = None,
 ) -> Iterator[Window]:
     """Yield windows of whole chunks covering ``stream`` in order.
 
-    Each window owns a fresh buffer, so consumers may keep it while the next is read.
-    ``size_hint`` (bytes left in the stream) keeps buffers small for small files.
+    Each window owns its buffer until released, so consumers may keep it while the
+    next is read. ``size_hint`` (bytes in the stream) keeps buffers small for small
+    files; ``pool`` (buffers of ``window_size + MAX_SIZE``) recycles large ones.
     """
     if window_size < 2 * MAX_SIZE:
         raise ValueError("window must hold at least two maximal chunks")
+    if pool is not None and pool.size < window_size + MAX_SIZE:
+        raise ValueError("pool buffers must hold a window plus a carried chunk")
     cdc = new_chunker()
     carry = b""
     offset = 0
-    remaining = size_hint
     while True:
-        want = (
-            window_size
-            if remaining is None
-            else max(1, min(window_size, remaining - offset - len(carry) + 1))
-        )
-        buf = bytearray(len(carry) + want)
-        buf[: len(carry)] = carry
-        filled = len(carry) + _fill(stream, memoryview(buf)[len(carry) :])
-        eof = filled < len(buf)
-        data = memoryview(buf)[:filled]
+        want = window_size
+        if size_hint is not None:  # +1 so that end-of-stream is seen without another read
+            want = max(1, min(window_size, size_hint - offset - len(carry) + 1))
+        if pool is not None and want == window_size:
+            buf = pool.get()
+        else:
+            buf = bytearray(len(carry) + want)
+        view = memoryview(buf)[: len(carry) + want]
+        view[: len(carry)] = carry
+        filled = len(carry) + _fill(stream, view[len(carry) :])
+        eof = filled < len(view)
         if not filled:
+            if pool is not None:
+                pool.put(buf)
             return
+        data = view[:filled]
         cuts = [(c.offset, c.length) for c in cdc.cut_buf(data)]
         if not eof and len(cuts) > 1:
             last_off, _ = cuts.pop()
@@ -87,7 +137,8 @@ def windows(
             data = data[:last_off]
         else:
             carry = b""
-        yield Window(data, cuts, offset)
+        pooled = pool if (pool is not None and len(buf) == pool.size) else None
+        yield Window(data, cuts, offset, buf if pooled else None, pooled)
         offset += len(data)
         if eof:
             return

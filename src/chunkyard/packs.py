@@ -42,6 +42,8 @@ ZSTD_LEVEL = 1
 TARGET_SIZE = 32 * 1024 * 1024
 #: Hard limit of the format.
 MAX_SIZE = 64 * 1024 * 1024
+#: Largest record: a maximal chunk (zstd never expands what it keeps; raw otherwise).
+MAX_RECORD = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Entry:
 @dataclass(frozen=True)
 class Pack:
     id: str
-    data: bytes
+    data: bytes | memoryview
     entries: list[Entry]
 
     @property
@@ -80,13 +82,21 @@ def new_compressor() -> zstandard.ZstdCompressor:
 
 
 class PackWriter:
-    """Accumulates chunk records in memory; ``finish`` appends index and footer."""
+    """Writes chunk records into one preallocated buffer; ``finish`` adds index and
+    footer in place. Reusing buffers matters: touching fresh memory for every pack
+    cost more than compressing it on the development VM."""
 
-    def __init__(self, target_size: int = TARGET_SIZE) -> None:
+    def __init__(self, target_size: int = TARGET_SIZE, buffer: bytearray | None = None) -> None:
         if not HEADER_SIZE + FOOTER_SIZE < target_size <= MAX_SIZE:
             raise ValueError("target_size out of range")
+        # the first record is always accepted, so leave room for one maximal chunk
+        self.capacity = target_size + 2 * MAX_RECORD
+        if buffer is None or len(buffer) < self.capacity:
+            buffer = bytearray(self.capacity)
         self.target_size = target_size
-        self._buf = bytearray(HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+        self.buffer = buffer
+        HEADER.pack_into(buffer, 0, MAGIC, FORMAT_VERSION, 0)
+        self._pos = HEADER_SIZE
         self.entries: list[Entry] = []
 
     def __len__(self) -> int:
@@ -94,31 +104,41 @@ class PackWriter:
 
     def fits(self, stored_len: int) -> bool:
         """True if a record of ``stored_len`` bytes keeps the pack within target."""
-        projected = len(self._buf) + stored_len + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
+        projected = self._pos + stored_len + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
         return not self.entries or projected <= self.target_size
 
     def add(self, cid: bytes, raw_len: int, scheme: int, stored: bytes | memoryview) -> int:
+        n = len(stored)
+        if n > MAX_RECORD:
+            raise ValueError("record larger than a maximal chunk")
         index = len(self.entries)
-        self.entries.append(Entry(cid, len(self._buf), len(stored), raw_len, scheme))
-        self._buf += stored
+        self.entries.append(Entry(cid, self._pos, n, raw_len, scheme))
+        self.buffer[self._pos : self._pos + n] = stored
+        self._pos += n
         return index
 
     def finish(self) -> Pack:
+        """The finished pack; its ``data`` is a view of this writer's buffer."""
         index = b"".join(
             ENTRY.pack(e.chunk_id, e.offset, e.stored_len, e.raw_len, e.scheme)
             for e in self.entries
         )
-        index_offset = len(self._buf)
+        index_offset, end = self._pos, self._pos + len(index) + FOOTER_SIZE
         check = blake3.blake3(index).digest()[:16]
-        self._buf += index
-        self._buf += FOOTER.pack(
-            index_offset, len(self.entries), FORMAT_VERSION, 0, check, FOOTER_MAGIC
+        self.buffer[index_offset : index_offset + len(index)] = index
+        FOOTER.pack_into(
+            self.buffer,
+            end - FOOTER_SIZE,
+            index_offset,
+            len(self.entries),
+            FORMAT_VERSION,
+            0,
+            check,
+            FOOTER_MAGIC,
         )
-        data = bytes(self._buf)
-        self._buf = bytearray()
-        return Pack(
-            blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.entries
-        )
+        data = memoryview(self.buffer)[:end]
+        pack_id = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+        return Pack(pack_id, data, self.entries)
 
 
 def parse_footer(tail: bytes, pack_size: int) -> tuple[int, int]:
@@ -141,7 +161,7 @@ def parse_index(index: bytes, expected_check: bytes | None = None) -> list[Entry
     return [Entry(*fields) for fields in ENTRY.iter_unpack(index)]
 
 
-def read_index(data: bytes) -> list[Entry]:
+def read_index(data: bytes | memoryview) -> list[Entry]:
     """Parse the index of a whole pack held in memory, checking its structure."""
     if len(data) > MAX_SIZE:
         raise PackCorrupt("pack is larger than the format allows")
@@ -185,7 +205,7 @@ def decode(
     return raw
 
 
-def verify(pack_id: str, data: bytes) -> list[Entry]:
+def verify(pack_id: str, data: bytes | memoryview) -> list[Entry]:
     """Check a whole pack: its id, its structure and every chunk id. Returns the index."""
     if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != pack_id:
         raise PackCorrupt(f"pack {pack_id} does not hash to its id", pack=pack_id)
@@ -198,18 +218,27 @@ def verify(pack_id: str, data: bytes) -> list[Entry]:
 
 
 def decode_run(
-    chunks: list, data: bytes, skip: int, take: int, dctx: zstandard.ZstdDecompressor | None = None
-) -> bytes:
+    chunks: list,
+    data: bytes | memoryview,
+    skip: int,
+    take: int,
+    dctx: zstandard.ZstdDecompressor | None = None,
+    out: bytearray | None = None,
+) -> memoryview:
     """Raw bytes ``[skip, skip+take)`` of consecutive records ``data``, each described
-    by ``[chunk_id_hex, stored_len, raw_len, scheme]`` and verified against its id."""
-    view = memoryview(data)
-    out = bytearray()
-    pos = 0
+    by ``[chunk_id_hex, stored_len, raw_len, scheme]`` and verified against its id.
+    Decodes into ``out`` when it is large enough (callers recycle buffers)."""
+    total = sum(c[2] for c in chunks)
+    if out is None or len(out) < total:
+        out = bytearray(total)
+    view, dest = memoryview(data), memoryview(out)
+    pos = rpos = 0
     dctx = dctx or zstandard.ZstdDecompressor()
     for cid, stored_len, raw_len, scheme in chunks:
         entry = Entry(bytes.fromhex(cid), pos, stored_len, raw_len, scheme)
-        out += decode(entry, view[pos : pos + stored_len], dctx)
+        dest[rpos : rpos + raw_len] = decode(entry, view[pos : pos + stored_len], dctx)
         pos += stored_len
+        rpos += raw_len
     if pos != len(data):
         raise PackCorrupt(f"pack range holds {len(data)} bytes, records need {pos}")
-    return bytes(out[skip : skip + take])
+    return dest[skip : skip + take]

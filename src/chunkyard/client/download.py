@@ -23,11 +23,13 @@ import zstandard
 from ..digest import new_file_hasher
 from ..errors import DigestMismatch, InvalidRequest
 from ..names import check_path
-from ..packs import decode_run
+from ..packs import MAX_RECORD, decode_run
 from .transport import Transport
 from .upload import pipelined
 
 UNIT_BYTES = 8 * 1024 * 1024
+#: a unit closes once it passes UNIT_BYTES stored or raw, so one more record fits
+BUF = UNIT_BYTES + MAX_RECORD
 DEPTH = 6
 
 
@@ -44,7 +46,7 @@ def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
             group.append(c)
             stored += c[1]
             raw_pos += c[2]
-            if stored >= UNIT_BYTES or i == len(chunks) - 1:
+            if stored >= UNIT_BYTES or raw_pos - raw_start >= UNIT_BYTES or i == len(chunks) - 1:
                 skip = max(0, lo - raw_start)
                 take = min(hi, raw_pos) - (raw_start + skip)
                 if take > 0:
@@ -67,24 +69,32 @@ class Downloader:
         self.progress = progress or (lambda n: None)
         self.pool = ThreadPoolExecutor(DEPTH, thread_name_prefix="cy-get")
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._free: list[tuple[bytearray, bytearray]] = []
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch(self, job: tuple[dict, dict]) -> bytes:
+    def _fetch(self, job: tuple[dict, dict]) -> tuple[memoryview, tuple[bytearray, bytearray]]:
+        """On a worker: read one unit into a recycled buffer, decode and verify it."""
         url, unit = job
         a, b = unit["range"]
-        resp = self.t.send(
-            url, headers={"range": f"bytes={a}-{b - 1}"}, what=f"read of pack range {a}-{b}"
-        )
-        if len(resp.content) != b - a:
-            raise DigestMismatch(
-                f"store returned {len(resp.content)} bytes for a {b - a}-byte range"
-            )
+        with self._lock:
+            bufs = self._free.pop() if self._free else (bytearray(BUF), bytearray(BUF))
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
-        return decode_run(unit["chunks"], resp.content, unit["skip"], unit["take"], dctx)
+        try:
+            data = self.t.fetch_into(url, a, b, bufs[0], what=f"read of pack range {a}-{b}")
+            out = decode_run(unit["chunks"], data, unit["skip"], unit["take"], dctx, bufs[1])
+        except BaseException:
+            self._recycle(bufs)
+            raise
+        return out, bufs
+
+    def _recycle(self, bufs: tuple[bytearray, bytearray]) -> None:
+        with self._lock:
+            self._free.append(bufs)
 
     def pages(self, base: str, index: int) -> Iterator[dict]:
         start: int | None = 0
@@ -102,10 +112,12 @@ class Downloader:
         try:
             with open(tmp, "wb") as out:
                 jobs = (u for page in self.pages(base, entry["index"]) for u in _units(page))
-                for data in pipelined(self.pool, self._fetch, jobs, DEPTH):
+                for data, bufs in pipelined(self.pool, self._fetch, jobs, DEPTH):
                     hasher.update(data)
                     out.write(data)
                     self.progress(len(data))
+                    data.release()
+                    self._recycle(bufs)
             if hasher.hexdigest() != entry["digest"]:
                 raise DigestMismatch(
                     f"{entry['path']}: content does not match its digest",

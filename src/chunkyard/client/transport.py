@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from ..errors import ChunkyardError, GatewayUnavailable, StoreError, from_json
+from ..errors import GatewayUnavailable, StoreError, from_json
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 RETRIES = 5
@@ -23,6 +24,13 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 
 def _backoff(attempt: int) -> None:
     time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+
+
+def _pieces(view: memoryview, size: int = 1024 * 1024) -> Iterator[bytes]:
+    """A body as 1 MiB pieces: httpcore re-slices the unsent rest of a ``bytes`` body
+    after every ``send()``, quadratic in the body size for multi-MiB parts."""
+    for i in range(0, len(view), size):
+        yield bytes(view[i : i + size])
 
 
 class Transport:
@@ -80,17 +88,20 @@ class Transport:
     def send(
         self,
         req: dict,
-        content: bytes | None = None,
+        content: bytes | memoryview | None = None,
         headers: dict | None = None,
         what: str = "store request",
     ) -> httpx.Response:
         """Send one presigned request; retry transient failures. Raises StoreError
         (with ``status``) for a refusal, so callers can ask for a fresh URL."""
         all_headers = {**req.get("headers", {}), **(headers or {})}
+        if content is not None:
+            all_headers["content-length"] = str(len(content))
         for attempt in range(RETRIES + 1):
             try:
+                body = None if content is None else _pieces(memoryview(content))
                 resp = self.http.request(
-                    req["method"], req["url"], content=content, headers=all_headers
+                    req["method"], req["url"], content=body, headers=all_headers
                 )
             except httpx.TransportError as exc:
                 if attempt == RETRIES:
@@ -108,5 +119,36 @@ class Transport:
             )
         raise AssertionError("unreachable")
 
-
-__all__ = ["Transport", "ChunkyardError"]
+    def fetch_into(
+        self, req: dict, start: int, end: int, buf: bytearray, what: str = "store read"
+    ) -> memoryview:
+        """GET bytes ``[start, end)`` of a presigned object straight into ``buf``."""
+        want = end - start
+        headers = {**req.get("headers", {}), "range": f"bytes={start}-{end - 1}"}
+        view = memoryview(buf)
+        for attempt in range(RETRIES + 1):
+            try:
+                with self.http.stream(req["method"], req["url"], headers=headers) as resp:
+                    if resp.status_code in RETRY_STATUS and attempt < RETRIES:
+                        _backoff(attempt)
+                        continue
+                    if not resp.is_success:
+                        resp.read()
+                        raise StoreError(
+                            f"{what} was refused: HTTP {resp.status_code} {resp.text[:300]}",
+                            status=resp.status_code,
+                        )
+                    pos = 0
+                    for piece in resp.iter_raw():
+                        if pos + len(piece) > want:
+                            raise StoreError(f"{what}: store sent more than {want} bytes")
+                        view[pos : pos + len(piece)] = piece
+                        pos += len(piece)
+                    if pos != want:
+                        raise StoreError(f"{what}: store sent {pos} of {want} bytes")
+                    return view[:want]
+            except httpx.TransportError as exc:
+                if attempt == RETRIES:
+                    raise StoreError(f"{what} failed: {exc}") from exc
+                _backoff(attempt)
+        raise AssertionError("unreachable")

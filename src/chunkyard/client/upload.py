@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,12 +26,12 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..chunking import Window, windows
+from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, windows
 from ..digest import file_digest, new_file_hasher, tree_digest
 from ..errors import InvalidRequest, StoreError
 from .transport import Transport
 
-DEPTH = 2
+DEPTH = 3
 PACKS_IN_FLIGHT = 2
 #: chunk locations remembered within one push (~200 B each): dedups repeats inside a
 #: push without growing with file size.
@@ -116,11 +117,15 @@ class Uploader:
         self.io = ThreadPoolExecutor(4, thread_name_prefix="cy-io")
         self.parts = ThreadPoolExecutor(4, thread_name_prefix="cy-part")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
-        self._local = __import__("threading").local()
+        self._local = threading.local()
         self.recent: OrderedDict[bytes, tuple[PackSlot | str, int]] = OrderedDict()
         self.slot = PackSlot()
-        self.writer = packfmt.PackWriter(self.session.get("pack_target_size", packfmt.TARGET_SIZE))
+        self.target_size = self.session.get("pack_target_size", packfmt.TARGET_SIZE)
+        self._lock = threading.Lock()
+        self.pack_buffers: list[bytearray] = []
+        self.writer = self._new_writer()
         self.uploads: deque[Future] = deque()
+        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
 
     def close(self) -> None:
         for pool in (self.cpu, self.io, self.parts, self.digest_pool):
@@ -133,52 +138,40 @@ class Uploader:
             c = self._local.cctx = packfmt.new_compressor()
         return c
 
-    def _hash_and_ask(self, w: Window) -> tuple[Window, list[bytes], dict]:
+    def _prepare(self, w: Window) -> tuple[Window, list[bytes], list]:
+        """On a worker: hash every chunk, ask the gateway which it has, compress the rest.
+
+        Per chunk the plan holds ``("known", pack, idx)``, ``("dup",)`` (repeats an
+        earlier chunk of this window) or ``(scheme, stored)`` for a new chunk."""
         ids = [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
         answer = self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(ids))
-        return w, ids, answer
-
-    def _compress(self, job: tuple[Window, list[bytes], list]) -> tuple[Window, list[bytes], list]:
-        w, ids, plan = job
+        known_packs = answer["packs"]
         cctx = self._compressor()
-        for i, entry in enumerate(plan):
-            if entry is None:
-                plan[i] = packfmt.compress(cctx, w.chunk(i))
+        plan: list[Any] = []
+        seen: set[bytes] = set()
+        for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
+            if loc is not None:
+                plan.append(("known", known_packs[loc[0]], loc[1]))
+            elif cid in seen or cid in self.recent:
+                plan.append(("dup",))
+            else:
+                seen.add(cid)
+                plan.append(packfmt.compress(cctx, w.chunk(i)))
         return w, ids, plan
 
-    def _classify(self, hashed: Iterator) -> Iterator[tuple[Window, list[bytes], list]]:
-        """Per chunk: a known location ("known", pack, idx), a repeat of a chunk that is
-        new in this push ("repeat"), or None (new: to compress)."""
-        pending: set[bytes] = set()
-        for w, ids, answer in hashed:
-            packs_ = answer["packs"]
-            plan: list[Any] = []
-            for cid, loc in zip(ids, answer["locations"], strict=True):
-                if loc is not None:
-                    plan.append(("known", packs_[loc[0]], loc[1]))
-                elif cid in self.recent or cid in pending:
-                    plan.append(("repeat",))
-                else:
-                    pending.add(cid)
-                    plan.append(None)
-            yield w, ids, plan
-            if len(pending) > RECENT_LIMIT:
-                pending = {c for c in pending if c not in self.recent}
-
     def _place(self, w: Window, ids: list[bytes], plan: list, terms: _Terms) -> None:
-        cctx = None
+        """In order, on the main thread: add new chunks to the pack, record terms."""
         for i, (cid, entry) in enumerate(zip(ids, plan, strict=True)):
             self.stats.chunks_total += 1
             if entry[0] == "known":
                 terms.add(entry[1], entry[2])
                 continue
-            if entry[0] == "repeat":
-                loc = self.recent.get(cid)
-                if loc is not None:
-                    terms.add(*loc)
-                    continue
-                cctx = cctx or packfmt.new_compressor()
-                entry = packfmt.compress(cctx, w.chunk(i))
+            loc = self.recent.get(cid)
+            if loc is not None:  # already placed earlier in this push
+                terms.add(*loc)
+                continue
+            if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
+                entry = packfmt.compress(self._compressor(), w.chunk(i))
             scheme, stored = entry
             if not self.writer.fits(len(stored)):
                 self._flush_pack()
@@ -193,13 +186,16 @@ class Uploader:
     def _flush_pack(self) -> None:
         if not len(self.writer):
             return
-        pack = self.writer.finish()
-        self.slot.id = pack.id
         while len(self.uploads) >= PACKS_IN_FLIGHT:
             self.uploads.popleft().result()
-        self.uploads.append(self.io.submit(self._upload_pack, pack))
+        self.uploads.append(self.io.submit(self._upload_pack, self.writer, self.slot))
         self.slot = PackSlot()
-        self.writer = packfmt.PackWriter(self.writer.target_size)
+        self.writer = self._new_writer()
+
+    def _new_writer(self) -> packfmt.PackWriter:
+        with self._lock:
+            buf = self.pack_buffers.pop() if self.pack_buffers else None
+        return packfmt.PackWriter(self.target_size, buf)
 
     def _checksums(self, data: bytes, parts: list[tuple[int, int]]) -> list[str] | None:
         if self.checksum is None:
@@ -208,7 +204,16 @@ class Uploader:
         view = memoryview(data)
         return [base64.b64encode(algo(view[o : o + n]).digest()).decode() for o, n in parts]
 
-    def _upload_pack(self, pack: packfmt.Pack) -> None:
+    def _upload_pack(self, writer: packfmt.PackWriter, slot: PackSlot) -> None:
+        try:
+            pack = writer.finish()
+            slot.id = pack.id
+            self._send_pack(pack)
+        finally:
+            with self._lock:
+                self.pack_buffers.append(writer.buffer)
+
+    def _send_pack(self, pack: packfmt.Pack) -> None:
         body: dict[str, Any] = {"pack": pack.id, "size": pack.size}
         plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         if plan["state"] != "verified":
@@ -227,7 +232,7 @@ class Uploader:
         view = memoryview(pack.data)
 
         def send(part: dict) -> dict:
-            data = bytes(view[part["offset"] : part["offset"] + part["size"]])
+            data = view[part["offset"] : part["offset"] + part["size"]]
             for attempt in range(3):
                 try:
                     resp = self.t.send(
@@ -263,19 +268,27 @@ class Uploader:
         terms = _Terms()
         hasher = None if digest else new_file_hasher()
         digests: deque[Future] = deque()
+
+        def update_digest(w: Window) -> None:
+            try:
+                hasher.update(w.data)  # type: ignore[union-attr]
+            finally:
+                w.release()
+
         with open(path, "rb") as f:
 
             def windows_with_digest() -> Iterator[Window]:
-                for w in windows(f, size_hint=size):
+                for w in windows(f, size_hint=size, pool=self.buffers):
                     if hasher is not None:
-                        digests.append(self.digest_pool.submit(hasher.update, w.data))
-                        while len(digests) > 4:
+                        w.hold()
+                        digests.append(self.digest_pool.submit(update_digest, w))
+                        while len(digests) > DEPTH + 2:
                             digests.popleft().result()
                     yield w
 
-            hashed = pipelined(self.cpu, self._hash_and_ask, windows_with_digest())
-            for w, ids, plan in pipelined(self.cpu, self._compress, self._classify(hashed)):
+            for w, ids, plan in pipelined(self.cpu, self._prepare, windows_with_digest()):
                 self._place(w, ids, plan, terms)
+                w.release()
                 self.progress(len(w.data))
         for d in digests:
             d.result()

@@ -146,9 +146,10 @@ async def stream(
             terms, nxt = await plan(conn, f, pos, end, page=64 * 1024 * 1024)
         for t in terms:
             data = await gw.store.get(pack_key(t["pack"]), t["range"][0], t["range"][1])
-            yield await anyio.to_thread.run_sync(
+            out = await anyio.to_thread.run_sync(
                 packfmt.decode_run, t["chunks"], data, t["skip"], t["take"], dctx
             )
+            yield bytes(out)
         if nxt is None:
             break
         pos = nxt

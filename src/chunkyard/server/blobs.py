@@ -8,7 +8,6 @@ import hashlib
 import os
 import uuid
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -17,8 +16,6 @@ from .. import signing
 from ..errors import BodyTooLarge, IntegrityFailure, InvalidRequest, NotFound
 from ..stores.local import LocalStore
 from .http import gateway
-
-FLUSH = 4 * 1024 * 1024
 
 
 class _BigChunkFileResponse(FileResponse):
@@ -52,22 +49,22 @@ async def put_part(request: Request) -> Response:
     want_md5 = request.headers.get("content-md5")
     md5 = hashlib.md5() if want_md5 else None
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    written, buf = 0, bytearray()
+    written = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with open(tmp, "wb") as out:
-            async for piece in request.stream():
-                written += len(piece)
-                if written > size:
-                    raise BodyTooLarge(f"part {number} must be {size} bytes", limit=size)
-                buf += piece
-                if len(buf) >= FLUSH:
-                    data, buf = bytes(buf), bytearray()
-                    if md5:
-                        md5.update(data)
-                    await anyio.to_thread.run_sync(out.write, data)
+        # Plain writes on the event loop: a 64 KiB write into the page cache takes
+        # microseconds, far less than handing each piece to a thread.
+        async for piece in request.stream():
+            written += len(piece)
+            if written > size:
+                raise BodyTooLarge(f"part {number} must be {size} bytes", limit=size)
             if md5:
-                md5.update(buf)
-            await anyio.to_thread.run_sync(out.write, bytes(buf))
+                md5.update(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.close(fd)
+        fd = -1
         if written != size:
             raise InvalidRequest(
                 f"part {number} is truncated: {written} of {size} bytes",
@@ -78,6 +75,8 @@ async def put_part(request: Request) -> Response:
             raise IntegrityFailure(f"part {number} does not match its Content-MD5")
         os.replace(tmp, path)
     finally:
+        if fd >= 0:
+            os.close(fd)
         if tmp.exists():
             tmp.unlink()
     return Response(status_code=200, headers={"etag": f'"{number}-{size}"'})

@@ -34,6 +34,7 @@ import httpx
 
 try:
     import google.auth
+    import google.auth.credentials
     import google.auth.exceptions
     import google.auth.transport.requests
     from google.cloud import storage as gcs
@@ -330,7 +331,7 @@ class GCSStore(Store):
 
         def sign() -> str:
             extra: dict[str, Any] = {}
-            if not hasattr(creds, "sign_bytes"):  # e.g. GCE metadata credentials: IAM signBlob
+            if not isinstance(creds, google.auth.credentials.Signing):  # GCE: IAM signBlob
                 if not creds.valid:
                     creds.refresh(google.auth.transport.requests.Request())
                 extra = {

@@ -74,8 +74,10 @@ class S3Store(Store):
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1",
-            "aws_access_key_id": access_key,
-            "aws_secret_access_key": secret_key,
+            # one explicit half falls back to the environment for the other
+            "aws_access_key_id": access_key or (secret_key and os.environ.get("AWS_ACCESS_KEY_ID")),
+            "aws_secret_access_key": secret_key
+            or (access_key and os.environ.get("AWS_SECRET_ACCESS_KEY")),
             "config": Config(
                 signature_version="s3v4",
                 # custom endpoints (SeaweedFS, MinIO) rarely have wildcard DNS
