@@ -1,0 +1,99 @@
+"""Fixtures: a real gateway (uvicorn on 127.0.0.1, ephemeral port) per test module,
+on SQLite and a local store in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from chunkyard import Client
+from chunkyard.config import Settings
+from chunkyard.server import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    data: Path
+    settings: Settings
+
+    def client(self) -> Client:
+        return Client(self.url)
+
+    def snapshot(self) -> dict:
+        """Row counts of every catalog table and the set of store files: a rejected
+        request must leave both exactly as they were."""
+        conn = sqlite3.connect(self.data / "catalog.db")
+        try:
+            tables = [r[0] for r in conn.execute(
+                "select name from sqlite_master where type='table' and name != 'sessions'")]
+            counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        finally:
+            conn.close()
+        store = self.data / "store"
+        files = sorted(
+            str(p.relative_to(store)) for p in store.rglob("*")
+            if p.is_file() and ".uploads" not in p.parts
+        )
+        return {"tables": counts, "store": files}
+
+
+def start_gateway(data: Path, **env: str) -> tuple[RunningGateway, uvicorn.Server, threading.Thread]:
+    port = free_port()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings = Settings.load(data, "127.0.0.1", port)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.02)
+    return RunningGateway(f"http://127.0.0.1:{port}", data, settings), server, thread
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    gw, server, thread = start_gateway(tmp_path_factory.mktemp("gw"))
+    yield gw
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> Iterator[Client]:
+    with gateway.client() as c:
+        yield c
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)

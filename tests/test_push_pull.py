@@ -1,0 +1,198 @@
+"""End to end through a real gateway: push, pull, dedup, versions, aliases, tags."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import blake3
+import httpx
+import pytest
+
+from chunkyard import Client
+from chunkyard.digest import tree_digest
+from chunkyard.errors import AliasConflict, TagConflict, VersionNotFound
+from conftest import random_bytes
+
+MiB = 1024 * 1024
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_push_pull_file_round_trip(client: Client, tmp_path: Path):
+    data = random_bytes(3 * MiB + 17, seed=10)
+    src = write(tmp_path / "model.bin", data)
+    r = client.push(src, "team/proj/model", tags={"stage": "dev"})
+    assert r["version"] == 1 and r["created"]
+    assert r["digest"] == blake3.blake3(data).hexdigest()
+    assert r["size"] == len(data) and r["files"] == 1
+    assert r["chunks_new"] == r["chunks_total"] > 10
+    assert 0 < r["bytes_uploaded"] <= len(data) + 4096
+    out = tmp_path / "out.bin"
+    pulled = client.pull("team/proj/model", out)
+    assert out.read_bytes() == data and pulled["version"] == 1
+    assert client.show("team/proj/model@1")["tags"] == {"stage": "dev"}
+
+
+def test_identical_push_returns_the_same_version_and_sends_nothing(client, tmp_path):
+    src = write(tmp_path / "w.bin", random_bytes(2 * MiB, seed=11))
+    first = client.push(src, "team/same")
+    again = client.push(src, "team/same")
+    assert again["version"] == first["version"] == 1
+    assert not again["created"] and again["bytes_uploaded"] == 0
+    assert len(client.versions("team/same")) == 1
+
+
+def test_small_edit_uploads_little_and_both_versions_pull(client, tmp_path):
+    data = bytearray(random_bytes(8 * MiB, seed=12))
+    src = write(tmp_path / "ckpt.bin", bytes(data))
+    client.push(src, "team/edit")
+    for i in range(4):
+        pos = (i + 1) * 1_500_000
+        data[pos : pos + 1000] = random_bytes(1000, seed=100 + i)
+    write(src, bytes(data))
+    r = client.push(src, "team/edit")
+    assert r["version"] == 2
+    assert r["bytes_uploaded"] < 0.15 * len(data), r
+    assert r["chunks_new"] <= 8
+    client.pull("team/edit@2", tmp_path / "v2")
+    client.pull("team/edit@1", tmp_path / "v1")
+    assert (tmp_path / "v2").read_bytes() == bytes(data)
+    assert (tmp_path / "v1").read_bytes() != bytes(data)
+
+
+def test_directory_push_and_pull(client, tmp_path):
+    root = tmp_path / "model"
+    files = {
+        "config.json": b'{"layers": 2}',
+        "shards/model-00001.safetensors": random_bytes(2 * MiB, seed=13),
+        "shards/model-00002.safetensors": random_bytes(MiB + 5, seed=14),
+        "empty.txt": b"",
+    }
+    for rel, data in files.items():
+        write(root / rel, data)
+    r = client.push(root, "team/folder")
+    expect = tree_digest((p, len(d), blake3.blake3(d).hexdigest()) for p, d in files.items())
+    assert r["digest"] == expect and r["files"] == 4 and r["size"] == sum(map(len, files.values()))
+    out = tmp_path / "pulled"
+    client.pull("team/folder", out)
+    for rel, data in files.items():
+        assert (out / rel).read_bytes() == data
+    # change one shard: the other files are reused without re-chunking
+    write(root / "shards/model-00002.safetensors", random_bytes(MiB + 5, seed=15))
+    r2 = client.push(root, "team/folder")
+    assert r2["version"] == 2
+    assert r2["chunks_total"] < 30  # only the changed shard was chunked
+    client.pull("team/folder@2", tmp_path / "p2")
+    assert (tmp_path / "p2/shards/model-00002.safetensors").read_bytes() == random_bytes(
+        MiB + 5, seed=15)
+
+
+def test_aliases_tags_listing_and_stats(client, tmp_path):
+    for i in range(3):
+        client.push(write(tmp_path / f"f{i}", random_bytes(100_000, seed=20 + i)), "org/a/m")
+    client.push(write(tmp_path / "other", b"hello"), "org/b/m")
+    assert client.set_alias("org/a/m", "champion", 2)["previous"] is None
+    assert client.show("org/a/m:champion")["version"] == 2
+    with pytest.raises(AliasConflict):
+        client.set_alias("org/a/m", "champion", 3, expect=1)
+    assert client.set_alias("org/a/m", "champion", 3, expect=2)["previous"] == 2
+    client.pull("org/a/m:champion", tmp_path / "champ")
+    assert (tmp_path / "champ").read_bytes() == random_bytes(100_000, seed=22)
+    client.tag("org/a/m@1", {"acc": "0.9"})
+    client.tag("org/a/m@1", {"acc": "0.9"})  # same value: no-op
+    with pytest.raises(TagConflict):
+        client.tag("org/a/m@1", {"acc": "0.8"})
+    names = [a["name"] for a in client.ls("org/")]
+    assert names == ["org/a/m", "org/b/m"]
+    assert [a["name"] for a in client.ls("org/a")] == ["org/a/m"]
+    assert client.ls("org/a")[0]["latest"] == 3
+    with pytest.raises(VersionNotFound):
+        client.show("org/a/m@9")
+    s = client.stats()
+    assert s["logical_bytes"] >= 300_005 and s["stored_bytes"] > 0 and s["packs"] >= 1
+    assert s["chunks"] > 0 and s["dedup_ratio"] > 0
+
+
+def test_content_endpoint_streams_with_ranges(gateway, client, tmp_path):
+    data = random_bytes(MiB + 333, seed=30)
+    client.push(write(tmp_path / "c.bin", data), "team/stream")
+    url = f"{gateway.url}/v1/artifacts/team/stream/-/versions/latest/content"
+    full = httpx.get(url)
+    assert full.status_code == 200 and full.content == data
+    part = httpx.get(url, headers={"range": "bytes=1000-200999"})
+    assert part.status_code == 206 and part.content == data[1000:201000]
+    assert part.headers["content-range"] == f"bytes 1000-200999/{len(data)}"
+    bad = httpx.get(url, headers={"range": f"bytes={len(data) + 10}-"})
+    assert bad.status_code == 416 and bad.json()["error"]["code"] == "range_not_satisfiable"
+
+
+def test_concurrent_writers_overlapping_content(gateway, tmp_path):
+    """8 clients push overlapping content to the same and different names at once."""
+    base = random_bytes(3 * MiB, seed=40)
+    srcs = []
+    for i in range(8):
+        data = base[: MiB * (1 + i % 3)] + random_bytes(300_000, seed=50 + i)
+        srcs.append((write(tmp_path / f"c{i}.bin", data), f"team/conc/{'shared' if i % 2 else i}"))
+    results: list = [None] * 8
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            with Client(gateway.url) as c:
+                results[i] = c.push(srcs[i][0], srcs[i][1])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Client(gateway.url) as c:
+        for i, r in enumerate(results):
+            out = tmp_path / f"o{i}"
+            c.pull(f"{r['name']}@{r['version']}", out)
+            assert out.read_bytes() == srcs[i][0].read_bytes()
+        assert len(c.versions("team/conc/shared")) == 4
+
+
+def test_cli_json_and_exit_codes(gateway, tmp_path):
+    env = {**os.environ, "CHUNKYARD_URL": gateway.url}
+    src = write(tmp_path / "cli.bin", random_bytes(500_000, seed=60))
+
+    def cy(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "chunkyard.client.cli", *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    p = cy("push", str(src), "cli/model", "--tag", "k=v", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    for key in ("name", "version", "digest", "size", "files", "chunks_total", "chunks_new",
+                "bytes_uploaded"):
+        assert key in r
+    assert p.stderr == ""  # no progress bar when not on a terminal
+    p = cy("pull", "cli/model@1", str(tmp_path / "back.bin"), "--json")
+    assert p.returncode == 0 and (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    for args in (["ls", "--json"], ["show", "cli/model", "--json"], ["stats", "--json"],
+                 ["alias", "set", "cli/model", "prod", "1", "--json"]):
+        p = cy(*args)
+        assert p.returncode == 0, (args, p.stderr)
+        json.loads(p.stdout)
+    p = cy("show", "cli/missing", "--json")
+    assert p.returncode == 3 and json.loads(p.stdout)["error"]["code"] == "artifact_not_found"
+    p = cy("push", str(src), "bad//name")
+    assert p.returncode == 2 and "invalid_name" in p.stderr
+
+
+def test_openapi_and_health(gateway):
+    doc = httpx.get(f"{gateway.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and "/v1/sessions" in doc["paths"]
+    assert httpx.get(f"{gateway.url}/v1/health").json()["status"] == "ok"
