@@ -41,20 +41,27 @@ class RunningGateway:
         request must leave both exactly as they were."""
         conn = sqlite3.connect(self.data / "catalog.db")
         try:
-            tables = [r[0] for r in conn.execute(
-                "select name from sqlite_master where type='table' and name != 'sessions'")]
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "select name from sqlite_master where type='table' and name != 'sessions'"
+                )
+            ]
             counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
         finally:
             conn.close()
         store = self.data / "store"
         files = sorted(
-            str(p.relative_to(store)) for p in store.rglob("*")
+            str(p.relative_to(store))
+            for p in store.rglob("*")
             if p.is_file() and ".uploads" not in p.parts
         )
         return {"tables": counts, "store": files}
 
 
-def start_gateway(data: Path, **env: str) -> tuple[RunningGateway, uvicorn.Server, threading.Thread]:
+def start_gateway(
+    data: Path, **env: str
+) -> tuple[RunningGateway, uvicorn.Server, threading.Thread]:
     port = free_port()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -66,8 +73,9 @@ def start_gateway(data: Path, **env: str) -> tuple[RunningGateway, uvicorn.Serve
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

@@ -45,9 +45,20 @@ def begin(api, sid, pack_id, size):
     return r.json()["parts"][0]
 
 
-@pytest.mark.parametrize("name", [
-    "", "a/../b", "a//b", "/abs/path", "a\x01b", "x" * 300, "..", 17, None,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a/../b",
+        "a//b",
+        "/abs/path",
+        "a\x01b",
+        "x" * 300,
+        "..",
+        17,
+        None,
+    ],
+)
 def test_malformed_names_are_refused(gateway, api, name):
     before = gateway.snapshot()
     r = api.post("/v1/sessions", json={"name": name})
@@ -81,17 +92,32 @@ def test_malformed_bodies(gateway, api, session):
     r = api.post(f"/v1/sessions/{session}/packs", json={"pack": "a" * 64, "size": 10**12})
     assert r.status_code == 400 and error_code(r) == "bad_request"
     commit = f"/v1/sessions/{session}/commit"
-    r = api.post(commit, json={"layout": "file", "files": [
-        {"path": "f", "size": 1, "digest": "nothex", "terms": []}]})
+    r = api.post(
+        commit,
+        json={
+            "layout": "file",
+            "files": [{"path": "f", "size": 1, "digest": "nothex", "terms": []}],
+        },
+    )
     assert r.status_code == 400 and error_code(r) == "invalid_digest"
-    r = api.post(commit, json={"layout": "tree", "files": [
-        {"path": "../etc/passwd", "size": 0, "digest": "0" * 64, "terms": []}]})
+    r = api.post(
+        commit,
+        json={
+            "layout": "tree",
+            "files": [{"path": "../etc/passwd", "size": 0, "digest": "0" * 64, "terms": []}],
+        },
+    )
     assert r.status_code == 400 and error_code(r) == "invalid_name"
     r = api.post(commit, json={"layout": "weird", "files": []})
     assert r.status_code == 400 and error_code(r) == "invalid_manifest"
-    r = api.post(commit, json={"layout": "file", "files": [
-        {"path": "f", "size": 5, "digest": "0" * 64, "terms": [["a" * 64, 0, 1]]}],
-        "tags": {"bad key!": "x"}})
+    r = api.post(
+        commit,
+        json={
+            "layout": "file",
+            "files": [{"path": "f", "size": 5, "digest": "0" * 64, "terms": [["a" * 64, 0, 1]]}],
+            "tags": {"bad key!": "x"},
+        },
+    )
     assert r.status_code == 400 and error_code(r) == "invalid_name"
     assert gateway.snapshot() == before
 
@@ -100,8 +126,11 @@ def test_oversized_bodies(gateway, api, session):
     before = gateway.snapshot()
     r = api.post(f"/v1/sessions/{session}/missing", content=b"\0" * (32 * 65536 + 32))
     assert r.status_code == 413 and error_code(r) == "body_too_large"
-    r = api.post("/v1/sessions", content=b"x" * (65 * 1024 * 1024),
-                 headers={"content-type": "application/json"})
+    r = api.post(
+        "/v1/sessions",
+        content=b"x" * (65 * 1024 * 1024),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and error_code(r) == "body_too_large"
     p = make_pack(seed=1)
     part = begin(api, session, p.id, p.size)
@@ -118,8 +147,7 @@ def test_truncated_part_is_refused(gateway, api, session):
     before = gateway.snapshot()
     r = httpx.put(part["url"], content=bytes(p.data)[:-100])
     assert r.status_code == 400 and error_code(r) == "bad_request"
-    r = api.post(f"/v1/sessions/{session}/packs/{p.id}/complete",
-                 json={"parts": [{"number": 1}]})
+    r = api.post(f"/v1/sessions/{session}/packs/{p.id}/complete", json={"parts": [{"number": 1}]})
     assert r.status_code == 400 and "not uploaded" in r.json()["error"]["message"]
     assert gateway.snapshot() == before
 
@@ -136,14 +164,22 @@ def test_corrupted_pack_is_refused_and_removed(gateway, api, session, how):
     before = gateway.snapshot()
     part = begin(api, session, pack_id, len(body))
     assert httpx.put(part["url"], content=bytes(body)).status_code == 200
-    r = api.post(f"/v1/sessions/{session}/packs/{pack_id}/complete",
-                 json={"parts": [{"number": 1}]})
+    r = api.post(
+        f"/v1/sessions/{session}/packs/{pack_id}/complete", json={"parts": [{"number": 1}]}
+    )
     assert r.status_code == 422 and error_code(r) == "pack_corrupt"
     after = gateway.snapshot()
     assert after == before
     # and it cannot be named by a commit
-    r = api.post(f"/v1/sessions/{session}/commit", json={"layout": "file", "files": [
-        {"path": "f", "size": 50_000, "digest": "0" * 64, "terms": [[pack_id, 0, 1]]}]})
+    r = api.post(
+        f"/v1/sessions/{session}/commit",
+        json={
+            "layout": "file",
+            "files": [
+                {"path": "f", "size": 50_000, "digest": "0" * 64, "terms": [[pack_id, 0, 1]]}
+            ],
+        },
+    )
     assert r.status_code == 422 and error_code(r) == "untrusted_chunks"
     assert gateway.snapshot() == before
 
@@ -163,8 +199,13 @@ def test_forged_and_expired_urls(gateway, api, session):
     # re-sign with an expiry in the past using the gateway's own secret
     from chunkyard import signing
 
-    stale = signing.sign(gateway.settings.secret, "PUT", url.path, {
-        k: v for k, v in q.items() if k not in ("exp", "sig")}, -10)
+    stale = signing.sign(
+        gateway.settings.secret,
+        "PUT",
+        url.path,
+        {k: v for k, v in q.items() if k not in ("exp", "sig")},
+        -10,
+    )
     r = httpx.put(url._replace(query=urlencode(stale)).geturl(), content=bytes(p.data))
     assert r.status_code == 403 and error_code(r) == "url_expired"
     r = httpx.get(f"{gateway.url}/v1/blobs/packs/aa/{'a' * 64}?exp={int(time.time()) + 60}&sig=00")
@@ -185,8 +226,10 @@ def test_commit_must_match_verified_content(gateway, api, session, client, tmp_p
     commit = f"/v1/sessions/{s}/commit"
 
     def files(size: int, terms: list) -> dict:
-        return {"layout": "file", "files": [
-            {"path": "x", "size": size, "digest": "1" * 64, "terms": terms}]}
+        return {
+            "layout": "file",
+            "files": [{"path": "x", "size": size, "digest": "1" * 64, "terms": terms}],
+        }
 
     r = api.post(commit, json=files(200_000, [[pack_id, 0, n_chunks + 5]]))
     assert r.status_code == 400 and error_code(r) == "invalid_manifest"
@@ -206,8 +249,13 @@ def test_pull_detects_a_lying_digest(gateway, api, client, tmp_path):
     recon = api.get("/v1/artifacts/bad/liar-source/-/versions/1/files/0/reconstruction").json()
     terms = [[t["pack"], 0, len(t["chunks"])] for t in recon["terms"]]
     s = api.post("/v1/sessions", json={"name": "bad/liar"}).json()["session"]
-    r = api.post(f"/v1/sessions/{s}/commit", json={"layout": "file", "files": [
-        {"path": "lie.bin", "size": 150_000, "digest": "2" * 64, "terms": terms}]})
+    r = api.post(
+        f"/v1/sessions/{s}/commit",
+        json={
+            "layout": "file",
+            "files": [{"path": "lie.bin", "size": 150_000, "digest": "2" * 64, "terms": terms}],
+        },
+    )
     assert r.status_code == 201
     dest = tmp_path / "pulled.bin"
     with pytest.raises(DigestMismatch):

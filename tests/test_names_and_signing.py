@@ -10,10 +10,27 @@ def test_good_names(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", [
-    "", "/abs", "a//b", "a/../b", "..", "a/./b", "a/", "a\x00b", "a\nb", "x" * 300, "-/a",
-    "a/-", "a b", ".hidden", "a\\b", "/".join(["a"] * 17),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/abs",
+        "a//b",
+        "a/../b",
+        "..",
+        "a/./b",
+        "a/",
+        "a\x00b",
+        "a\nb",
+        "x" * 300,
+        "-/a",
+        "a/-",
+        "a b",
+        ".hidden",
+        "a\\b",
+        "/".join(["a"] * 17),
+    ],
+)
 def test_bad_names(name):
     with pytest.raises(InvalidName):
         check_name(name)

@@ -91,7 +91,8 @@ def test_directory_push_and_pull(client, tmp_path):
     assert r2["chunks_total"] < 30  # only the changed shard was chunked
     client.pull("team/folder@2", tmp_path / "p2")
     assert (tmp_path / "p2/shards/model-00002.safetensors").read_bytes() == random_bytes(
-        MiB + 5, seed=15)
+        MiB + 5, seed=15
+    )
 
 
 def test_aliases_tags_listing_and_stats(client, tmp_path):
@@ -169,20 +170,37 @@ def test_cli_json_and_exit_codes(gateway, tmp_path):
     src = write(tmp_path / "cli.bin", random_bytes(500_000, seed=60))
 
     def cy(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "chunkyard.client.cli", *args],
-                              capture_output=True, text=True, env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "chunkyard.client.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     p = cy("push", str(src), "cli/model", "--tag", "k=v", "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
-    for key in ("name", "version", "digest", "size", "files", "chunks_total", "chunks_new",
-                "bytes_uploaded"):
+    for key in (
+        "name",
+        "version",
+        "digest",
+        "size",
+        "files",
+        "chunks_total",
+        "chunks_new",
+        "bytes_uploaded",
+    ):
         assert key in r
     assert p.stderr == ""  # no progress bar when not on a terminal
     p = cy("pull", "cli/model@1", str(tmp_path / "back.bin"), "--json")
     assert p.returncode == 0 and (tmp_path / "back.bin").read_bytes() == src.read_bytes()
-    for args in (["ls", "--json"], ["show", "cli/model", "--json"], ["stats", "--json"],
-                 ["alias", "set", "cli/model", "prod", "1", "--json"]):
+    for args in (
+        ["ls", "--json"],
+        ["show", "cli/model", "--json"],
+        ["stats", "--json"],
+        ["alias", "set", "cli/model", "prod", "1", "--json"],
+    ):
         p = cy(*args)
         assert p.returncode == 0, (args, p.stderr)
         json.loads(p.stdout)

@@ -24,8 +24,8 @@ from ..digest import new_file_hasher
 from ..errors import DigestMismatch, InvalidRequest
 from ..names import check_path
 from ..packs import MAX_RECORD, decode_run
+from .packer import pipelined
 from .transport import Transport
-from .upload import pipelined
 
 UNIT_BYTES = 8 * 1024 * 1024
 #: a unit closes once it passes UNIT_BYTES stored or raw, so one more record fits

@@ -1,0 +1,265 @@
+"""The ingest pipeline: files in, packs and manifests out, with bounded memory.
+
+    read+cut (main) → hash, look up, compress new chunks (cpu pool) → place in pack
+    (main, in order) → finish + ship finished packs (io pool)
+
+Windows of a few MiB flow through it, at most ``DEPTH`` ahead; at most
+``PACKS_IN_FLIGHT`` finished packs are shipping while the next is filled. All heavy
+work (FastCDC, BLAKE3, zstd) runs in C with the GIL released, so both cores work.
+
+``lookup`` says which chunk ids are already stored (the gateway's missing-chunk
+query) and ``ship`` sends a finished pack (presigned parts); the benchmark plugs in
+stand-ins to measure the pipeline alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from .. import packs as packfmt
+from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, windows
+from ..digest import file_digest, new_file_hasher
+
+DEPTH = 3
+PACKS_IN_FLIGHT = 2
+#: chunk locations remembered within one push (~200 B each): dedups repeats inside a
+#: push without growing with file size.
+RECENT_LIMIT = 200_000
+
+#: lookup(ids) -> {"packs": [pack ids], "locations": [None | [pack index, chunk index]]}
+Lookup = Callable[[list[bytes]], dict]
+Ship = Callable[[packfmt.Pack], None]
+
+
+def pipelined(
+    pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int = DEPTH
+) -> Iterator:
+    """``map(fn, items)`` on ``pool``, in order, at most ``depth`` items ahead."""
+    q: deque[Future] = deque()
+    for item in items:
+        q.append(pool.submit(fn, item))
+        if len(q) > depth:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
+
+
+def nothing_stored(ids: list[bytes]) -> dict:
+    """A lookup for a fresh store: every chunk is new."""
+    return {"packs": [], "locations": [None] * len(ids)}
+
+
+class PackSlot:
+    """A pack being filled: its id is known only when it is finished."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+
+
+@dataclass
+class FileResult:
+    path: str
+    size: int
+    digest: str
+    terms: list[list] = field(default_factory=list)  # [pack id or PackSlot, first, end]
+    from_version: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
+        if self.from_version is not None:
+            out["from_version"] = self.from_version
+        else:
+            out["terms"] = [
+                [p.id if isinstance(p, PackSlot) else p, a, b] for p, a, b in self.terms
+            ]
+        return out
+
+
+@dataclass
+class Stats:
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_uploaded: int = 0
+    packs: int = 0
+
+
+class Packer:
+    """Chunks files, finds new chunks, fills packs and ships them. Not thread-safe:
+    one Packer per push; call :meth:`finish` before reading pack ids from results."""
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        ship: Ship,
+        target_size: int = packfmt.TARGET_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.lookup, self.ship = lookup, ship
+        self.target_size = target_size
+        self.progress = progress or (lambda n: None)
+        self.stats = Stats()
+        self.cpu = ThreadPoolExecutor(2, thread_name_prefix="cy-cpu")
+        self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
+        self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
+        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pack_buffers: list[bytearray] = []
+        self.recent: OrderedDict[bytes, tuple[PackSlot | str, int]] = OrderedDict()
+        self.slot = PackSlot()
+        self.writer = self._new_writer()
+        self.shipping: deque[Future] = deque()
+
+    def close(self) -> None:
+        for pool in (self.cpu, self.io, self.digest_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Packer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- per window, on a worker ---------------------------------------------
+    def _compressor(self):  # type: ignore[no-untyped-def]
+        c = getattr(self._local, "cctx", None)
+        if c is None:
+            c = self._local.cctx = packfmt.new_compressor()
+        return c
+
+    def _prepare(self, w: Window) -> tuple[Window, list[bytes], list]:
+        """Hash every chunk, look them up, compress the new ones. Per chunk the plan
+        holds ``("known", pack, idx)``, ``("dup",)`` (seen before in this push) or
+        ``(scheme, stored)`` for a new chunk."""
+        ids = [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
+        answer = self.lookup(ids)
+        known_packs = answer["packs"]
+        cctx = self._compressor()
+        plan: list[Any] = []
+        seen: set[bytes] = set()
+        for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
+            if loc is not None:
+                plan.append(("known", known_packs[loc[0]], loc[1]))
+            elif cid in seen or cid in self.recent:
+                plan.append(("dup",))
+            else:
+                seen.add(cid)
+                plan.append(packfmt.compress(cctx, w.chunk(i)))
+        return w, ids, plan
+
+    # -- in order, on the calling thread ---------------------------------------
+    def _place(self, w: Window, ids: list[bytes], plan: list, terms: list[list]) -> None:
+        for i, (cid, entry) in enumerate(zip(ids, plan, strict=True)):
+            self.stats.chunks_total += 1
+            if entry[0] == "known":
+                _add_term(terms, entry[1], entry[2])
+                continue
+            loc = self.recent.get(cid)
+            if loc is not None:  # already placed earlier in this push
+                _add_term(terms, *loc)
+                continue
+            if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
+                entry = packfmt.compress(self._compressor(), w.chunk(i))
+            scheme, stored = entry
+            if not self.writer.fits(len(stored)):
+                self._flush_pack()
+            idx = self.writer.add(cid, w.cuts[i][1], scheme, stored)
+            self.stats.chunks_new += 1
+            self.recent[cid] = (self.slot, idx)
+            if len(self.recent) > RECENT_LIMIT:
+                self.recent.popitem(last=False)
+            _add_term(terms, self.slot, idx)
+
+    # -- packs -------------------------------------------------------------
+    def _new_writer(self) -> packfmt.PackWriter:
+        with self._lock:
+            buf = self._pack_buffers.pop() if self._pack_buffers else None
+        return packfmt.PackWriter(self.target_size, buf)
+
+    def _flush_pack(self) -> None:
+        if not len(self.writer):
+            return
+        while len(self.shipping) >= PACKS_IN_FLIGHT:
+            self.shipping.popleft().result()
+        self.shipping.append(self.io.submit(self._finish_and_ship, self.writer, self.slot))
+        self.slot = PackSlot()
+        self.writer = self._new_writer()
+
+    def _finish_and_ship(self, writer: packfmt.PackWriter, slot: PackSlot) -> None:
+        try:
+            pack = writer.finish()
+            slot.id = pack.id
+            self.ship(pack)
+            self.stats.packs += 1
+        finally:
+            with self._lock:
+                self._pack_buffers.append(writer.buffer)
+
+    def finish(self) -> None:
+        """Ship the last pack and wait until every pack is shipped."""
+        self._flush_pack()
+        while self.shipping:
+            self.shipping.popleft().result()
+
+    # -- files -------------------------------------------------------------
+    def add_file(self, path: Path, rel: str, known: dict | None = None) -> FileResult:
+        """Chunk one file into the packs. ``known``: the same path's entry in the latest
+        version ({size, digest, version}); if the digest matches, the file is reused
+        without chunking it."""
+        size = path.stat().st_size
+        digest = None
+        if known is not None and known["size"] == size:
+            with open(path, "rb") as f:
+                digest = file_digest(f)
+            if digest == known["digest"]:
+                self.progress(size)
+                return FileResult(rel, size, digest, from_version=known["version"])
+        terms: list[list] = []
+        hasher = None if digest else new_file_hasher()
+        digests: deque[Future] = deque()
+
+        def update_digest(w: Window) -> None:
+            try:
+                hasher.update(w.data)  # type: ignore[union-attr]
+            finally:
+                w.release()
+
+        with open(path, "rb") as f:
+
+            def windows_with_digest() -> Iterator[Window]:
+                for w in windows(f, size_hint=size, pool=self.buffers):
+                    if hasher is not None:
+                        w.hold()
+                        digests.append(self.digest_pool.submit(update_digest, w))
+                        while len(digests) > DEPTH + 2:
+                            digests.popleft().result()
+                    yield w
+
+            for w, ids, plan in pipelined(self.cpu, self._prepare, windows_with_digest()):
+                n = len(w.data)
+                self._place(w, ids, plan, terms)
+                w.release()
+                self.progress(n)
+        for d in digests:
+            d.result()
+        if hasher is not None:
+            digest = hasher.hexdigest()
+        return FileResult(rel, size, digest or "", terms=terms)
+
+
+def _add_term(terms: list[list], pack: PackSlot | str, idx: int) -> None:
+    """Append chunk ``idx`` of ``pack``, merging with the last term when consecutive."""
+    if terms:
+        last = terms[-1]
+        if last[0] is pack and last[2] == idx:
+            last[2] = idx + 1
+            return
+    terms.append([pack, idx, idx + 1])
