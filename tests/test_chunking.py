@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from chunkyard.chunking import MAX_SIZE, MIN_SIZE, BufferPool, new_chunker, windows
 from conftest import random_bytes
 
@@ -16,10 +18,15 @@ def window_cuts(data: bytes, **kw) -> list[tuple[int, int]]:
     return out
 
 
-def test_windows_cut_exactly_like_the_whole_stream():
+@pytest.mark.parametrize("read_ahead", [0, 2])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_windows_cut_exactly_like_the_whole_stream(read_ahead, pooled):
     data = random_bytes(5 * 1024 * 1024 + 12345)
-    assert window_cuts(data, window_size=2 * MAX_SIZE) == whole_cuts(data)
-    assert window_cuts(data, window_size=1024 * 1024, size_hint=len(data)) == whole_cuts(data)
+    whole = whole_cuts(data)
+    for size, hint in ((2 * MAX_SIZE, None), (1024 * 1024, len(data)), (3 * MAX_SIZE, 10**9)):
+        pool = BufferPool(size + MAX_SIZE, keep=2) if pooled else None
+        got = window_cuts(data, window_size=size, size_hint=hint, pool=pool, read_ahead=read_ahead)
+        assert got == whole
 
 
 def test_windows_with_a_recycled_pool_give_the_same_bytes():

@@ -12,6 +12,7 @@ bounded by the window size whatever the file size.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,17 +95,77 @@ def _fill(stream: BinaryIO, view: memoryview) -> int:
     return filled
 
 
+#: A block read from the stream: (buffer, where its bytes start, how many, end reached).
+#: Pooled buffers keep their first MAX_SIZE bytes free, so the chunk carried over from
+#: the previous window can be put in front without copying the block.
+_Block = tuple[bytearray, int, int, bool]
+
+
+def _blocks(
+    stream: BinaryIO, window_size: int, size_hint: int | None, pool: BufferPool | None
+) -> Iterator[_Block]:
+    done = 0
+    while True:
+        want = window_size
+        if size_hint is not None:  # +1 so that end-of-stream is seen without another read
+            want = max(1, min(window_size, size_hint - done + 1))
+        if pool is not None and want == window_size:
+            buf, front = pool.get(), MAX_SIZE
+        else:
+            buf, front = bytearray(want), 0
+        n = _fill(stream, memoryview(buf)[front : front + want])
+        done += n
+        yield buf, front, n, n < want
+        if n < want:
+            return
+
+
+def _read_ahead(blocks: Iterator[_Block], depth: int) -> Iterator[_Block]:
+    """Run ``blocks`` on a thread, ``depth`` blocks ahead: reading overlaps cutting."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(None)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    threading.Thread(target=run, name="cy-read", daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def windows(
     stream: BinaryIO,
     window_size: int = WINDOW_SIZE,
     size_hint: int | None = None,
     pool: BufferPool | None = None,
+    read_ahead: int = 0,
 ) -> Iterator[Window]:
     """Yield windows of whole chunks covering ``stream`` in order.
 
     Each window owns its buffer until released, so consumers may keep it while the
     next is read. ``size_hint`` (bytes in the stream) keeps buffers small for small
-    files; ``pool`` (buffers of ``window_size + MAX_SIZE``) recycles large ones.
+    files; ``pool`` (buffers of ``window_size + MAX_SIZE``) recycles large ones;
+    ``read_ahead`` reads that many blocks ahead on a thread.
     """
     if window_size < 2 * MAX_SIZE:
         raise ValueError("window must hold at least two maximal chunks")
@@ -113,23 +174,22 @@ def windows(
     cdc = new_chunker()
     carry = b""
     offset = 0
-    while True:
-        want = window_size
-        if size_hint is not None:  # +1 so that end-of-stream is seen without another read
-            want = max(1, min(window_size, size_hint - offset - len(carry) + 1))
-        if pool is not None and want == window_size:
-            buf = pool.get()
-        else:
-            buf = bytearray(len(carry) + want)
-        view = memoryview(buf)[: len(carry) + want]
-        view[: len(carry)] = carry
-        filled = len(carry) + _fill(stream, view[len(carry) :])
-        eof = filled < len(view)
-        if not filled:
-            if pool is not None:
+    blocks = _blocks(stream, window_size, size_hint, pool)
+    if read_ahead:
+        blocks = _read_ahead(blocks, read_ahead)
+    for buf, front, n, eof in blocks:
+        if front >= len(carry):
+            start = front - len(carry)
+            memoryview(buf)[start:front] = carry
+        else:  # a small unpooled block after a carried chunk: join them
+            if pool is not None and len(buf) == pool.size:
+                pool.put(buf)
+            buf, start, front = bytearray(carry) + buf[front : front + n], 0, len(carry)
+        data = memoryview(buf)[start : front + n]
+        if not len(data):
+            if pool is not None and len(buf) == pool.size:
                 pool.put(buf)
             return
-        data = view[:filled]
         cuts = [(c.offset, c.length) for c in cdc.cut_buf(data)]
         if not eof and len(cuts) > 1:
             last_off, _ = cuts.pop()
@@ -140,5 +200,3 @@ def windows(
         pooled = pool if (pool is not None and len(buf) == pool.size) else None
         yield Window(data, cuts, offset, buf if pooled else None, pooled)
         offset += len(data)
-        if eof:
-            return

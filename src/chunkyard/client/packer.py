@@ -235,7 +235,7 @@ class Packer:
         with open(path, "rb") as f:
 
             def windows_with_digest() -> Iterator[Window]:
-                for w in windows(f, size_hint=size, pool=self.buffers):
+                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=2):
                     if hasher is not None:
                         w.hold()
                         digests.append(self.digest_pool.submit(update_digest, w))
@@ -263,3 +263,55 @@ def _add_term(terms: list[list], pack: PackSlot | str, idx: int) -> None:
             last[2] = idx + 1
             return
     terms.append([pack, idx, idx + 1])
+
+
+@dataclass
+class HashResult:
+    digest: str
+    size: int
+    chunk_ids: list[bytes]
+
+
+def hash_file(path: str | Path) -> HashResult:
+    """Chunk and hash a file without storing anything: its digest (as ``b3sum``) and
+    its chunk ids, with the same pipeline and memory bound as a push."""
+    path = Path(path)
+    size = path.stat().st_size
+    hasher = new_file_hasher()
+    ids: list[bytes] = []
+    buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
+
+    def chunk_ids(w: Window) -> list[bytes]:
+        return [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
+
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as digest_pool, open(path, "rb") as f:
+        digests: deque[Future] = deque()
+
+        def update(w: Window) -> None:
+            try:
+                hasher.update(w.data)
+            finally:
+                w.release()
+
+        def produce() -> Iterator[Window]:
+            for w in windows(f, size_hint=size, pool=buffers, read_ahead=2):
+                w.hold()
+                digests.append(digest_pool.submit(update, w))
+                while len(digests) > DEPTH + 2:
+                    digests.popleft().result()
+                yield w
+
+        q: deque[tuple[Window, Future]] = deque()
+        for w in produce():
+            q.append((w, pool.submit(chunk_ids, w)))
+            if len(q) > DEPTH:
+                done, fut = q.popleft()
+                ids += fut.result()
+                done.release()
+        while q:
+            done, fut = q.popleft()
+            ids += fut.result()
+            done.release()
+        for d in digests:
+            d.result()
+    return HashResult(hasher.hexdigest(), size, ids)
