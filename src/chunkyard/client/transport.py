@@ -111,7 +111,7 @@ class Transport:
             if resp.status_code in RETRY_STATUS and attempt < RETRIES:
                 _backoff(attempt)
                 continue
-            if resp.is_success:
+            if resp.is_success or resp.status_code == 308:  # 308: GCS resumable, more to come
                 return resp
             raise StoreError(
                 f"{what} was refused: HTTP {resp.status_code} {resp.text[:300]}",

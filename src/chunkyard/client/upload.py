@@ -34,7 +34,6 @@ class Uploader:
         self.t = transport
         self.session = transport.call("POST", "/v1/sessions", json={"name": name})
         self.sid = self.session["session"]
-        self.checksum = self.session.get("part_checksum")
         self.sequential = self.session.get("sequential_parts", False)
         self.parts = ThreadPoolExecutor(4, thread_name_prefix="cy-part")
         self.packer = Packer(
@@ -51,8 +50,8 @@ class Uploader:
     def _lookup(self, ids: list[bytes]) -> dict:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(ids))
 
-    def _checksums(self, data: bytes | memoryview, parts: list[dict]) -> list[str]:
-        algo = {"md5": hashlib.md5, "sha256": hashlib.sha256}[self.checksum]
+    def _checksums(self, kind: str, data: bytes | memoryview, parts: list[dict]) -> list[str]:
+        algo = {"md5": hashlib.md5, "sha256": hashlib.sha256}[kind]
         view = memoryview(data)
         return [
             base64.b64encode(algo(view[p["offset"] : p["offset"] + p["size"]]).digest()).decode()
@@ -64,8 +63,8 @@ class Uploader:
         plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         if plan["state"] == "verified":  # someone stored the very same pack already
             return
-        if self.checksum:
-            body["checksums"] = self._checksums(pack.data, plan["parts"])
+        if plan["state"] == "need_checksums":
+            body["checksums"] = self._checksums(plan["checksum"], pack.data, plan["parts"])
             plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         etags = self._send_parts(pack, body, plan["parts"])
         self.t.call(

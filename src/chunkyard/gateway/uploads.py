@@ -132,6 +132,14 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
         )
     plan = gw.store.plan_parts(size)
     checksums = body.get("checksums")
+    if gw.store.part_checksum and checksums is None:
+        # the client cannot know the store's part plan: tell it, and it asks again
+        return {
+            "pack": pack_id,
+            "state": "need_checksums",
+            "checksum": gw.store.part_checksum,
+            "parts": [{"number": p.number, "offset": p.offset, "size": p.size} for p in plan],
+        }
     if gw.store.part_checksum and not (
         isinstance(checksums, list)
         and len(checksums) == len(plan)
