@@ -19,6 +19,8 @@ class Settings:
     url_expiry: int = 900
     #: lifetime of an upload session, seconds
     session_ttl: int = 7 * 24 * 3600
+    #: pack verification: inline | background | external ("" = by store kind)
+    verify: str = ""
 
     @classmethod
     def load(
@@ -38,6 +40,7 @@ class Settings:
             public_url=public_url.rstrip("/"),
             secret=_load_secret(data),
             url_expiry=int(env.get("CHUNKYARD_URL_EXPIRY", "900")),
+            verify=env.get("CHUNKYARD_VERIFY", ""),
         )
 
 

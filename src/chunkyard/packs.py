@@ -161,27 +161,45 @@ def parse_index(index: bytes, expected_check: bytes | None = None) -> list[Entry
     return [Entry(*fields) for fields in ENTRY.iter_unpack(index)]
 
 
-def read_index(data: bytes | memoryview) -> list[Entry]:
-    """Parse the index of a whole pack held in memory, checking its structure."""
-    if len(data) > MAX_SIZE:
+def index_from_tail(tail: bytes | memoryview, pack_size: int) -> list[Entry] | int:
+    """Parse a pack's index from its last bytes, checking everything but the records.
+
+    Returns the entries, or the number of tail bytes needed if ``tail`` is too short
+    (so a reader fetches the footer and index with one or two ranged reads)."""
+    if pack_size > MAX_SIZE:
         raise PackCorrupt("pack is larger than the format allows")
-    if len(data) < HEADER_SIZE + FOOTER_SIZE:
+    if pack_size < HEADER_SIZE + FOOTER_SIZE or len(tail) < FOOTER_SIZE:
         raise PackCorrupt("pack is too short")
-    magic, version, _ = HEADER.unpack_from(data)
-    if magic != MAGIC or version != FORMAT_VERSION:
-        raise PackCorrupt("pack header is not a chunkyard pack of a known version")
-    index_offset, count = parse_footer(data[-FOOTER_SIZE:], len(data))
-    check = FOOTER.unpack(data[-FOOTER_SIZE:])[4]
-    entries = parse_index(data[index_offset : index_offset + count * ENTRY.size], check)
+    footer = tail[-FOOTER_SIZE:]
+    index_offset, count = parse_footer(footer, pack_size)
+    need = pack_size - index_offset
+    if len(tail) < need:
+        return need
+    index = tail[len(tail) - need : len(tail) - FOOTER_SIZE]
+    entries = parse_index(index, FOOTER.unpack(footer)[4])
     pos = HEADER_SIZE
     for e in entries:
         if e.offset != pos or e.scheme not in (SCHEME_RAW, SCHEME_ZSTD):
             raise PackCorrupt("pack records are not contiguous or use an unknown scheme")
         if e.scheme == SCHEME_RAW and e.stored_len != e.raw_len:
             raise PackCorrupt("raw record length differs from chunk length")
+        if e.raw_len > MAX_RECORD:
+            raise PackCorrupt("record is larger than a maximal chunk")
         pos += e.stored_len
     if pos != index_offset:
         raise PackCorrupt("pack records do not end where the index starts")
+    return entries
+
+
+def read_index(data: bytes | memoryview) -> list[Entry]:
+    """Parse the index of a whole pack held in memory, checking its structure."""
+    if len(data) < HEADER_SIZE + FOOTER_SIZE:
+        raise PackCorrupt("pack is too short")
+    magic, version, _ = HEADER.unpack_from(data)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise PackCorrupt("pack header is not a chunkyard pack of a known version")
+    entries = index_from_tail(data, len(data))
+    assert not isinstance(entries, int)
     return entries
 
 

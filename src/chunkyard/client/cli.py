@@ -80,6 +80,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verifier(args: argparse.Namespace) -> int:
+    """Verify completed packs (CHUNKYARD_VERIFY=external), from the same settings as
+    the gateway: the data dir, CHUNKYARD_DB and CHUNKYARD_STORE."""
+    import asyncio
+
+    from ..config import Settings
+    from ..gateway import Gateway, verifier
+
+    async def run() -> None:
+        settings = Settings.load(args.data)
+        settings.verify = "external"
+        gw = await Gateway.open(settings)
+        try:
+            await verifier.run(gw, asyncio.Event(), once=args.once)
+        finally:
+            await gw.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .api import Client
 
@@ -184,6 +205,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=os.environ.get("CHUNKYARD_DATA", "./chunkyard-data"))
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--log-level", default="warning")
+    s = cmd("verifier", cmd_verifier, "verify uploaded packs (for CHUNKYARD_VERIFY=external)")
+    s.add_argument("--data", default=os.environ.get("CHUNKYARD_DATA", "./chunkyard-data"))
+    s.add_argument("--once", action="store_true", help="stop when no pack is left to verify")
     s = cmd("push", cmd_push, "push a file or directory as a new version")
     s.add_argument("path")
     s.add_argument("name")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from ..catalog import Database
 from ..config import Settings
 from ..stores import open_store
@@ -17,6 +20,13 @@ class Gateway:
         self.settings = settings
         self.db = db
         self.store = store
+        self.verify_mode = settings.verify or (
+            "inline" if store.url.startswith("file:") else "background"
+        )
+        if self.verify_mode not in ("inline", "background", "external"):
+            raise ValueError("CHUNKYARD_VERIFY must be inline, background or external")
+        self.verifier_wakeup: asyncio.Event | None = None
+        self._verifier: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
@@ -26,8 +36,18 @@ class Gateway:
         await store.check()
         db = Database(settings.db_url)
         await db.migrate()
-        return cls(settings, db, store)
+        gw = cls(settings, db, store)
+        if gw.verify_mode == "background":
+            from . import verifier
+
+            gw.verifier_wakeup = asyncio.Event()
+            gw._verifier = asyncio.create_task(verifier.run(gw, gw.verifier_wakeup))
+        return gw
 
     async def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._verifier
         await self.store.close()
         await self.db.close()

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import packs as packfmt
-from ..catalog.schema import pack_entries, version_files
-from ..errors import InvalidRequest, NotFound
+from ..catalog.schema import pack_entries, packs, version_files
+from ..errors import InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
 from .artifacts import Ref, find_version
 from .core import Gateway, pack_key
@@ -102,7 +102,23 @@ async def plan(
                 "take": take,
             }
         )
+    bad = await _corrupt_packs(conn, {t["pack"] for t in out})
+    if bad:
+        raise PackCorrupt(
+            f"{f.path} uses pack {bad[0]}, which failed verification: this version's "
+            "uploader sent bytes that do not match their chunk ids",
+            pack=bad[0],
+        )
     return out, (stop if stop < end else None)
+
+
+async def _corrupt_packs(conn: AsyncConnection, ids: set[str]) -> list[str]:
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(packs.c.id).where(packs.c.id.in_(list(ids)), packs.c.state == "corrupt")
+    )
+    return [r.id for r in rows]
 
 
 async def reconstruction(

@@ -8,17 +8,16 @@ never taken from the client.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
 
-import anyio
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import packs as packfmt
-from ..catalog.db import insert_ignoring_duplicates
 from ..catalog.schema import (
     artifacts,
     chunks,
@@ -42,6 +41,7 @@ from ..errors import (
 from ..manifest import Term, dumps, loads, parse_terms
 from ..names import check_name, check_path, check_tags
 from ..stores.base import CompletedPart
+from . import verifier
 from .artifacts import apply_tags, version_json
 from .core import Gateway, pack_key
 
@@ -197,10 +197,12 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
 
 
 async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict[str, Any]:
-    """Assemble the parts, read the pack back and verify every chunk, then index it.
+    """Make the uploaded parts one object, index it from its footer, and verify it
+    (now, or in the background: see :mod:`chunkyard.gateway.verifier`).
 
-    A pack that fails verification is deleted from the store and the catalog: it never
-    becomes visible, and the client gets ``pack_corrupt``.
+    A pack whose structure is wrong, or that fails inline verification, is removed from
+    the store and the catalog: it never becomes visible, and the client gets
+    ``pack_corrupt``.
     """
     check_hex(pack_id, "pack id")
     raw_parts = body.get("parts", [])
@@ -215,55 +217,48 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
         row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
     if row is None:
         raise PackNotFound(f"pack {pack_id} was never begun", pack=pack_id)
-    if row.state == "verified":
-        return {"pack": pack_id, "state": "verified", "chunks": row.chunk_count}
+    if row.state in ("complete", "verified"):
+        return {"pack": pack_id, "state": row.state, "chunks": row.chunk_count}
     key = pack_key(pack_id)
     info = await gw.store.stat(key)
     if info is None or info.size != row.size:
         await gw.store.complete_upload(key, row.upload_id, completed)
     try:
-        data = await gw.store.get(key)
-        if len(data) != row.size:
-            raise PackCorrupt(
-                f"pack {pack_id} has {len(data)} bytes, expected {row.size}", pack=pack_id
-            )
-        entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, data)
-        del data
+        entries = await verifier.read_index(gw, pack_id, row.size)
     except PackCorrupt:
-        await gw.store.delete(key)
-        async with gw.db.write() as conn:
-            await conn.execute(
-                packs.delete().where(packs.c.id == pack_id, packs.c.state == "uploading")
-            )
+        await verifier.remove(gw, pack_id)
         raise
     async with gw.db.write() as conn:
         cur = (await conn.execute(select(packs.c.state).where(packs.c.id == pack_id))).scalar()
-        if cur == "verified":
-            return {"pack": pack_id, "state": "verified", "chunks": len(entries)}
+        if cur != "uploading":
+            return {"pack": pack_id, "state": cur, "chunks": len(entries)}
         await conn.execute(
             packs.update()
             .where(packs.c.id == pack_id)
-            .values(state="verified", chunk_count=len(entries), verified_at=time.time())
+            .values(state="complete", chunk_count=len(entries))
         )
-        rows = [
-            {
-                "pack_id": pack_id,
-                "idx": i,
-                "chunk_id": e.chunk_id,
-                "offset": e.offset,
-                "stored_len": e.stored_len,
-                "raw_len": e.raw_len,
-                "scheme": e.scheme,
-            }
-            for i, e in enumerate(entries)
-        ]
-        if rows:
-            await conn.execute(pack_entries.insert(), rows)
+        if entries:
             await conn.execute(
-                insert_ignoring_duplicates(conn.dialect.name, chunks),
-                [{"id": e.chunk_id, "pack_id": pack_id, "idx": i} for i, e in enumerate(entries)],
+                pack_entries.insert(),
+                [
+                    {
+                        "pack_id": pack_id,
+                        "idx": i,
+                        "chunk_id": e.chunk_id,
+                        "offset": e.offset,
+                        "stored_len": e.stored_len,
+                        "raw_len": e.raw_len,
+                        "scheme": e.scheme,
+                    }
+                    for i, e in enumerate(entries)
+                ],
             )
-    return {"pack": pack_id, "state": "verified", "chunks": len(entries)}
+    state = "complete"
+    if gw.verify_mode == "inline":
+        state = await verifier.verify_pack(gw, pack_id, forget_on_failure=True)
+    elif gw.verifier_wakeup is not None:
+        gw.verifier_wakeup.set()
+    return {"pack": pack_id, "state": state, "chunks": len(entries)}
 
 
 def _parse_commit(body: dict) -> tuple[str, list[dict], dict[str, str]]:
@@ -301,18 +296,25 @@ def _parse_commit(body: dict) -> tuple[str, list[dict], dict[str, str]]:
 
 
 async def _resolve_terms(
-    conn: AsyncConnection, path: str, size: int, terms: list[Term], pack_cache: dict
+    conn: AsyncConnection, sid: str, path: str, size: int, terms: list[Term], pack_cache: dict
 ) -> list[Term]:
+    """Check that every term names chunks of a usable pack (verified, or completed by
+    this very session) and compute its size from the catalog."""
     resolved, total = [], 0
     for t in terms:
         if t.pack not in pack_cache:
             pack_cache[t.pack] = (
                 await conn.execute(
-                    select(packs.c.state, packs.c.chunk_count).where(packs.c.id == t.pack)
+                    select(packs.c.state, packs.c.chunk_count, packs.c.session_id).where(
+                        packs.c.id == t.pack
+                    )
                 )
             ).first()
         p = pack_cache[t.pack]
-        if p is None or p.state != "verified":
+        usable = p is not None and (
+            p.state == "verified" or (p.state == "complete" and p.session_id == sid)
+        )
+        if not usable:
             raise UntrustedChunks(
                 f"file {path!r} names pack {t.pack}, which is not a verified pack", pack=t.pack
             )
@@ -353,6 +355,7 @@ async def commit(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
         if layout == "file"
         else tree_digest((f["path"], f["size"], f["digest"]) for f in files)
     )
+    await _verify_foreign_packs(gw, sid, files)
     for attempt in range(5):
         try:
             return await _commit_once(gw, sid, layout, files, new_tags, digest)
@@ -360,6 +363,27 @@ async def commit(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
+
+
+async def _verify_foreign_packs(gw: Gateway, sid: str, files: list[dict]) -> None:
+    """Packs another upload completed but nobody verified yet are checked now, before
+    this commit may rely on them."""
+    names = {t.pack for f in files for t in f.get("terms", [])}
+    if not names:
+        return
+    pending = []
+    async with gw.db.read() as conn:
+        for i in range(0, len(names), 500):
+            batch = list(names)[i : i + 500]
+            rows = await conn.execute(
+                select(packs.c.id, packs.c.session_id).where(
+                    packs.c.id.in_(batch), packs.c.state == "complete"
+                )
+            )
+            pending += [r.id for r in rows if r.session_id != sid]
+    for pack_id in pending:
+        with contextlib.suppress(PackCorrupt):
+            await verifier.verify_pack(gw, pack_id)
 
 
 async def _commit_once(
@@ -426,7 +450,7 @@ async def _commit_once(
                 loads(manifest)
             else:
                 manifest = dumps(
-                    await _resolve_terms(conn, f["path"], f["size"], f["terms"], pack_cache)
+                    await _resolve_terms(conn, sid, f["path"], f["size"], f["terms"], pack_cache)
                 )
             rows.append(
                 {
