@@ -105,3 +105,25 @@ def random_bytes(n: int, seed: int = 0) -> bytes:
     import random
 
     return random.Random(seed).randbytes(n)
+
+
+def begin_pack(api, sid: str, pack_id: str, data: bytes) -> dict:
+    """Begin a single-part pack upload the way a client does (with the store's part
+    checksum); returns the presigned part."""
+    import base64
+
+    import blake3
+
+    r = api.post(f"/v1/sessions/{sid}/packs", json={"pack": pack_id, "size": len(data)})
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    if plan["state"] == "need_checksums":
+        assert plan["checksum"] == "blake3" and len(plan["parts"]) == 1
+        checksum = base64.b64encode(blake3.blake3(data).digest()).decode()
+        r = api.post(
+            f"/v1/sessions/{sid}/packs",
+            json={"pack": pack_id, "size": len(data), "checksums": [checksum]},
+        )
+        assert r.status_code == 200, r.text
+        plan = r.json()
+    return plan["parts"][0]

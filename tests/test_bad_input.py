@@ -9,7 +9,7 @@ import pytest
 
 from chunkyard import packs
 from chunkyard.errors import DigestMismatch
-from conftest import random_bytes
+from conftest import begin_pack, random_bytes
 
 
 def error_code(resp: httpx.Response) -> str:
@@ -39,10 +39,8 @@ def make_pack(seed: int = 0, n: int = 3) -> packs.Pack:
     return w.finish()
 
 
-def begin(api, sid, pack_id, size):
-    r = api.post(f"/v1/sessions/{sid}/packs", json={"pack": pack_id, "size": size})
-    assert r.status_code == 200, r.text
-    return r.json()["parts"][0]
+def begin(api, sid, pack_id, data):
+    return begin_pack(api, sid, pack_id, bytes(data))
 
 
 @pytest.mark.parametrize(
@@ -133,7 +131,7 @@ def test_oversized_bodies(gateway, api, session):
     )
     assert r.status_code == 413 and error_code(r) == "body_too_large"
     p = make_pack(seed=1)
-    part = begin(api, session, p.id, p.size)
+    part = begin(api, session, p.id, p.data)
     mid = gateway.snapshot()
     r = httpx.put(part["url"], content=bytes(p.data) + b"extra")
     assert r.status_code == 413 and error_code(r) == "body_too_large"
@@ -143,7 +141,7 @@ def test_oversized_bodies(gateway, api, session):
 
 def test_truncated_part_is_refused(gateway, api, session):
     p = make_pack(seed=2)
-    part = begin(api, session, p.id, p.size)
+    part = begin(api, session, p.id, p.data)
     before = gateway.snapshot()
     r = httpx.put(part["url"], content=bytes(p.data)[:-100])
     assert r.status_code == 400 and error_code(r) == "bad_request"
@@ -162,7 +160,7 @@ def test_corrupted_pack_is_refused_and_removed(gateway, api, session, how):
     else:
         pack_id = blake3.blake3(b"something else").hexdigest()
     before = gateway.snapshot()
-    part = begin(api, session, pack_id, len(body))
+    part = begin(api, session, pack_id, body)
     assert httpx.put(part["url"], content=bytes(body)).status_code == 200
     r = api.post(
         f"/v1/sessions/{session}/packs/{pack_id}/complete", json={"parts": [{"number": 1}]}
@@ -186,7 +184,7 @@ def test_corrupted_pack_is_refused_and_removed(gateway, api, session, how):
 
 def test_forged_and_expired_urls(gateway, api, session):
     p = make_pack(seed=5)
-    part = begin(api, session, p.id, p.size)
+    part = begin(api, session, p.id, p.data)
     before = gateway.snapshot()
     url = urlparse(part["url"])
     q = {k: v[0] for k, v in parse_qs(url.query).items()}

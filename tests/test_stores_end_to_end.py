@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +74,46 @@ def test_reconstruction_urls_point_at_the_store(store_gateway, tmp_path: Path):
         assert all(u.startswith(store_gateway.url + "/v1/blobs/") for u in urls)
     else:  # direct: the gateway signs, the store serves
         assert not any(u.startswith(store_gateway.url) for u in urls)
+
+
+@pytest.mark.parametrize(
+    ("store", "env", "expect"),
+    [
+        ("s3", {"CHUNKYARD_STORE": "s3://no-such-bucket/x"}, "does not exist"),
+        (
+            "s3",
+            {"CHUNKYARD_STORE": "s3://chunkyard-test/x", "AWS_SECRET_ACCESS_KEY": "wrong"},
+            "access denied",
+        ),
+        (
+            "s3",
+            {"CHUNKYARD_STORE": "s3://chunkyard-test/x", "AWS_ENDPOINT_URL": "http://127.0.0.1:1"},
+            "connect",
+        ),
+        ("azure", {"CHUNKYARD_STORE": "az://no-such-container/x"}, "does not exist"),
+        ("gcs", {"CHUNKYARD_STORE": "gs://no-such-bucket/x"}, "does not exist"),
+        ("local", {"CHUNKYARD_STORE": "file:///proc/no/such/dir"}, "not writable"),
+    ],
+)
+def test_the_gateway_refuses_to_start_on_a_useless_store(store, env, expect, tmp_path):
+    url_var, needed = STORES[store]
+    if url_var:
+        require_env(store, *needed)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chunkyard.client.cli",
+            "serve",
+            "--data",
+            str(tmp_path),
+            "--port",
+            "1",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode != 0
+    assert "store_error" in p.stderr and expect in p.stderr.lower(), p.stderr

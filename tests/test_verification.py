@@ -15,7 +15,7 @@ import pytest
 
 from chunkyard import Client, packs
 from chunkyard.errors import PackCorrupt
-from conftest import random_bytes, start_gateway
+from conftest import begin_pack, random_bytes, start_gateway
 
 
 @pytest.fixture
@@ -75,8 +75,8 @@ def test_a_lying_pack_is_caught_and_its_version_fails_loudly(external, tmp_path)
     data = bytes(p.data)
     with httpx.Client(base_url=external.url) as c:
         sid = c.post("/v1/sessions", json={"name": "trust/liar"}).json()["session"]
-        part = c.post(f"/v1/sessions/{sid}/packs", json={"pack": p.id, "size": len(data)})
-        assert httpx.put(part.json()["parts"][0]["url"], content=data).status_code == 200
+        part = begin_pack(c, sid, p.id, data)
+        assert httpx.put(part["url"], content=data).status_code == 200
         done = c.post(f"/v1/sessions/{sid}/packs/{p.id}/complete", json={"parts": [{"number": 1}]})
         assert done.json()["state"] == "complete"
         digest = blake3.blake3(raw[0] + raw[1]).hexdigest()

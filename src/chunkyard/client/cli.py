@@ -8,6 +8,7 @@ conflict, 5 for an integrity failure, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -44,6 +45,16 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else human)
 
 
+async def _check_store(settings) -> None:  # type: ignore[no-untyped-def]
+    from ..stores import open_store
+
+    store = open_store(settings.store_url, public_url=settings.public_url, secret=settings.secret)
+    try:
+        await store.check()
+    finally:
+        await store.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -51,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.app import create_app
 
     settings = Settings.load(args.data, args.host, args.port)
+    asyncio.run(_check_store(settings))  # refuse to start on a useless store
     print(
         f"chunkyard gateway on http://{args.host}:{args.port}  catalog={settings.db_url}  "
         f"store={settings.store_url}",
@@ -83,8 +95,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_verifier(args: argparse.Namespace) -> int:
     """Verify completed packs (CHUNKYARD_VERIFY=external), from the same settings as
     the gateway: the data dir, CHUNKYARD_DB and CHUNKYARD_STORE."""
-    import asyncio
-
     from ..config import Settings
     from ..gateway import Gateway, verifier
 

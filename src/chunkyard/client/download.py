@@ -21,7 +21,7 @@ from typing import Any
 import zstandard
 
 from ..digest import new_file_hasher
-from ..errors import DigestMismatch, InvalidRequest
+from ..errors import DigestMismatch, InvalidRequest, StoreError
 from ..names import check_path
 from ..packs import MAX_RECORD, decode_run
 from .packer import pipelined
@@ -33,7 +33,7 @@ BUF = UNIT_BYTES + MAX_RECORD
 DEPTH = 6
 
 
-def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
+def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
     """Split each term of a page into fetch units at chunk boundaries."""
     for term in page["terms"]:
         url = page["urls"][term["pack"]]
@@ -51,8 +51,10 @@ def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
                 take = min(hi, raw_pos) - (raw_start + skip)
                 if take > 0:
                     yield (
+                        page,
                         url,
                         {
+                            "pack": term["pack"],
                             "range": [start, start + stored],
                             "chunks": group,
                             "skip": skip,
@@ -75,9 +77,11 @@ class Downloader:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch(self, job: tuple[dict, dict]) -> tuple[memoryview, tuple[bytearray, bytearray]]:
+    def _fetch(
+        self, job: tuple[dict, dict, dict]
+    ) -> tuple[memoryview, tuple[bytearray, bytearray]]:
         """On a worker: read one unit into a recycled buffer, decode and verify it."""
-        url, unit = job
+        page, url, unit = job
         a, b = unit["range"]
         with self._lock:
             bufs = self._free.pop() if self._free else (bytearray(BUF), bytearray(BUF))
@@ -85,12 +89,25 @@ class Downloader:
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
         try:
-            data = self.t.fetch_into(url, a, b, bufs[0], what=f"read of pack range {a}-{b}")
+            data = self._read(page, url, unit, bufs[0])
             out = decode_run(unit["chunks"], data, unit["skip"], unit["take"], dctx, bufs[1])
         except BaseException:
             self._recycle(bufs)
             raise
         return out, bufs
+
+    def _read(self, page: dict, url: dict, unit: dict, buf: bytearray) -> memoryview:
+        """Fetch a unit's pack range; a URL that expired meanwhile is signed afresh."""
+        a, b = unit["range"]
+        for attempt in range(3):
+            try:
+                return self.t.fetch_into(url, a, b, buf, what=f"read of pack range {a}-{b}")
+            except StoreError as exc:
+                if attempt == 2 or exc.detail.get("status") not in (401, 403):
+                    raise
+                fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
+                url = fresh["urls"][unit["pack"]]
+        raise AssertionError("unreachable")
 
     def _recycle(self, bufs: tuple[bytearray, bytearray]) -> None:
         with self._lock:
@@ -99,9 +116,9 @@ class Downloader:
     def pages(self, base: str, index: int) -> Iterator[dict]:
         start: int | None = 0
         while start is not None:
-            page = self.t.call(
-                "GET", f"{base}/files/{index}/reconstruction", params={"start": start}
-            )
+            path = f"{base}/files/{index}/reconstruction"
+            page = self.t.call("GET", path, params={"start": start})
+            page["_self"] = path
             yield page
             start = page["next"]
 

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from .. import packs as packfmt
 from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
@@ -51,7 +53,7 @@ class Uploader:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(ids))
 
     def _checksums(self, kind: str, data: bytes | memoryview, parts: list[dict]) -> list[str]:
-        algo = {"md5": hashlib.md5, "sha256": hashlib.sha256}[kind]
+        algo = {"md5": hashlib.md5, "sha256": hashlib.sha256, "blake3": blake3.blake3}[kind]
         view = memoryview(data)
         return [
             base64.b64encode(algo(view[p["offset"] : p["offset"] + p["size"]]).digest()).decode()
@@ -85,9 +87,10 @@ class Uploader:
                 except StoreError as exc:
                     # an expired or refused URL: ask for fresh ones and send this part again
                     if attempt == PART_ATTEMPTS - 1 or exc.detail.get("status") not in (
-                        400,
+                        400,  # S3/Azure: BadDigest, Md5Mismatch
                         401,
-                        403,
+                        403,  # expired URL
+                        422,  # local store: checksum mismatch
                     ):
                         raise
                     fresh = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)

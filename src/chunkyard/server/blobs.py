@@ -8,6 +8,7 @@ import hashlib
 import os
 import uuid
 
+import blake3
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -48,6 +49,8 @@ async def put_part(request: Request) -> Response:
         raise BodyTooLarge(f"part {number} must be {size} bytes", limit=size)
     want_md5 = request.headers.get("content-md5")
     md5 = hashlib.md5() if want_md5 else None
+    want_b3 = params.get("b3")
+    b3 = blake3.blake3() if want_b3 else None
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     written = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -60,6 +63,8 @@ async def put_part(request: Request) -> Response:
                 raise BodyTooLarge(f"part {number} must be {size} bytes", limit=size)
             if md5:
                 md5.update(piece)
+            if b3:
+                b3.update(piece)
             view = memoryview(piece)
             while view:
                 view = view[os.write(fd, view) :]
@@ -73,6 +78,8 @@ async def put_part(request: Request) -> Response:
             )
         if md5 and base64.b64encode(md5.digest()).decode() != want_md5:
             raise IntegrityFailure(f"part {number} does not match its Content-MD5")
+        if b3 and base64.b64encode(b3.digest()).decode() != want_b3:
+            raise IntegrityFailure(f"part {number} does not match its signed BLAKE3 checksum")
         os.replace(tmp, path)
     finally:
         if fd >= 0:

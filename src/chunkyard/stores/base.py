@@ -79,7 +79,8 @@ class Store(abc.ABC):
     #: URL the store was configured from (``file:///…``, ``s3://bucket/prefix``)
     url: str
     #: checksum the client must compute per part and send in the presign request:
-    #: ``"md5"`` (base64 Content-MD5), ``"sha256"`` (base64 x-amz-checksum-sha256) or None
+    #: ``"md5"`` (base64 Content-MD5), ``"sha256"`` (base64 x-amz-checksum-sha256),
+    #: ``"blake3"`` (base64, local store) or None
     part_checksum: str | None = None
     #: True where parts must be sent in order (GCS resumable sessions)
     sequential_parts: bool = False

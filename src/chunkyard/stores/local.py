@@ -36,7 +36,9 @@ PART_SIZE = 64 * 1024 * 1024
 
 
 class LocalStore(Store):
-    part_checksum = None
+    #: BLAKE3 of each part, signed into its URL: a part damaged on the way is refused
+    #: and re-sent alone, at a fraction of MD5's cost.
+    part_checksum = "blake3"
 
     def __init__(self, root: str | os.PathLike, public_url: str = "", secret: bytes = b"") -> None:
         self.root = Path(root)
@@ -148,6 +150,8 @@ class LocalStore(Store):
         expires: int,
     ) -> PresignedRequest:
         params = {"upload": upload_id, "part": str(part.number), "size": str(part.size)}
+        if checksum:
+            params["b3"] = checksum
         return PresignedRequest("PUT", self._signed_url("PUT", key, params, expires))
 
     async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
