@@ -95,7 +95,10 @@ class StoreContract:
         async def one(part: PartPlan) -> CompletedPart:
             resp = await self.send_part(http, store, key, upload_id, part, data)
             assert resp.status_code in PART_OK, (part, resp.status_code, resp.text[:300])
-            return CompletedPart(part.number, resp.headers.get("etag", ""))
+            body = data[part.offset : part.offset + part.size]
+            return CompletedPart(
+                part.number, resp.headers.get("etag", ""), part_checksum(store, body) or ""
+            )
 
         if store.sequential_parts:
             return [await one(p) for p in plan]
@@ -183,7 +186,9 @@ class StoreContract:
         data = os.urandom(self.multipart_size)
         upload_id = await store.create_upload("noetag", len(data))
         parts = await self.upload_parts(http, store, "noetag", upload_id, data)
-        await store.complete_upload("noetag", upload_id, [CompletedPart(p.number) for p in parts])
+        await store.complete_upload(
+            "noetag", upload_id, [CompletedPart(p.number, checksum=p.checksum) for p in parts]
+        )
         assert await store.get("noetag") == data
 
     async def test_complete_with_missing_part_fails(

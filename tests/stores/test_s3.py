@@ -1,5 +1,5 @@
 """The store contract against SeaweedFS, which verifies signatures, expiry and
-Content-MD5 as S3 does."""
+a signed SHA-256 checksum as S3 does."""
 
 from __future__ import annotations
 
@@ -75,6 +75,6 @@ class TestS3Store(StoreContract):
             req.url.replace("partNumber=1", "partNumber=2"), headers=req.headers, content=data
         )
         assert resp.status_code == 403, resp.text[:300]
-        resp = await http.put(req.url, content=data)  # without the signed Content-MD5
+        resp = await http.put(req.url, content=data)  # without the signed checksum header
         assert resp.status_code == 403, resp.text[:300]
         await store.abort_upload("one", upload_id)

@@ -83,7 +83,10 @@ class Uploader:
                 try:
                     what = f"upload of pack {pack.id[:12]} part {part['number']}"
                     resp = self.t.send(part, content=data, what=what)
-                    return {"number": part["number"], "etag": resp.headers.get("etag", "")}
+                    done = {"number": part["number"], "etag": resp.headers.get("etag", "")}
+                    if body.get("checksums"):
+                        done["checksum"] = body["checksums"][part["number"] - 1]
+                    return done
                 except StoreError as exc:
                     # an expired or refused URL: ask for fresh ones and send this part again
                     if attempt == PART_ATTEMPTS - 1 or exc.detail.get("status") not in (

