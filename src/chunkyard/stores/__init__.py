@@ -4,12 +4,36 @@ gateway on a local directory needs none of the cloud SDKs installed."""
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import InvalidRequest
 from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store
 
 __all__ = ["CompletedPart", "ObjectInfo", "PartPlan", "PresignedRequest", "Store", "open_store"]
+
+
+def _gcs_xml(url: str) -> Store:
+    """``gs://bucket/prefix?api=xml``: GCS's S3-compatible XML multipart API, signed with
+    HMAC keys (GCS_HMAC_ACCESS_ID / GCS_HMAC_SECRET); parts carry Content-MD5, which
+    that API checks. CHUNKYARD_GCS_XML_ENDPOINT points it elsewhere (tests: SeaweedFS)."""
+    import os
+
+    from .s3 import S3Store
+
+    parsed = urlparse(url)
+    access, secret = os.environ.get("GCS_HMAC_ACCESS_ID"), os.environ.get("GCS_HMAC_SECRET")
+    if not (access and secret):
+        raise InvalidRequest("gs://…?api=xml needs GCS_HMAC_ACCESS_ID and GCS_HMAC_SECRET")
+    store = S3Store(
+        f"s3://{parsed.netloc}{parsed.path}",
+        endpoint_url=os.environ.get("CHUNKYARD_GCS_XML_ENDPOINT", "https://storage.googleapis.com"),
+        region="auto",
+        access_key=access,
+        secret_key=secret,
+        checksum="md5",
+    )
+    store.url = url
+    return store
 
 
 def open_store(url: str, *, public_url: str = "", secret: bytes = b"") -> Store:
@@ -24,6 +48,9 @@ def open_store(url: str, *, public_url: str = "", secret: bytes = b"") -> Store:
 
         return S3Store(url)
     if scheme == "gs":
+        query = parse_qs(urlparse(url).query)
+        if query.get("api") == ["xml"]:
+            return _gcs_xml(url)
         from .gcs import GCSStore
 
         return GCSStore(url)

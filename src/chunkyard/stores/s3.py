@@ -64,9 +64,14 @@ class S3Store(Store):
         access_key: str | None = None,
         secret_key: str | None = None,
         part_size: int = PART_SIZE,
+        checksum: str = "sha256",
     ) -> None:
         self.url = url
         self.bucket, self.prefix = _split_url(url, "s3")
+        if checksum not in ("sha256", "md5"):
+            raise InvalidRequest("S3 part checksum must be sha256 or md5")
+        # md5 for S3-compatible APIs without flexible checksums (GCS's XML API)
+        self.part_checksum = checksum
         if part_size < MIN_PART:
             raise InvalidRequest(f"S3 part size must be at least {MIN_PART} bytes")
         self.part_size = part_size
@@ -234,8 +239,9 @@ class S3Store(Store):
 
     async def create_upload(self, key: str, size: int) -> str:
         try:
+            extra = {"ChecksumAlgorithm": "SHA256"} if self.part_checksum == "sha256" else {}
             resp = await (await self._s3()).create_multipart_upload(
-                Bucket=self.bucket, Key=self._key(key), ChecksumAlgorithm="SHA256"
+                Bucket=self.bucket, Key=self._key(key), **extra
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("create_upload", exc, key) from exc
@@ -250,25 +256,28 @@ class S3Store(Store):
         checksum: str | None,
         expires: int,
     ) -> PresignedRequest:
+        md5 = self.part_checksum == "md5"
         try:
-            if checksum is None or len(base64.b64decode(checksum, validate=True)) != 32:
+            if checksum is None or len(base64.b64decode(checksum, validate=True)) != (
+                16 if md5 else 32
+            ):
                 raise ValueError
         except (ValueError, binascii.Error) as exc:
-            raise InvalidRequest("S3 parts need the base64 SHA-256 of the part") from exc
-        url = self._signer.generate_presigned_url(
-            "upload_part",
-            ExpiresIn=expires,
-            Params={
-                "Bucket": self.bucket,
-                "Key": self._key(key),
-                "UploadId": upload_id,
-                "PartNumber": part.number,
-                "ChecksumSHA256": checksum,
-            },
-        )
+            raise InvalidRequest(
+                f"S3 parts need the base64 {self.part_checksum} of the part"
+            ) from exc
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "UploadId": upload_id,
+            "PartNumber": part.number,
+            ("ContentMD5" if md5 else "ChecksumSHA256"): checksum,
+        }
+        url = self._signer.generate_presigned_url("upload_part", ExpiresIn=expires, Params=params)
         # the checksum header is signed: the client must send exactly this value, and
         # the store refuses a body that does not hash to it
-        return PresignedRequest("PUT", url, {"x-amz-checksum-sha256": checksum})
+        header = "Content-MD5" if md5 else "x-amz-checksum-sha256"
+        return PresignedRequest("PUT", url, {header: checksum})
 
     async def _etags(self, key: str, upload_id: str) -> dict[int, str]:
         """ETags of the uploaded parts, for clients that could not read them (CORS)."""
@@ -293,9 +302,12 @@ class S3Store(Store):
                     raise InvalidRequest(
                         f"part {p.number} was not uploaded", missing_parts=[p.number]
                     )
-                if not p.checksum:
-                    raise InvalidRequest(f"part {p.number} needs its SHA-256 to complete")
-                listed.append({"PartNumber": p.number, "ETag": etag, "ChecksumSHA256": p.checksum})
+                entry = {"PartNumber": p.number, "ETag": etag}
+                if self.part_checksum == "sha256":
+                    if not p.checksum:
+                        raise InvalidRequest(f"part {p.number} needs its SHA-256 to complete")
+                    entry["ChecksumSHA256"] = p.checksum
+                listed.append(entry)
             await (await self._s3()).complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self._key(key),
