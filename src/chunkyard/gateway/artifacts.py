@@ -248,5 +248,5 @@ async def stats(gw: Gateway) -> dict[str, Any]:
         "stored_bytes": int(stored),
         "chunks": nchunks,
         "packs": npacks,
-        "dedup_ratio": round(logical / stored, 3) if stored else None,
+        "dedup_ratio": round(int(logical) / int(stored), 3) if stored else None,
     }
