@@ -234,6 +234,28 @@ class StoreContract:
         resp = await http.get(req.url, headers=req.headers)
         assert resp.status_code == 200 and resp.content == data
 
+    async def test_pinned_presigned_get(self, store: Store, http: httpx.AsyncClient) -> None:
+        """A GET pinned to an object's version id and ETag serves those bytes, and once
+        the object is overwritten it fails (404/412) instead of serving others."""
+        await store.put("pinned", b"first")
+        info = await store.stat("pinned")
+        assert info is not None and (info.etag or info.version_id)
+        req = await store.presign_get("pinned", 60, version_id=info.version_id, if_match=info.etag)
+        resp = await http.get(req.url, headers=req.headers)
+        assert resp.status_code == 200 and resp.content == b"first"
+        await store.put("pinned", b"second, longer")
+        now = await store.stat("pinned")
+        assert now is not None and (now.etag, now.version_id) != (info.etag, info.version_id)
+        if not self.enforces_pins:
+            pytest.skip(self.enforces_pins_reason)
+        resp = await http.get(req.url, headers=req.headers)
+        assert resp.status_code in (404, 412), (resp.status_code, resp.text[:300])
+        ranged = await http.get(req.url, headers={**req.headers, "Range": "bytes=0-3"})
+        assert ranged.status_code in (404, 412), (ranged.status_code, ranged.text[:300])
+
+    enforces_pins = True
+    enforces_pins_reason = "the store ignores pins"
+
     # -- integrity and expiry -----------------------------------------------------
     async def test_corrupted_part_is_rejected(self, store: Store, http: httpx.AsyncClient) -> None:
         if not self.verifies_part_checksum:

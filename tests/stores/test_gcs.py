@@ -26,6 +26,8 @@ class TestGCSStore(StoreContract):
     )
     enforces_expiry = False
     enforces_expiry_reason = "gcp-storage-emulator checks no signature or expiry"
+    enforces_pins = False
+    enforces_pins_reason = "gcp-storage-emulator ignores ?generation= on downloads"
 
     @pytest.fixture
     def store(self, gcs_store: Store) -> Store:

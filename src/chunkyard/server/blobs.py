@@ -10,12 +10,12 @@ import uuid
 
 import blake3
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import signing
 from ..errors import BodyTooLarge, IntegrityFailure, InvalidRequest, NotFound
-from ..stores.local import LocalStore
+from ..stores.local import LocalStore, local_etag
 from .http import gateway
 
 
@@ -91,10 +91,15 @@ async def put_part(request: Request) -> Response:
 
 async def get_object(request: Request) -> Response:
     store = _local_store(request)
-    _verified_params(request, store, "GET")
+    params = _verified_params(request, store, "GET")
     path = store.object_path(request.path_params["key"])
     if not path.is_file():
         raise NotFound("no such object")
+    if "etag" in params and local_etag(path.stat()) != params["etag"]:  # a pinned read
+        return JSONResponse(
+            {"error": {"code": "precondition_failed", "message": "the object changed"}},
+            status_code=412,
+        )
     return _BigChunkFileResponse(path, media_type="application/octet-stream")
 
 

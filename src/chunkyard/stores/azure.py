@@ -116,7 +116,13 @@ class AzureStore(Store):
             **({"key": key} if key else {}),
         )
 
-    def _sas(self, key: str, permission: BlobSasPermissions, expires: int) -> str:
+    def _sas(
+        self,
+        key: str,
+        permission: BlobSasPermissions,
+        expires: int,
+        version_id: str | None = None,
+    ) -> str:
         if not self._account_key:
             raise StoreError(
                 f"Azure store {self.url}: presigning needs an account key in the connection string",
@@ -131,9 +137,11 @@ class AzureStore(Store):
             account_key=self._account_key,
             permission=permission,
             expiry=now + timedelta(seconds=expires),
-            start=now - timedelta(minutes=5),
-        )  # tolerate clock skew between hosts
-        return f"{self._blob(key).url}?{sas}"
+            start=now - timedelta(minutes=5),  # tolerate clock skew between hosts
+            version_id=version_id,
+        )
+        pin = f"&versionid={quote(version_id, safe='')}" if version_id else ""
+        return f"{self._blob(key).url}?{sas}{pin}"
 
     @staticmethod
     def _block_id(upload_id: str, number: int) -> str:
@@ -180,9 +188,9 @@ class AzureStore(Store):
         except AzureError as exc:
             raise self._error("get", exc, key) from exc
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         try:
-            p = await self._blob(key).get_blob_properties()
+            p = await self._blob(key).get_blob_properties(version_id=version_id)
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", "") == "ContainerNotFound":
                 raise self._error("stat", exc) from exc
@@ -253,8 +261,18 @@ class AzureStore(Store):
     async def abort_upload(self, key: str, upload_id: str) -> None:
         """Nothing to do: Azure has no call to drop staged blocks; it expires them."""
 
-    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
-        return PresignedRequest("GET", self._sas(key, BlobSasPermissions(read=True), expires))
+    async def presign_get(
+        self,
+        key: str,
+        expires: int,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PresignedRequest:
+        # a SAS cannot sign headers: If-Match is the client's own guard (Azure answers
+        # 412 ConditionNotMet); a version id is part of the signed URL
+        perms = BlobSasPermissions(read=True)
+        url = self._sas(key, perms, expires, version_id)
+        return PresignedRequest("GET", url, {"If-Match": f'"{if_match}"'} if if_match else {})
 
     async def close(self) -> None:
         await self._service.close()

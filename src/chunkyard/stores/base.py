@@ -14,6 +14,11 @@ Rules every implementation keeps (the shared contract suite in
   ``abort_upload`` discards the parts.
 - Presigned requests are short-lived and name exactly one part of one object
   (uploads) or one object (reads; the client adds a ``Range`` header).
+- Pins (reference versions): ``stat`` and ``presign_get`` take the version id a
+  reference recorded; ``presign_get`` also takes the ETag, and the request it returns
+  fails (404/412) rather than serve other bytes wherever the store can enforce that.
+  ``stat`` reports the version id the store answered for, so a store that ignores the
+  one asked for is caught by the caller's comparison.
 - Every foreign error is translated into :class:`~chunkyard.errors.StoreError`
   naming the store and the operation, with the original chained.
 """
@@ -103,8 +108,9 @@ class Store(abc.ABC):
         """Read bytes ``[start, end)`` of an object (server side)."""
 
     @abc.abstractmethod
-    async def stat(self, key: str) -> ObjectInfo | None:
-        """Size and identity of an object, or None if it does not exist."""
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """Size and identity (ETag, version id, last-modified) of an object, or of one
+        version of it; None if it does not exist."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
@@ -113,6 +119,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``."""
+
+    def list_pinned(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Like :meth:`list`, with each current object's version id where the store
+        keeps versions, so a prefix can be pinned without one HEAD per object."""
+        return self.list(prefix)
 
     @abc.abstractmethod
     async def create_upload(self, key: str, size: int) -> str:
@@ -139,8 +150,16 @@ class Store(abc.ABC):
         """Discard an unfinished upload and its parts."""
 
     @abc.abstractmethod
-    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
-        """A GET for one object, valid for ``expires`` seconds; clients add Range."""
+    async def presign_get(
+        self,
+        key: str,
+        expires: int,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PresignedRequest:
+        """A GET for one object, valid for ``expires`` seconds; clients add Range.
+        ``version_id`` and ``if_match`` (a bare ETag) pin it to the bytes a reference
+        recorded."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -221,8 +221,11 @@ class GCSStore(Store):
         )
         return b"" if resp.status_code == 416 else resp.content
 
-    async def stat(self, key: str) -> ObjectInfo | None:
-        resp = await self._call("stat", "GET", self._obj(key), key=key, ok=(200, 404))
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        params = {"generation": version_id} if version_id else {}
+        resp = await self._call(
+            "stat", "GET", self._obj(key), key=key, ok=(200, 404), params=params
+        )
         return None if resp.status_code == 404 else self._info(key, resp.json())
 
     async def delete(self, key: str) -> None:
@@ -322,11 +325,21 @@ class GCSStore(Store):
             ok=(200, 204, 404, 410, 499, 501),
         )
 
-    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
+    async def presign_get(
+        self,
+        key: str,
+        expires: int,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PresignedRequest:
+        """``version_id`` is the object's generation, part of the signed URL. The JSON
+        API's ETag is not the XML API's, so ``if_match`` is not sent: the generation
+        already names immutable bytes."""
         creds = await self._credentials()
         if creds is None:  # emulator without credentials: it checks no signature anyway
+            pin = f"?generation={quote(version_id, safe='')}" if version_id else ""
             return PresignedRequest(
-                "GET", f"{self.endpoint}/{self.bucket}/{quote(self._key(key), safe='/~')}"
+                "GET", f"{self.endpoint}/{self.bucket}/{quote(self._key(key), safe='/~')}{pin}"
             )
 
         def sign() -> str:
@@ -346,6 +359,7 @@ class GCSStore(Store):
                 expiration=timedelta(seconds=expires),
                 api_access_endpoint=self.endpoint,
                 credentials=creds,
+                generation=int(version_id) if version_id else None,
                 **extra,
             )
 

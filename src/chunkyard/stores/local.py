@@ -35,6 +35,11 @@ UPLOADS = ".uploads"
 PART_SIZE = 64 * 1024 * 1024
 
 
+def local_etag(st: os.stat_result) -> str:
+    """Modification time and size: changes whenever a write replaces the file."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
 class LocalStore(Store):
     #: BLAKE3 of each part, signed into its URL: a part damaged on the way is refused
     #: and re-sent alone, at a fraction of MD5's cost.
@@ -106,12 +111,13 @@ class LocalStore(Store):
                 f"object {key} is missing from {self.url}", store=self.url, operation="get", key=key
             ) from exc
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """A directory keeps no versions: ``version_id`` is ignored (and None answered)."""
         try:
             st = self._path(key).stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+        return ObjectInfo(key=key, size=st.st_size, etag=local_etag(st))
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -187,8 +193,17 @@ class LocalStore(Store):
         d = self._upload_dir(upload_id)
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(d, ignore_errors=True))
 
-    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
-        return PresignedRequest("GET", self._signed_url("GET", key, {}, expires))
+    async def presign_get(
+        self,
+        key: str,
+        expires: int,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PresignedRequest:
+        """``if_match`` is signed into the URL; the blob endpoint answers 412 when the
+        file's ETag differs. There are no versions to pin."""
+        params = {"etag": if_match} if if_match else {}
+        return PresignedRequest("GET", self._signed_url("GET", key, params, expires))
 
     # -- used only by the gateway's blob endpoint -------------------------
     def part_path(self, key: str, upload_id: str, number: int) -> Path:

@@ -195,9 +195,12 @@ class S3Store(Store):
         except BotoCoreError as exc:
             raise self._error("get", exc, key) from exc
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        args = {"Bucket": self.bucket, "Key": self._key(key)}
+        if version_id:
+            args["VersionId"] = version_id
         try:
-            h = await (await self._s3()).head_object(Bucket=self.bucket, Key=self._key(key))
+            h = await (await self._s3()).head_object(**args)
         except ClientError as exc:
             if self._code(exc) in _MISSING:
                 return None
@@ -329,11 +332,47 @@ class S3Store(Store):
             if self._code(exc) != "NoSuchUpload":  # already aborted or completed
                 raise self._error("abort_upload", exc, key) from exc
 
-    async def presign_get(self, key: str, expires: int) -> PresignedRequest:
-        url = self._signer.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
-        )
-        return PresignedRequest("GET", url)
+    async def presign_get(
+        self,
+        key: str,
+        expires: int,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PresignedRequest:
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        headers = {}
+        if version_id:
+            params["VersionId"] = version_id
+        if if_match:  # signed: the client cannot drop the condition
+            params["IfMatch"] = headers["If-Match"] = f'"{if_match}"'
+        url = self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        return PresignedRequest("GET", url, headers)
+
+    async def list_pinned(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """On a versioned bucket, the current version of each object with its VersionId
+        (ListObjectVersions); otherwise the plain listing."""
+        try:
+            s3 = await self._s3()
+            status = (await s3.get_bucket_versioning(Bucket=self.bucket)).get("Status")
+            if status not in ("Enabled", "Suspended"):
+                async for info in self.list(prefix):
+                    yield info
+                return
+            pages = s3.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
+            async for page in pages:
+                for obj in page.get("Versions", []):
+                    if obj.get("IsLatest"):  # a delete marker on top hides the key
+                        yield ObjectInfo(
+                            key=obj["Key"][len(self.prefix) :],
+                            size=obj["Size"],
+                            etag=obj.get("ETag", "").strip('"'),
+                            version_id=obj.get("VersionId"),
+                            last_modified=obj["LastModified"].isoformat(),
+                        )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list", exc) from exc
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
