@@ -120,14 +120,14 @@ def _blocks(
             return
 
 
-def _read_ahead(blocks: Iterator[_Block], depth: int) -> Iterator[_Block]:
-    """Run ``blocks`` on a thread, ``depth`` blocks ahead: reading overlaps cutting."""
+def prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run an iterator on its own thread, ``depth`` items ahead of the consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def run() -> None:
         try:
-            for item in blocks:
+            for item in items:
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -165,8 +165,12 @@ def windows(
     Each window owns its buffer until released, so consumers may keep it while the
     next is read. ``size_hint`` (bytes in the stream) keeps buffers small for small
     files; ``pool`` (buffers of ``window_size + MAX_SIZE``) recycles large ones;
-    ``read_ahead`` reads that many blocks ahead on a thread.
+    ``read_ahead`` reads and cuts that many windows ahead on a thread of its own, so
+    the consumer's thread only hands windows on.
     """
+    if read_ahead:
+        yield from read_ahead_windows(stream, window_size, size_hint, pool, read_ahead)
+        return
     if window_size < 2 * MAX_SIZE:
         raise ValueError("window must hold at least two maximal chunks")
     if pool is not None and pool.size < window_size + MAX_SIZE:
@@ -174,10 +178,7 @@ def windows(
     cdc = new_chunker()
     carry = b""
     offset = 0
-    blocks = _blocks(stream, window_size, size_hint, pool)
-    if read_ahead:
-        blocks = _read_ahead(blocks, read_ahead)
-    for buf, front, n, eof in blocks:
+    for buf, front, n, eof in _blocks(stream, window_size, size_hint, pool):
         if front >= len(carry):
             start = front - len(carry)
             memoryview(buf)[start:front] = carry
@@ -200,3 +201,9 @@ def windows(
         pooled = pool if (pool is not None and len(buf) == pool.size) else None
         yield Window(data, cuts, offset, buf if pooled else None, pooled)
         offset += len(data)
+
+
+def read_ahead_windows(
+    stream: BinaryIO, window_size: int, size_hint: int | None, pool: BufferPool | None, depth: int
+) -> Iterator[Window]:
+    return prefetch(windows(stream, window_size, size_hint, pool), depth)
