@@ -127,3 +127,35 @@ def begin_pack(api, sid: str, pack_id: str, data: bytes) -> dict:
         assert r.status_code == 200, r.text
         plan = r.json()
     return plan["parts"][0]
+
+
+def _loopback(host: str) -> None:
+    import ipaddress
+
+    try:
+        ok = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        ok = host == "localhost"
+    if not ok:
+        raise AssertionError(f"a test tried to connect to {host}")
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of outbound http refuse to connect anywhere but loopback, whatever the code
+    under test decides: a guard that failed open must fail the test, not reach out."""
+    import httpcore
+
+    sync_orig = httpcore.SyncBackend.connect_tcp
+    async_orig = httpcore.AnyIOBackend.connect_tcp
+
+    def sync_connect(self, host, port, *args, **kw):  # type: ignore[no-untyped-def]
+        _loopback(host)
+        return sync_orig(self, host, port, *args, **kw)
+
+    async def async_connect(self, host, port, *args, **kw):  # type: ignore[no-untyped-def]
+        _loopback(host)
+        return await async_orig(self, host, port, *args, **kw)
+
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", sync_connect)
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", async_connect)

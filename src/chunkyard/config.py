@@ -21,6 +21,11 @@ class Settings:
     session_ttl: int = 7 * 24 * 3600
     #: pack verification: inline | background | external ("" = by store kind)
     verify: str = ""
+    #: URI prefixes references may be registered under (CHUNKYARD_REF_ALLOW); none by
+    #: default, so a gateway never reads from a source its operator did not name
+    ref_allow: tuple[str, ...] = ()
+    #: let http(s) references reach private networks (CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS)
+    ref_allow_private: bool = False
 
     @classmethod
     def load(
@@ -41,7 +46,17 @@ class Settings:
             secret=_load_secret(data),
             url_expiry=int(env.get("CHUNKYARD_URL_EXPIRY", "900")),
             verify=env.get("CHUNKYARD_VERIFY", ""),
+            ref_allow=parse_ref_allow(env.get("CHUNKYARD_REF_ALLOW", "")),
+            ref_allow_private=env.get("CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS", "").lower()
+            in ("1", "true", "yes"),
         )
+
+
+def parse_ref_allow(text: str) -> tuple[str, ...]:
+    """Comma-separated URI prefixes, normalised (lower-case scheme and host)."""
+    from .pins import normalize_prefix
+
+    return tuple(normalize_prefix(p) for p in text.split(",") if p.strip())
 
 
 def _load_secret(data: Path) -> bytes:

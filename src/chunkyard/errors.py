@@ -5,23 +5,28 @@
     │   ├── InvalidName            400  invalid_name
     │   ├── InvalidDigest          400  invalid_digest
     │   ├── InvalidManifest        400  invalid_manifest
+    │   ├── InvalidReference       400  invalid_reference
     │   ├── BodyTooLarge           413  body_too_large
     │   └── RangeNotSatisfiable    416  range_not_satisfiable
     ├── NotFound                   404  not_found
     │   ├── ArtifactNotFound       404  artifact_not_found
     │   ├── VersionNotFound        404  version_not_found
     │   ├── SessionNotFound        404  session_not_found
-    │   └── PackNotFound           404  pack_not_found
+    │   ├── PackNotFound           404  pack_not_found
+    │   └── SourceNotFound         404  source_not_found
     ├── Conflict                   409  conflict
     │   ├── TagConflict            409  tag_conflict
     │   └── AliasConflict          409  alias_conflict
     ├── Forbidden                  403  forbidden
     │   ├── BadSignature           403  bad_signature
-    │   └── UrlExpired             403  url_expired
+    │   ├── UrlExpired             403  url_expired
+    │   ├── ReferenceNotAllowed    403  reference_not_allowed
+    │   └── AddressForbidden       403  address_forbidden
     ├── IntegrityFailure           422  integrity_failure
     │   ├── PackCorrupt            422  pack_corrupt
     │   ├── DigestMismatch         422  digest_mismatch
-    │   └── UntrustedChunks        422  untrusted_chunks
+    │   ├── UntrustedChunks        422  untrusted_chunks
+    │   └── ReferenceDrifted       422  reference_drifted
     ├── StoreError                 502  store_error
     │   └── StoreObjectMissing     502  store_object_missing
     └── GatewayUnavailable         503  gateway_unavailable  (client side: cannot reach it)
@@ -69,6 +74,12 @@ class InvalidManifest(InvalidRequest):
     code = "invalid_manifest"
 
 
+class InvalidReference(InvalidRequest):
+    """A reference URI that cannot be registered as given (syntax, nothing to pin)."""
+
+    code = "invalid_reference"
+
+
 class BodyTooLarge(InvalidRequest):
     code, status = "body_too_large", 413
 
@@ -97,6 +108,12 @@ class PackNotFound(NotFound):
     code = "pack_not_found"
 
 
+class SourceNotFound(NotFound):
+    """Nothing at the URI a reference names (at registration time)."""
+
+    code = "source_not_found"
+
+
 class Conflict(ChunkyardError):
     code, status = "conflict", 409
 
@@ -121,6 +138,18 @@ class UrlExpired(Forbidden):
     code = "url_expired"
 
 
+class ReferenceNotAllowed(Forbidden):
+    """The URI is outside every prefix of CHUNKYARD_REF_ALLOW."""
+
+    code = "reference_not_allowed"
+
+
+class AddressForbidden(Forbidden):
+    """An http(s) source resolves to loopback, private, link-local or metadata space."""
+
+    code = "address_forbidden"
+
+
 class IntegrityFailure(ChunkyardError):
     code, status = "integrity_failure", 422
 
@@ -135,6 +164,12 @@ class DigestMismatch(IntegrityFailure):
 
 class UntrustedChunks(IntegrityFailure):
     code = "untrusted_chunks"
+
+
+class ReferenceDrifted(IntegrityFailure):
+    """A referenced object no longer matches its pin: changed or gone at the source."""
+
+    code = "reference_drifted"
 
 
 class StoreError(ChunkyardError):

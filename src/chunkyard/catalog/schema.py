@@ -9,6 +9,12 @@ Facts and who writes them:
 - ``chunks``: the dedup index, chunk id → one verified location.
 - ``artifacts`` / ``versions`` / ``version_files`` / ``tags`` / ``aliases``: names.
 - ``sessions``: uploads in progress, so a push can resume.
+- ``ref_objects``: pinned source objects of reference versions (uri, size, ETag,
+  version id, last-modified; digest once hashed), keyed by pin id. An *indexed* one
+  also has a ``packs`` row under the same id with ``state = 'reference'``, whose
+  ``pack_entries`` are its chunks as raw byte ranges of the source object: so the
+  missing-chunk query, manifests and reconstructions treat it as one more pack.
+  ``state`` turns ``drifted`` when ``verify`` finds the source changed.
 
 This module describes the latest schema; each change also gets an Alembic migration
 under ``migrations/versions`` (the migrations, not ``create_all``, build databases).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -40,6 +47,8 @@ packs = Table(
     Column("id", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("chunk_count", Integer, nullable=False, default=0),
+    # uploading | complete | verified | corrupt; reference objects: indexing | reference
+    # | drifted
     Column("state", String(16), nullable=False),
     Column("session_id", String(32), nullable=True),
     Column("upload_id", Text, nullable=True),
@@ -88,6 +97,9 @@ versions = Table(
     Column("size", BigInteger, nullable=False),
     Column("file_count", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+    # references: the registered URI, and whether ``digest`` is of content or of pins
+    Column("source", Text, nullable=True),
+    Column("digest_of", String(8), nullable=False, server_default="content"),
     UniqueConstraint("artifact_id", "number", name="uq_versions_artifact_number"),
 )
 
@@ -98,8 +110,9 @@ version_files = Table(
     Column("idx", Integer, primary_key=True, autoincrement=False),
     Column("path", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("digest", String(64), nullable=False),
-    Column("manifest", Text, nullable=False),
+    Column("digest", String(64), nullable=False),  # "" for an unhashed reference
+    Column("manifest", Text, nullable=False),  # "[]" for a reference file
+    Column("ref_object", String(64), nullable=True),  # ref_objects.id (references)
 )
 
 tags = Table(
@@ -128,4 +141,20 @@ sessions = Table(
     Column("version_id", Integer, nullable=True),  # set on commit: retries answer it
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+ref_objects = Table(
+    "ref_objects",
+    metadata,
+    Column("id", String(64), primary_key=True),  # pin id (pins.Pin.id)
+    Column("uri", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("etag", Text, nullable=False),
+    Column("source_version", Text, nullable=True),
+    Column("last_modified", String(64), nullable=True),
+    Column("weak_etag", Boolean, nullable=False, default=False),
+    Column("digest", String(64), nullable=False),  # "" until hashed
+    Column("state", String(16), nullable=False),  # pinned | drifted
+    Column("created_at", Float, nullable=False),
+    Column("checked_at", Float, nullable=True),
 )

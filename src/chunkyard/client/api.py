@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..names import check_alias, check_name, check_tags, parse_ref
-from . import download, upload
+from . import download, references, upload
 from .transport import Transport
 
 
@@ -47,10 +47,40 @@ class Client:
 
     def pull(self, ref: str, dest: str | os.PathLike) -> dict[str, Any]:
         """Write ``name``, ``name@VERSION`` or ``name:ALIAS`` to ``dest``; every chunk and
-        the whole content are verified."""
+        the whole content are verified. A reference version comes straight from its
+        source, pinned; drift there raises :class:`~chunkyard.errors.ReferenceDrifted`."""
         name, version = parse_ref(ref)
         with self._bar(f"pull {name}") as factory:
             return download.pull(self.transport, name, version, dest, factory)
+
+    def ref(
+        self,
+        name: str,
+        uri: str,
+        hash: bool = False,
+        index: bool = False,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register ``uri`` (``s3://bucket/key``, ``s3://bucket/prefix/``, ``gs://…``,
+        ``az://container/…``, ``https://…``) as a new version of ``name`` without copying
+        it: the gateway records a pin per object. ``hash`` also records each object's
+        BLAKE3 digest (the gateway streams it once); ``index`` also its chunk ids, so
+        pushes of the same bytes dedup against the source. Registering the same objects
+        at the same pins again returns that version (``created`` False)."""
+        check_name(name)
+        body = {"name": name, "uri": uri, "hash": hash or index, "index": index}
+        body["tags"] = check_tags(tags)
+        with self._bar(f"hash {name}") as factory:
+            return references.register(self.transport, body, factory)
+
+    def verify(self, ref: str) -> dict[str, Any]:
+        """Check ``name[@VERSION|:ALIAS]`` against its sources: for a reference, every
+        object against its pin; for a stored version, its packs (and any reference
+        object it borrows chunks from). Returns ``ok``, ``drifted`` and ``objects``
+        (each with ``state`` ``ok``, ``changed`` or ``missing``)."""
+        name, version = parse_ref(ref)
+        v = "latest" if version is None else str(version)
+        return self.transport.call("POST", f"/v1/artifacts/{name}/-/versions/{v}/verify")
 
     def show(self, ref: str) -> dict[str, Any]:
         name, version = parse_ref(ref)

@@ -144,6 +144,37 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ref(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.ref(args.name, args.uri, hash=args.hash, index=args.index, tags=_tags(args.tag))
+    what = "new version" if r.get("created") else "unchanged, latest version"
+    digest = "content digest" if r["digest_of"] == "content" else "pin digest"
+    _print(
+        args,
+        r,
+        f"{r['name']}@{r['version']}  (reference, {what})\n  source {r['source']}\n"
+        f"  {digest} {r['digest']}\n  {_human_size(r['size'])} in {r['files']} object(s), "
+        f"{_human_size(r.get('bytes_read', 0))} read",
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 5 (integrity failure) when anything drifted, with the report on stdout."""
+    with _client(args) as c:
+        r = c.verify(args.ref)
+    lines = [
+        f"{r['name']}@{r['version']}  kind={r['kind']}  checked {r['checked']}, "
+        f"drifted {r['drifted']}"
+    ]
+    for o in r["objects"]:
+        if o["state"] != "ok":
+            lines.append(f"  {o['state']:8} {o.get('path') or o.get('uri') or o.get('pack')}")
+    lines.append("  ok" if r["ok"] else "  DRIFT: the version no longer matches its sources")
+    _print(args, r, "\n".join(lines))
+    return 0 if r["ok"] else 5
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as c:
         items = c.ls(args.prefix or "")
@@ -156,14 +187,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as c:
         v = c.show(args.ref)
     lines = [
-        f"{v['name']}@{v['version']}  kind={v['kind']}  layout={v['layout']}",
-        f"  digest  {v['digest']}",
+        f"{v['name']}@{v['version']}  kind: {v['kind']}  layout: {v['layout']}",
+        f"  digest  {v['digest']}"
+        + ("  (of pins: not hashed)" if v["digest_of"] == "pins" else ""),
         f"  size    {_human_size(v['size'])} ({v['files']} file(s))",
     ]
+    if v["kind"] == "reference":
+        lines.append(f"  source  {v['source']}")
     if v["aliases"]:
         lines.append("  aliases " + ", ".join(v["aliases"]))
     lines += [f"  tag     {k}={val}" for k, val in sorted(v["tags"].items())]
-    lines += [f"  file    {f['path']}  {_human_size(f['size'])}" for f in v["file_list"][:50]]
+    for f in v["file_list"][:50]:
+        line = f"  file    {f['path']}  {_human_size(f['size'])}"
+        if "pin" in f:  # a reference object and what pins it
+            pin = f["pin"]
+            held = f"version {pin['version_id']}" if pin["version_id"] else f"etag {pin['etag']}"
+            line += f"  {f['uri']}  pinned: {held or pin['last_modified']}"
+            line += ", indexed" if f["indexed"] else (", hashed" if f["digest"] else "")
+            if f["state"] == "drifted":
+                line += "  DRIFTED"
+        lines.append(line)
     if len(v["file_list"]) > 50:
         lines.append(f"  … {len(v['file_list']) - 50} more files")
     _print(args, v, "\n".join(lines))
@@ -225,6 +268,18 @@ def parser() -> argparse.ArgumentParser:
     s = cmd("pull", cmd_pull, "pull NAME[@VERSION|:ALIAS] to DEST")
     s.add_argument("ref")
     s.add_argument("dest")
+    s = cmd("ref", cmd_ref, "register an external URI as a version (no copy)")
+    s.add_argument("name")
+    s.add_argument("uri", help="s3://bucket/key, s3://bucket/prefix/, gs://…, az://…, https://…")
+    s.add_argument("--hash", action="store_true", help="record each object's BLAKE3 digest")
+    s.add_argument(
+        "--index",
+        action="store_true",
+        help="also record chunk ids, so pushes of the same bytes dedup against the source",
+    )
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    s = cmd("verify", cmd_verify, "check NAME[@VERSION|:ALIAS] against its sources")
+    s.add_argument("ref")
     s = cmd("ls", cmd_ls, "list artifacts")
     s.add_argument("prefix", nargs="?")
     s = cmd("show", cmd_show, "show NAME[@VERSION|:ALIAS]")

@@ -6,31 +6,40 @@ Reconstruction pages (≤512 MiB of content each) are cut into fetch units of at
 file's BLAKE3 is computed. Memory is bounded by ``DEPTH × UNIT_BYTES``, not file size.
 The file is written under a temporary name and renamed into place only once its
 digest matches, so a failed pull never leaves a wrong file behind.
+
+Reference versions are read from their sources instead, through requests the gateway
+pinned (see :func:`fetch_reference`); drift there is a ``reference_drifted`` error.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import zstandard
 
 from ..digest import new_file_hasher
-from ..errors import DigestMismatch, InvalidRequest, StoreError
+from ..errors import DigestMismatch, InvalidRequest, PackCorrupt, ReferenceDrifted, StoreError
 from ..names import check_path
 from ..packs import MAX_RECORD, decode_run
+from ..pins import Pin, drifted, response_drift
 from .packer import pipelined
-from .transport import Transport
+from .transport import RETRIES, RETRY_STATUS, Transport
 
 UNIT_BYTES = 8 * 1024 * 1024
 #: a unit closes once it passes UNIT_BYTES stored or raw, so one more record fits
 BUF = UNIT_BYTES + MAX_RECORD
 DEPTH = 6
+#: reference objects fetched at once (each one streamed GET from its source)
+REF_PARALLEL = 4
 
 
 def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
@@ -91,6 +100,17 @@ class Downloader:
         try:
             data = self._read(page, url, unit, bufs[0])
             out = decode_run(unit["chunks"], data, unit["skip"], unit["take"], dctx, bufs[1])
+        except PackCorrupt as exc:
+            self._recycle(bufs)
+            if "reference" not in url:
+                raise
+            raise ReferenceDrifted(  # chunks borrowed from a reference object that changed
+                f"reference drifted: {url['reference']} no longer holds the chunks "
+                f"{page['path']} borrows from it",
+                uri=url["reference"],
+                path=page["path"],
+                state="changed",
+            ) from exc
         except BaseException:
             self._recycle(bufs)
             raise
@@ -103,7 +123,16 @@ class Downloader:
             try:
                 return self.t.fetch_into(url, a, b, buf, what=f"read of pack range {a}-{b}")
             except StoreError as exc:
-                if attempt == 2 or exc.detail.get("status") not in (401, 403):
+                status = exc.detail.get("status")
+                if "reference" in url and status in (404, 410, 412):
+                    raise ReferenceDrifted(
+                        f"reference drifted: {url['reference']}, which {page['path']} borrows "
+                        f"chunks from, changed or vanished (HTTP {status})",
+                        uri=url["reference"],
+                        path=page["path"],
+                        state="missing" if status != 412 else "changed",
+                    ) from exc
+                if attempt == 2 or status not in (401, 403):
                     raise
                 fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
                 url = fresh["urls"][unit["pack"]]
@@ -170,10 +199,137 @@ def pull(
             raise InvalidRequest(f"{dest} exists and is not a directory")
         targets = [(f, dest / check_path(f["path"])) for f in files]
     progress = progress_factory(v["size"]) if progress_factory else None
-    d = Downloader(transport, progress)
-    try:
-        for entry, target in targets:
-            d.file(base, entry, target)
-    finally:
-        d.close()
+    if v["kind"] == "reference":
+        _pull_reference(transport, base, targets, progress)
+    else:
+        d = Downloader(transport, progress)
+        try:
+            for entry, target in targets:
+                d.file(base, entry, target)
+        finally:
+            d.close()
     return {**v, "path": str(targets[0][1] if v["layout"] == "file" else dest)}
+
+
+# -- reference versions: straight from the source ------------------------------------
+def _pull_reference(
+    transport: Transport,
+    base: str,
+    targets: list[tuple[dict, Path]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Each object in one streamed GET from its source, ``REF_PARALLEL`` at a time.
+    A tree is checked against its pins first (one listing at the source), so drift the
+    gateway can see fails the pull before any file is written."""
+    if len(targets) > 1:
+        report = transport.call("POST", f"{base}/verify")
+        bad = [o for o in report["objects"] if o["state"] != "ok"]
+        if bad:
+            o = bad[0]
+            what = "is gone" if o["state"] == "missing" else "changed"
+            raise ReferenceDrifted(
+                f"reference drifted: {o['uri']} {what} since it was registered "
+                f"({len(bad)} of {len(targets)} objects drifted)",
+                uri=o["uri"],
+                path=o.get("path"),
+                state=o["state"],
+                drifted=[
+                    {"path": b.get("path"), "uri": b["uri"], "state": b["state"]} for b in bad[:100]
+                ],
+            )
+    with ThreadPoolExecutor(REF_PARALLEL, thread_name_prefix="cy-ref") as pool:
+        futures = [
+            pool.submit(fetch_reference, transport, base, entry, target, progress)
+            for entry, target in targets
+        ]
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+
+
+def fetch_reference(
+    transport: Transport,
+    base: str,
+    entry: dict,
+    dest: Path,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Download one reference file through the pinned request the gateway hands out.
+
+    The source enforces the pin where it can (version id, If-Match: 404/412), the
+    answer's headers are checked against it as well, a broken connection resumes with
+    a Range, and a recorded digest is verified. Bytes land under a temporary name and
+    are renamed into place only when all of that holds, so drift never leaves a file
+    with other bytes behind."""
+    page = transport.call("GET", f"{base}/files/{entry['index']}/reconstruction")
+    ref = page["reference"]
+    pin = Pin(ref["uri"], ref["size"], ref["etag"], ref["version_id"], ref["last_modified"])
+    req, path = ref["request"], entry["path"]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+    hasher = new_file_hasher()
+    pos = attempt = renewed = 0
+    try:
+        with open(tmp, "wb") as out:
+            while True:
+                headers = {**req.get("headers", {}), "accept-encoding": "identity"}
+                if pos:
+                    headers["range"] = f"bytes={pos}-"
+                try:
+                    with transport.http.stream(req["method"], req["url"], headers=headers) as r:
+                        state = response_drift(pin, r.status_code, r.headers)
+                        if state:
+                            raise drifted(pin, state, path=path, status=r.status_code)
+                        if r.status_code in (401, 403) and renewed < 2:  # URL expired
+                            renewed += 1
+                            page = transport.call(
+                                "GET", f"{base}/files/{entry['index']}/reconstruction"
+                            )
+                            req = page["reference"]["request"]
+                            continue
+                        if r.status_code in RETRY_STATUS and attempt < RETRIES:
+                            attempt += 1
+                            _backoff(attempt)
+                            continue
+                        if r.status_code not in (200, 206):
+                            r.read()
+                            raise StoreError(
+                                f"reading {pin.uri} was refused: HTTP {r.status_code} "
+                                f"{r.text[:300]}",
+                                status=r.status_code,
+                                uri=pin.uri,
+                            )
+                        if pos and r.status_code == 200:  # Range ignored: start over
+                            out.seek(0)
+                            out.truncate()
+                            hasher, pos = new_file_hasher(), 0
+                        for piece in r.iter_raw():
+                            pos += len(piece)
+                            if pos > pin.size:
+                                raise drifted(pin, "changed", path=path)
+                            out.write(piece)
+                            hasher.update(piece)
+                            if progress:
+                                progress(len(piece))
+                except httpx.TransportError as exc:
+                    if attempt >= RETRIES:
+                        raise StoreError(f"reading {pin.uri} failed: {exc}", uri=pin.uri) from exc
+                    attempt += 1
+                    _backoff(attempt)
+                    continue
+                break
+        if pos != pin.size:
+            raise drifted(pin, "changed", path=path, received=pos)
+        if entry.get("digest") and hasher.hexdigest() != entry["digest"]:
+            raise drifted(pin, "content", path=path, digest=hasher.hexdigest())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -9,7 +9,16 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..catalog.schema import aliases, artifacts, chunks, packs, tags, version_files, versions
+from ..catalog.schema import (
+    aliases,
+    artifacts,
+    chunks,
+    packs,
+    ref_objects,
+    tags,
+    version_files,
+    versions,
+)
 from ..errors import (
     AliasConflict,
     ArtifactNotFound,
@@ -95,12 +104,17 @@ async def version_json(
         "size": v.size,
         "files": v.file_count,
         "created_at": v.created_at,
+        "digest_of": v.digest_of,  # "content", or "pins" for a reference never hashed
     }
+    if v.kind == "reference":
+        out["source"] = v.source
     trows = await conn.execute(select(tags.c.key, tags.c.value).where(tags.c.version_id == v.id))
     out["tags"] = {r.key: r.value for r in trows}
     arows = await conn.execute(select(aliases.c.name).where(aliases.c.version_id == v.id))
     out["aliases"] = sorted(r.name for r in arows)
-    if files:
+    if files and v.kind == "reference":
+        out["file_list"] = await _reference_files(conn, v.id)
+    elif files:
         frows = await conn.execute(
             select(
                 version_files.c.idx,
@@ -115,6 +129,49 @@ async def version_json(
             {"index": r.idx, "path": r.path, "size": r.size, "digest": r.digest} for r in frows
         ]
     return out
+
+
+async def _reference_files(conn: AsyncConnection, version_id: int) -> list[dict[str, Any]]:
+    """The files of a reference version with their pins (and whether each object is
+    hashed, indexed as a chunk source, or found drifted by the last verify)."""
+    rows = await conn.execute(
+        select(
+            version_files.c.idx,
+            version_files.c.path,
+            version_files.c.size,
+            ref_objects.c.digest,
+            ref_objects.c.uri,
+            ref_objects.c.etag,
+            ref_objects.c.source_version,
+            ref_objects.c.last_modified,
+            ref_objects.c.state,
+            packs.c.state.label("index_state"),
+        )
+        .select_from(
+            version_files.join(
+                ref_objects, ref_objects.c.id == version_files.c.ref_object
+            ).outerjoin(packs, packs.c.id == ref_objects.c.id)
+        )
+        .where(version_files.c.version_id == version_id)
+        .order_by(version_files.c.idx)
+    )
+    return [
+        {
+            "index": r.idx,
+            "path": r.path,
+            "size": r.size,
+            "digest": r.digest,
+            "uri": r.uri,
+            "pin": {
+                "etag": r.etag,
+                "version_id": r.source_version,
+                "last_modified": r.last_modified,
+            },
+            "indexed": r.index_state in ("reference", "drifted"),
+            "state": r.state,
+        }
+        for r in rows
+    ]
 
 
 async def show(gw: Gateway, name: str, ref: Ref) -> dict[str, Any]:
@@ -241,11 +298,19 @@ async def stats(gw: Gateway) -> dict[str, Any]:
         nchunks = (await conn.execute(select(func.count()).select_from(chunks))).scalar_one()
         nversions = (await conn.execute(select(func.count()).select_from(versions))).scalar_one()
         nart = (await conn.execute(select(func.count()).select_from(artifacts))).scalar_one()
+        referenced = (
+            await conn.execute(
+                select(func.coalesce(func.sum(versions.c.size), 0)).where(
+                    versions.c.kind == "reference"
+                )
+            )
+        ).scalar_one()
     return {
         "artifacts": nart,
         "versions": nversions,
         "logical_bytes": int(logical),
         "stored_bytes": int(stored),
+        "referenced_bytes": int(referenced),  # left at their sources, not counted above
         "chunks": nchunks,
         "packs": npacks,
         "dedup_ratio": round(int(logical) / int(stored), 3) if stored else None,

@@ -1,4 +1,5 @@
-"""The gateway's state: settings, catalog and store. Stateless beyond these two."""
+"""The gateway's state: settings, catalog and store (and the clients of reference
+sources). Stateless beyond the catalog and the store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ..catalog import Database
 from ..config import Settings
 from ..stores import open_store
 from ..stores.base import Store
+from .sources import Sources
 
 
 def pack_key(pack_id: str) -> str:
@@ -20,6 +22,8 @@ class Gateway:
         self.settings = settings
         self.db = db
         self.store = store
+        #: the buckets and servers reference versions point at
+        self.sources = Sources(settings)
         self.verify_mode = settings.verify or (
             "inline" if store.url.startswith("file:") else "background"
         )
@@ -49,5 +53,6 @@ class Gateway:
             self._verifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._verifier
+        await self.sources.close()
         await self.store.close()
         await self.db.close()

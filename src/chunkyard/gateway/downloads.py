@@ -19,6 +19,8 @@ from .. import packs as packfmt
 from ..catalog.schema import pack_entries, packs, version_files
 from ..errors import InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
+from ..pins import drifted
+from . import references
 from .artifacts import Ref, find_version
 from .core import Gateway, pack_key
 
@@ -102,23 +104,29 @@ async def plan(
                 "take": take,
             }
         )
-    bad = await _corrupt_packs(conn, {t["pack"] for t in out})
-    if bad:
+    bad = await _unusable_packs(conn, {t["pack"] for t in out})
+    for pack_id, state in bad:
+        if state == "drifted":
+            row = (await references.pins_of_packs(conn, [pack_id]))[pack_id]
+            raise drifted(references.pin_of(row), "changed", path=f.path)
         raise PackCorrupt(
-            f"{f.path} uses pack {bad[0]}, which failed verification: this version's "
+            f"{f.path} uses pack {pack_id}, which failed verification: this version's "
             "uploader sent bytes that do not match their chunk ids",
-            pack=bad[0],
+            pack=pack_id,
         )
     return out, (stop if stop < end else None)
 
 
-async def _corrupt_packs(conn: AsyncConnection, ids: set[str]) -> list[str]:
+async def _unusable_packs(conn: AsyncConnection, ids: set[str]) -> list[tuple[str, str]]:
+    """Packs that failed verification, and reference objects that verify found drifted."""
     if not ids:
         return []
     rows = await conn.execute(
-        select(packs.c.id).where(packs.c.id.in_(list(ids)), packs.c.state == "corrupt")
+        select(packs.c.id, packs.c.state).where(
+            packs.c.id.in_(list(ids)), packs.c.state.in_(("corrupt", "drifted"))
+        )
     )
-    return [r.id for r in rows]
+    return [(r.id, r.state) for r in rows]
 
 
 async def reconstruction(
@@ -126,13 +134,22 @@ async def reconstruction(
 ) -> dict[str, Any]:
     async with gw.db.read() as conn:
         v, f = await find_file(conn, name, ref, index=index)
+        if v.kind == "reference":
+            return await references.reconstruction(gw, name, v, f)
         if start < 0 or start > f.size or (length is not None and length < 0):
             raise InvalidRequest(f"range starts outside the file's {f.size} bytes")
         end = f.size if length is None else min(f.size, start + length)
         terms, nxt = await plan(conn, f, start, end)
+        sources = await references.pins_of_packs(conn, {t["pack"] for t in terms})
     urls = {}
     for t in terms:
-        if t["pack"] not in urls:
+        if t["pack"] in urls:
+            continue
+        if t["pack"] in sources:  # chunks borrowed from an indexed reference object
+            pin = references.pin_of(sources[t["pack"]])
+            req = await gw.sources.pinned_request(pin, check=False)
+            urls[t["pack"]] = {**req.to_json(), "reference": pin.uri}
+        else:
             req = await gw.store.presign_get(pack_key(t["pack"]), gw.settings.url_expiry)
             urls[t["pack"]] = req.to_json()
     return {
@@ -158,10 +175,20 @@ async def stream(
     pos = start
     while pos < end:
         async with gw.db.read() as conn:
-            _, f = await find_file(conn, name, ref, path=path)
+            v, f = await find_file(conn, name, ref, path=path)
+            if v.kind == "reference":
+                async for piece in references.stream(gw, f, start, end):
+                    yield piece
+                return
             terms, nxt = await plan(conn, f, pos, end, page=64 * 1024 * 1024)
+            sources = await references.pins_of_packs(conn, {t["pack"] for t in terms})
         for t in terms:
-            data = await gw.store.get(pack_key(t["pack"]), t["range"][0], t["range"][1])
+            a, b = t["range"]
+            if t["pack"] in sources:
+                pin = references.pin_of(sources[t["pack"]])
+                data = b"".join([p async for p in gw.sources.read(pin, a, b, check=False)])
+            else:
+                data = await gw.store.get(pack_key(t["pack"]), a, b)
             out = await anyio.to_thread.run_sync(
                 packfmt.decode_run, t["chunks"], data, t["skip"], t["take"], dctx
             )

@@ -35,6 +35,7 @@ from ..errors import (
     PackCorrupt,
     PackNotFound,
     SessionNotFound,
+    StoreError,
     UntrustedChunks,
     VersionNotFound,
 )
@@ -70,6 +71,9 @@ async def create_session(gw: Gateway, name: object) -> dict[str, Any]:
         "part_checksum": gw.store.part_checksum,
         "sequential_parts": gw.store.sequential_parts,
         "pack_target_size": packfmt.TARGET_SIZE,
+        # packs are cut into even parts of this size: a client can checksum them up
+        # front and begin each pack with a single request
+        "pack_part_size": gw.store.plan_parts(packfmt.MAX_SIZE)[0].size,
         "pack_max_size": packfmt.MAX_SIZE,
         "query_batch": MAX_QUERY_IDS,
     }
@@ -223,9 +227,13 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
     if row.state in ("complete", "verified"):
         return {"pack": pack_id, "state": row.state, "chunks": row.chunk_count}
     key = pack_key(pack_id)
-    info = await gw.store.stat(key)
-    if info is None or info.size != row.size:
+    try:
         await gw.store.complete_upload(key, row.upload_id, completed)
+    except StoreError:
+        # a retried completion (the first one's answer was lost) finds the object there
+        info = await gw.store.stat(key)
+        if info is None or info.size != row.size:
+            raise
     try:
         entries = await verifier.read_index(gw, pack_id, row.size)
     except PackCorrupt:
@@ -315,7 +323,8 @@ async def _resolve_terms(
             ).first()
         p = pack_cache[t.pack]
         usable = p is not None and (
-            p.state == "verified" or (p.state == "complete" and p.session_id == sid)
+            p.state in ("verified", "reference")  # reference: an indexed source object
+            or (p.state == "complete" and p.session_id == sid)
         )
         if not usable:
             raise UntrustedChunks(

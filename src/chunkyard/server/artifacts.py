@@ -89,11 +89,9 @@ async def content(request: Request) -> Response:
         _, f = await downloads.find_file(conn, name, ref, path=path)
     rng = parse_range(request.headers.get("range"), f.size)
     start, end = rng or (0, f.size)
-    headers = {
-        "accept-ranges": "bytes",
-        "content-length": str(end - start),
-        "x-chunkyard-digest": f.digest,
-    }
+    headers = {"accept-ranges": "bytes", "content-length": str(end - start)}
+    if f.digest:  # an unhashed reference has none
+        headers["x-chunkyard-digest"] = f.digest
     if rng:
         headers["content-range"] = f"bytes {start}-{end - 1}/{f.size}"
     return StreamingResponse(

@@ -183,6 +183,31 @@ def document() -> dict[str, Any]:
                     },
                 )
             },
+            "/v1/references": {
+                "post": _op(
+                    "register an external URI (s3/gs/az prefix or object, http(s) file) as "
+                    "a version, pinned; with hash, the answer is NDJSON progress lines "
+                    "then a done or error line when the client accepts application/x-ndjson",
+                    body={
+                        "type": "object",
+                        "required": ["name", "uri"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "uri": {"type": "string"},
+                            "hash": {"type": "boolean"},
+                            "index": {"type": "boolean"},
+                            "tags": {"type": "object"},
+                        },
+                    },
+                    ok="201",
+                )
+            },
+            v + "/versions/{ref}/verify": {
+                "post": _op(
+                    "check a version against its sources: drift per object",
+                    [NAME, REF],
+                )
+            },
             "/v1/stats": {"get": _op("logical and stored bytes, chunks, packs, dedup ratio")},
             "/v1/blobs/{key}": {
                 "put": _op("local store: upload one part (signed URL)", binary_body=True),

@@ -1,0 +1,48 @@
+"""``fingerprint`` (what ref --hash/--index record) cuts and hashes exactly as a push."""
+
+import io
+
+import blake3
+
+from chunkyard.client.packer import hash_file
+from chunkyard.fingerprint import fingerprint
+from conftest import random_bytes
+
+
+class Trickle(io.RawIOBase):
+    """A stream that hands out odd-sized pieces, as a network response does."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), 77_777, len(self.data) - self.pos)
+        b[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_fingerprint_matches_hash_file(tmp_path):
+    data = random_bytes(20 * 1024 * 1024 + 12345, seed=5)
+    path = tmp_path / "w.bin"
+    path.write_bytes(data)
+    entries: list = []
+    seen: list[int] = []
+    fp = fingerprint(Trickle(data), len(data), entries.extend, seen.append)
+    ref = hash_file(path)
+    assert fp.digest == ref.digest == blake3.blake3(data).hexdigest()
+    assert fp.size == sum(seen) == len(data) and fp.chunks == len(entries)
+    assert [cid for cid, _, _ in entries] == ref.chunk_ids
+    pos = 0
+    for cid, offset, length in entries:  # contiguous, and each id is of its bytes
+        assert offset == pos and blake3.blake3(data[offset : offset + length]).digest() == cid
+        pos += length
+    assert pos == len(data)
+
+
+def test_fingerprint_of_nothing():
+    fp = fingerprint(io.BytesIO(b""), 0)
+    assert fp.size == fp.chunks == 0 and fp.digest == blake3.blake3(b"").hexdigest()

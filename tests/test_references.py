@@ -1,0 +1,308 @@
+"""Reference versions end to end, with http(s)-style sources on 127.0.0.1 (allowed by
+CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS=1 in this test configuration): register without
+reading, pull through pinned requests, hash, index and dedup, verify, drift, the
+allow-list and the address guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import blake3
+import httpx
+import pytest
+
+from chunkyard import Client
+from chunkyard.errors import (
+    AddressForbidden,
+    InvalidReference,
+    ReferenceDrifted,
+    ReferenceNotAllowed,
+    SourceNotFound,
+)
+from conftest import RunningGateway, random_bytes, start_gateway
+from http_source import Source
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.usefixtures("loopback_only")
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[Source]:
+    src = Source()
+    yield src
+    src.close()
+
+
+def _gateway(tmp_path_factory, name: str, **env: str) -> Iterator[RunningGateway]:
+    gw, server, thread = start_gateway(tmp_path_factory.mktemp(name), **env)
+    yield gw
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gateway(source, tmp_path_factory) -> Iterator[RunningGateway]:
+    """Allows exactly the test source, private networks included."""
+    yield from _gateway(
+        tmp_path_factory,
+        "refs",
+        CHUNKYARD_REF_ALLOW=f"{source.url}/files/,{source.url}/redirect/",
+        CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS="1",
+    )
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(tmp_path_factory) -> Iterator[RunningGateway]:
+    """Allows any http(s) URL, but not private networks."""
+    yield from _gateway(tmp_path_factory, "strict", CHUNKYARD_REF_ALLOW="http://,https://")
+
+
+@pytest.fixture
+def client(gateway) -> Iterator[Client]:
+    with gateway.client() as c:
+        yield c
+
+
+def test_register_reads_nothing_and_pull_comes_from_the_source(gateway, client, source, tmp_path):
+    data = random_bytes(3 * MiB + 5, seed=1)
+    uri = source.put("/files/model.safetensors", data)
+    sent = source.body_bytes
+    r = client.ref("refs/plain", uri, tags={"origin": "hub"})
+    assert r["created"] and r["kind"] == "reference" and r["digest_of"] == "pins"
+    assert r["bytes_read"] == 0 and source.body_bytes == sent  # HEAD only
+    assert source.requests[("GET", "/files/model.safetensors")] == 0
+    v = client.show("refs/plain")
+    assert v["kind"] == "reference" and v["source"] == uri and v["tags"] == {"origin": "hub"}
+    (f,) = v["file_list"]
+    assert f["path"] == "model.safetensors" and f["uri"] == uri and f["size"] == len(data)
+    assert f["pin"]["etag"] == source.etag("/files/model.safetensors") and not f["indexed"]
+    out = tmp_path / "out.bin"
+    assert client.pull("refs/plain", out)["kind"] == "reference"
+    assert out.read_bytes() == data
+    assert not list(tmp_path.glob(".*partial"))
+    # curl-style, through the gateway, with a range
+    url = f"{gateway.url}/v1/artifacts/refs/plain/-/versions/latest/content"
+    part = httpx.get(url, headers={"range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    # the same objects at the same pins again: the same version
+    again = client.ref("refs/plain", uri)
+    assert not again["created"] and again["version"] == 1
+
+
+def test_drift_fails_pull_and_verify(client, source, tmp_path):
+    data = random_bytes(400_000, seed=2)
+    uri = source.put("/files/drift.bin", data)
+    client.ref("refs/drift", uri)
+    assert client.verify("refs/drift")["ok"]
+    source.put("/files/drift.bin", random_bytes(400_000, seed=3))  # same size, new bytes
+    report = client.verify("refs/drift")
+    assert not report["ok"] and report["drifted"] == 1
+    assert report["objects"][0]["state"] == "changed" and report["objects"][0]["uri"] == uri
+    out = tmp_path / "drift.bin"
+    with pytest.raises(ReferenceDrifted) as caught:
+        client.pull("refs/drift", out)
+    assert uri in caught.value.message and caught.value.detail["path"] == "drift.bin"
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing written, no leftovers
+    del source.files["/files/drift.bin"]
+    assert client.verify("refs/drift")["objects"][0]["state"] == "missing"
+    with pytest.raises(ReferenceDrifted):
+        client.pull("refs/drift", out)
+
+
+def test_hash_records_the_digest_and_pull_checks_it(client, source, tmp_path):
+    data = random_bytes(2 * MiB, seed=4)
+    uri = source.put("/files/liar.bin", data)
+    r = client.ref("refs/hashed", uri, hash=True)
+    assert r["digest_of"] == "content" and r["digest"] == blake3.blake3(data).hexdigest()
+    assert r["bytes_read"] == len(data)
+    assert client.show("refs/hashed")["file_list"][0]["digest"] == r["digest"]
+    # a server that keeps its ETag and ignores conditions while the bytes change:
+    # only the recorded digest can tell, and it does
+    source.fixed_etag["/files/liar.bin"] = source.etag("/files/liar.bin")
+    source.ignore_conditions.add("/files/liar.bin")
+    source.put("/files/liar.bin", random_bytes(2 * MiB, seed=5))
+    source.mtimes["/files/liar.bin"] -= 10  # and its Last-Modified
+    out = tmp_path / "liar.bin"
+    with pytest.raises(ReferenceDrifted) as caught:
+        client.pull("refs/hashed", out)
+    assert caught.value.detail["state"] == "content" and not out.exists()
+
+
+def test_index_lets_pushes_dedup_against_the_source(client, source, tmp_path):
+    data = random_bytes(4 * MiB + 77, seed=6)
+    uri = source.put("/files/base.bin", data)
+    r = client.ref("refs/indexed", uri, hash=True, index=True)
+    assert r["digest"] == blake3.blake3(data).hexdigest()
+    assert client.show("refs/indexed")["file_list"][0]["indexed"]
+    local = tmp_path / "same.bin"
+    local.write_bytes(data)
+    pushed = client.push(local, "refs/finetune")
+    assert pushed["chunks_new"] == 0 and pushed["bytes_uploaded"] == 0
+    back = tmp_path / "back.bin"
+    client.pull("refs/finetune", back)  # chunks read from the source, ids verified
+    assert back.read_bytes() == data
+    # a fine-tune: a small edit sends about that much
+    edited = bytearray(data)
+    edited[MiB : MiB + 1000] = random_bytes(1000, seed=7)
+    local.write_bytes(bytes(edited))
+    second = client.push(local, "refs/finetune")
+    assert 0 < second["bytes_uploaded"] < MiB
+    client.pull("refs/finetune@2", back)
+    assert back.read_bytes() == bytes(edited)
+    # the source drifts: the stored versions that borrow from it say so
+    source.put("/files/base.bin", random_bytes(len(data), seed=8))
+    report = client.verify("refs/finetune@1")
+    assert report["kind"] == "stored" and not report["ok"]
+    assert [o["state"] for o in report["objects"] if o.get("uri") == uri] == ["changed"]
+    with pytest.raises(ReferenceDrifted):
+        client.pull("refs/finetune@1", tmp_path / "never.bin")
+    assert not (tmp_path / "never.bin").exists()
+    # and the drifted object is no longer a dedup target
+    local.write_bytes(data)
+    third = client.push(local, "refs/finetune")
+    assert third["chunks_new"] == third["chunks_total"] > 0
+
+
+def test_references_mix_with_stored_versions(client, source, tmp_path):
+    local = tmp_path / "w.bin"
+    local.write_bytes(random_bytes(100_000, seed=9))
+    client.push(local, "refs/mixed")
+    data = random_bytes(200_000, seed=10)
+    r = client.ref("refs/mixed", source.put("/files/mixed.bin", data), tags={"k": "v"})
+    assert r["version"] == 2
+    assert [v["kind"] for v in client.versions("refs/mixed")] == ["stored", "reference"]
+    client.set_alias("refs/mixed", "champion", 2)
+    client.tag("refs/mixed:champion", {"eval": "0.9"})
+    assert client.show("refs/mixed:champion")["tags"] == {"k": "v", "eval": "0.9"}
+    assert {"name": "refs/mixed", "latest": 2, "versions": 2} in client.ls("refs/")
+    client.pull("refs/mixed:champion", tmp_path / "champ.bin")
+    assert (tmp_path / "champ.bin").read_bytes() == data
+    assert client.stats()["referenced_bytes"] >= 200_000
+
+
+def test_sources_that_offer_less(client, source, tmp_path):
+    """No HEAD (as a presigned GET URL): size from a one-byte ranged GET. No ETag: the
+    pin is Last-Modified, sent as If-Unmodified-Since."""
+    data = random_bytes(150_000, seed=11)
+    uri = source.put("/files/nohead.bin", data)
+    source.no_head.add("/files/nohead.bin")
+    source.no_etag.add("/files/nohead.bin")
+    r = client.ref("refs/nohead", uri)
+    assert r["size"] == len(data)
+    pin = client.show("refs/nohead")["file_list"][0]["pin"]
+    assert pin["etag"] == "" and pin["last_modified"]
+    client.pull("refs/nohead", tmp_path / "a.bin")
+    assert (tmp_path / "a.bin").read_bytes() == data
+    source.put("/files/nohead.bin", data)  # same bytes, touched
+    assert not client.verify("refs/nohead")["ok"]
+
+
+def test_redirects_are_followed_and_guarded(client, source, tmp_path):
+    data = random_bytes(50_000, seed=12)
+    source.put("/files/target.bin", data)
+    source.redirects["/redirect/ok.bin"] = f"{source.url}/files/target.bin"
+    r = client.ref("refs/redirected", f"{source.url}/redirect/ok.bin")
+    assert r["size"] == len(data)
+    client.pull("refs/redirected", tmp_path / "r.bin")
+    assert (tmp_path / "r.bin").read_bytes() == data
+    # an allowed server that redirects to the metadata endpoint: refused before
+    # connecting, even though private networks are allowed here
+    source.redirects["/redirect/evil.bin"] = "http://169.254.169.254/latest/meta-data/iam"
+    with pytest.raises(AddressForbidden):
+        client.ref("refs/evil", f"{source.url}/redirect/evil.bin")
+    source.redirects["/redirect/evil6.bin"] = "http://[fd00:ec2::254]/latest/meta-data/iam"
+    with pytest.raises(AddressForbidden):
+        client.ref("refs/evil", f"{source.url}/redirect/evil6.bin")
+    source.redirects["/redirect/file.bin"] = "file:///etc/passwd"
+    with pytest.raises(InvalidReference):
+        client.ref("refs/evil", f"{source.url}/redirect/file.bin")
+
+
+def test_bad_references_change_nothing(gateway, client, source):
+    source.put("/files/exists.bin", b"x" * 1000)
+    before = gateway.snapshot()
+    cases = [
+        (ReferenceNotAllowed, "http://127.0.0.1:1/other/x.bin"),
+        (ReferenceNotAllowed, f"{source.url}/elsewhere/x.bin"),
+        (ReferenceNotAllowed, "s3://chunkyard-test/x"),
+        (InvalidReference, f"{source.url}/files/../files/exists.bin"),
+        (InvalidReference, f"{source.url}/files/"),
+        (InvalidReference, "ftp://host/x"),
+        (SourceNotFound, f"{source.url}/files/missing.bin"),
+    ]
+    for cls, uri in cases:
+        with pytest.raises(cls):
+            client.ref("refs/bad", uri)
+    resp = httpx.post(f"{gateway.url}/v1/references", json={"name": "refs/bad", "uri": 5})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_reference"
+    resp = httpx.post(
+        f"{gateway.url}/v1/references",
+        json={"name": "refs/bad", "uri": "http://127.0.0.1:1/x.bin"},
+    )
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "reference_not_allowed"
+    assert gateway.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://localhost:{port}/files/exists.bin",
+        "http://127.0.0.1:{port}/files/exists.bin",
+        "http://[::1]:{port}/files/exists.bin",
+        "http://10.0.0.1/model.bin",
+        "http://169.254.169.254/latest/meta-data/iam",
+        "http://[fd00:ec2::254]/latest/meta-data/iam",
+        "http://[::ffff:127.0.0.1]:{port}/files/exists.bin",
+        "https://0.0.0.0/x.bin",
+    ],
+)
+def test_private_addresses_are_refused(strict_gateway, source, uri):
+    source.put("/files/exists.bin", b"x" * 1000)
+    before = strict_gateway.snapshot()
+    with strict_gateway.client() as c, pytest.raises(AddressForbidden) as caught:
+        c.ref("refs/ssrf", uri.format(port=source.port))
+    assert caught.value.code == "address_forbidden"
+    assert strict_gateway.snapshot() == before
+
+
+def test_nothing_allowed_by_default(tmp_path_factory, source):
+    for gw in _gateway(tmp_path_factory, "closed"):
+        with gw.client() as c, pytest.raises(ReferenceNotAllowed):
+            c.ref("refs/closed", source.put("/files/closed.bin", b"x"))
+
+
+def test_cli_ref_verify_show(gateway, source, tmp_path):
+    env = {**os.environ, "CHUNKYARD_URL": gateway.url}
+
+    def cy(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "chunkyard.client.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    data = random_bytes(300_000, seed=13)
+    uri = source.put("/files/cli.bin", data)
+    p = cy("ref", "refs/cli", uri, "--hash", "--tag", "a=b", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["kind"] == "reference" and r["digest"] == blake3.blake3(data).hexdigest()
+    p = cy("show", "refs/cli")
+    assert p.returncode == 0 and "kind: reference" in p.stdout and uri in p.stdout
+    p = cy("verify", "refs/cli", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"]
+    source.put("/files/cli.bin", random_bytes(300_000, seed=14))
+    p = cy("verify", "refs/cli@1", "--json")
+    assert p.returncode == 5 and json.loads(p.stdout)["drifted"] == 1
+    p = cy("verify", "refs/cli")
+    assert p.returncode == 5 and "changed" in p.stdout and "cli.bin" in p.stdout
+    p = cy("pull", "refs/cli", str(tmp_path / "x.bin"), "--json")
+    assert p.returncode == 5 and json.loads(p.stdout)["error"]["code"] == "reference_drifted"
+    p = cy("ref", "refs/cli", "http://127.0.0.1:1/nope.bin")
+    assert p.returncode == 1 and "reference_not_allowed" in p.stderr
