@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import urllib3
 
 from ..errors import GatewayUnavailable, StoreError, from_json
 
@@ -37,12 +38,16 @@ class Transport:
     def __init__(self, url: str | None = None, timeout: float = 300.0) -> None:
         self.url = (url or os.environ.get("CHUNKYARD_URL") or DEFAULT_URL).rstrip("/")
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        # store reads: urllib3 (see fetch_into); one pool shared by all threads
+        self.raw = urllib3.PoolManager(maxsize=32, block=False)
+        self.raw_timeout = urllib3.Timeout(connect=10.0, read=timeout)
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0), limits=limits, follow_redirects=False
         )
 
     def close(self) -> None:
         self.http.close()
+        self.raw.clear()
 
     # -- the gateway API ----------------------------------------------------
     def call(
@@ -122,33 +127,51 @@ class Transport:
     def fetch_into(
         self, req: dict, start: int, end: int, buf: bytearray, what: str = "store read"
     ) -> memoryview:
-        """GET bytes ``[start, end)`` of a presigned object straight into ``buf``."""
+        """GET bytes ``[start, end)`` of a presigned object straight into ``buf``.
+
+        urllib3 rather than httpx here: its ``readinto`` lets the socket write into our
+        buffer in large reads with the GIL released, where httpx hands out 64 KiB
+        pieces through Python (twice the client CPU per pulled byte)."""
         want = end - start
         headers = {**req.get("headers", {}), "range": f"bytes={start}-{end - 1}"}
         view = memoryview(buf)
         for attempt in range(RETRIES + 1):
             try:
-                with self.http.stream(req["method"], req["url"], headers=headers) as resp:
-                    if resp.status_code in RETRY_STATUS and attempt < RETRIES:
-                        _backoff(attempt)
-                        continue
-                    if not resp.is_success:
-                        resp.read()
-                        raise StoreError(
-                            f"{what} was refused: HTTP {resp.status_code} {resp.text[:300]}",
-                            status=resp.status_code,
-                        )
-                    pos = 0
-                    for piece in resp.iter_raw():
-                        if pos + len(piece) > want:
-                            raise StoreError(f"{what}: store sent more than {want} bytes")
-                        view[pos : pos + len(piece)] = piece
-                        pos += len(piece)
-                    if pos != want:
-                        raise StoreError(f"{what}: store sent {pos} of {want} bytes")
-                    return view[:want]
-            except httpx.TransportError as exc:
+                resp = self.raw.request(
+                    req["method"],
+                    req["url"],
+                    headers=headers,
+                    preload_content=False,
+                    retries=False,
+                    timeout=self.raw_timeout,
+                )
+            except urllib3.exceptions.HTTPError as exc:
                 if attempt == RETRIES:
                     raise StoreError(f"{what} failed: {exc}") from exc
                 _backoff(attempt)
+                continue
+            try:
+                if resp.status in RETRY_STATUS and attempt < RETRIES:
+                    _backoff(attempt)
+                    continue
+                if not 200 <= resp.status < 300:
+                    text = resp.read(300).decode(errors="replace")
+                    raise StoreError(
+                        f"{what} was refused: HTTP {resp.status} {text}", status=resp.status
+                    )
+                pos = 0
+                while pos < want:
+                    n = resp.readinto(view[pos:want])
+                    if not n:
+                        break
+                    pos += n
+                if pos != want or resp.read(1):
+                    raise StoreError(f"{what}: store did not send exactly {want} bytes")
+                return view[:want]
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt == RETRIES:
+                    raise StoreError(f"{what} failed: {exc}") from exc
+                _backoff(attempt)
+            finally:
+                resp.release_conn()
         raise AssertionError("unreachable")

@@ -20,6 +20,7 @@ import blake3
 from .. import packs as packfmt
 from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
+from ..stores.base import plan_even_parts
 from .packer import FileResult, Packer
 from .transport import Transport
 
@@ -65,6 +66,12 @@ class Uploader:
 
     def _ship(self, pack: packfmt.Pack) -> None:
         body: dict[str, Any] = {"pack": pack.id, "size": pack.size}
+        kind, part_size = self.session.get("part_checksum"), self.session.get("pack_part_size")
+        if kind and part_size:  # checksum the parts up front: one request per pack
+            parts = [
+                {"offset": p.offset, "size": p.size} for p in plan_even_parts(pack.size, part_size)
+            ]
+            body["checksums"] = self._checksums(kind, pack, parts)
         plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         if plan["state"] == "verified":  # someone stored the very same pack already
             return
