@@ -259,3 +259,33 @@ def test_pull_detects_a_lying_digest(gateway, api, client, tmp_path):
     with pytest.raises(DigestMismatch):
         client.pull("bad/liar", dest)
     assert not dest.exists() and list(tmp_path.glob(".pulled.bin*")) == []
+
+
+def test_a_forged_index_at_completion_is_caught(gateway, api, session):
+    """The uploader may send the pack's index with the completion; one that differs from
+    the pack's own is caught by verification and the pack removed."""
+    import base64
+
+    p = make_pack(seed=8)
+    data = bytes(p.data)
+    last = p.entries[-1]
+    tail = bytearray(data[last.offset + last.stored_len :])
+    tail[0] ^= 0xFF  # the first chunk id of the index
+    index = bytes(tail[: -packs.FOOTER_SIZE])
+    footer = bytearray(tail[-packs.FOOTER_SIZE :])
+    footer[16:32] = blake3.blake3(index).digest()[:16]  # a consistent index checksum
+    forged = base64.b64encode(index + bytes(footer)).decode()
+    before = gateway.snapshot()
+    part = begin(api, session, p.id, data)
+    assert httpx.put(part["url"], content=data).status_code == 200
+    r = api.post(
+        f"/v1/sessions/{session}/packs/{p.id}/complete",
+        json={"parts": [{"number": 1}], "index": forged},
+    )
+    assert r.status_code == 422 and error_code(r) == "pack_corrupt"
+    assert gateway.snapshot() == before
+    r = api.post(
+        f"/v1/sessions/{session}/packs/{p.id}/complete",
+        json={"parts": [{"number": 1}], "index": "not base64!"},
+    )
+    assert r.status_code in (400, 404)

@@ -1,7 +1,8 @@
 """The ingest pipeline: files in, packs and manifests out, with bounded memory.
 
-    read+cut (main) → hash, look up, compress new chunks (cpu pool) → place in pack
-    (main, in order) → finish + ship finished packs (io pool)
+    read+cut (reader thread) → hash (cpu pool) → ask the gateway (lookup pool) →
+    compress new chunks (cpu pool) → place in pack (calling thread, in order) →
+    finish + ship finished packs (io pool)
 
 Windows of a few MiB flow through it, at most ``DEPTH`` ahead; at most
 ``PACKS_IN_FLIGHT`` finished packs are shipping while the next is filled. All heavy
@@ -29,6 +30,8 @@ from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, windows
 from ..digest import file_digest, new_file_hasher
 
 DEPTH = 3
+#: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
+LOOKUPS = 4
 PACKS_IN_FLIGHT = 2
 #: chunk locations remembered within one push (~200 B each): dedups repeats inside a
 #: push without growing with file size.
@@ -108,6 +111,7 @@ class Packer:
         self.stats = Stats()
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="cy-cpu")
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
+        self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
         self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
         self._local = threading.local()
@@ -119,7 +123,7 @@ class Packer:
         self.shipping: deque[Future] = deque()
 
     def close(self) -> None:
-        for pool in (self.cpu, self.io, self.digest_pool):
+        for pool in (self.cpu, self.io, self.lookups, self.digest_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Packer:
@@ -135,12 +139,19 @@ class Packer:
             c = self._local.cctx = packfmt.new_compressor()
         return c
 
-    def _prepare(self, w: Window) -> tuple[Window, list[bytes], list]:
-        """Hash every chunk, look them up, compress the new ones. Per chunk the plan
-        holds ``("known", pack, idx)``, ``("dup",)`` (seen before in this push) or
+    def _hash(self, w: Window) -> tuple[Window, list[bytes]]:
+        return w, [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
+
+    def _lookup(self, job: tuple[Window, list[bytes]]) -> tuple[Window, list[bytes], dict]:
+        """On an I/O thread: the gateway round trip must not idle a CPU worker."""
+        w, ids = job
+        return w, ids, self.lookup(ids)
+
+    def _compress_new(self, job: tuple[Window, list[bytes], dict]) -> tuple[Window, list, list]:
+        """Compress the chunks the store lacks. Per chunk the plan holds
+        ``("known", pack, idx)``, ``("dup",)`` (seen before in this push) or
         ``(scheme, stored)`` for a new chunk."""
-        ids = [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
-        answer = self.lookup(ids)
+        w, ids, answer = job
         known_packs = answer["packs"]
         cctx = self._compressor()
         plan: list[Any] = []
@@ -243,7 +254,9 @@ class Packer:
                             digests.popleft().result()
                     yield w
 
-            for w, ids, plan in pipelined(self.cpu, self._prepare, windows_with_digest()):
+            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), 2)
+            looked_up = pipelined(self.lookups, self._lookup, hashed, LOOKUPS)
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, 2):
                 n = len(w.data)
                 self._place(w, ids, plan, terms)
                 w.release()

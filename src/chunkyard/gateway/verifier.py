@@ -67,8 +67,8 @@ async def verify_pack(gw: Gateway, pack_id: str, forget_on_failure: bool = False
         if len(data) != row.size:
             raise PackCorrupt(f"pack {pack_id} has {len(data)} bytes, expected {row.size}")
         entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, data)
-        if len(entries) != row.chunk_count:
-            raise PackCorrupt(f"pack {pack_id} changed since it was completed")
+        if not await _index_matches(gw, pack_id, entries):
+            raise PackCorrupt(f"pack {pack_id} does not hold the index it was completed with")
     except PackCorrupt:
         log.warning("pack %s failed verification", pack_id)
         if forget_on_failure:
@@ -96,6 +96,28 @@ async def verify_pack(gw: Gateway, pack_id: str, forget_on_failure: bool = False
             [{"id": e.chunk_id, "pack_id": pack_id, "idx": i} for i, e in enumerate(entries)],
         )
     return "verified"
+
+
+async def _index_matches(gw: Gateway, pack_id: str, entries: list[packfmt.Entry]) -> bool:
+    """The catalog's copy of the index (sent by the uploader, or read at completion)
+    must be the pack's own."""
+    async with gw.db.read() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    pack_entries.c.chunk_id,
+                    pack_entries.c.offset,
+                    pack_entries.c.stored_len,
+                    pack_entries.c.raw_len,
+                    pack_entries.c.scheme,
+                )
+                .where(pack_entries.c.pack_id == pack_id)
+                .order_by(pack_entries.c.idx)
+            )
+        ).all()
+    return [tuple(r) for r in rows] == [
+        (e.chunk_id, e.offset, e.stored_len, e.raw_len, e.scheme) for e in entries
+    ]
 
 
 async def verify_pending(gw: Gateway, limit: int = BATCH) -> int:
