@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import zstandard
 
 from ..digest import new_file_hasher
@@ -38,8 +37,9 @@ UNIT_BYTES = 8 * 1024 * 1024
 #: a unit closes once it passes UNIT_BYTES stored or raw, so one more record fits
 BUF = UNIT_BYTES + MAX_RECORD
 DEPTH = 6
-#: reference objects fetched at once (each one streamed GET from its source)
-REF_PARALLEL = 4
+#: reference objects fetched at once (each one streamed GET from its source): shards
+#: are large and a few streams fill a link; many small files need more in flight
+REF_PARALLEL = 8
 
 
 def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
@@ -258,16 +258,36 @@ def _pull_reference(
                 ],
             )
     with ThreadPoolExecutor(REF_PARALLEL, thread_name_prefix="cy-ref") as pool:
-        futures = [
-            pool.submit(fetch_reference, transport, base, entry, target, progress)
-            for entry, target in targets
-        ]
+        futures = []
         try:
-            for f in futures:
-                f.result()
+            if len(targets) == 1:
+                entry, target = targets[0]
+                futures.append(
+                    pool.submit(fetch_reference, transport, base, entry, target, progress)
+                )
+            else:  # pinned requests a page at a time, not one call per file
+                where = {entry["index"]: target for entry, target in targets}
+                cursor: int | None = 0
+                while cursor is not None:
+                    page = transport.call("GET", f"{base}/sources", params={"cursor": cursor})
+                    for f in page["files"]:
+                        futures.append(
+                            pool.submit(
+                                fetch_reference,
+                                transport,
+                                base,
+                                f,
+                                where[f["index"]],
+                                progress,
+                                f["reference"],
+                            )
+                        )
+                    cursor = page["next"]
+            for fut in futures:
+                fut.result()
         finally:
-            for f in futures:
-                f.cancel()
+            for fut in futures:
+                fut.cancel()
 
 
 def _backoff(attempt: int) -> None:
@@ -280,6 +300,7 @@ def fetch_reference(
     entry: dict,
     dest: Path,
     progress: Callable[[int], None] | None = None,
+    ref: dict | None = None,
 ) -> None:
     """Download one reference file through the pinned request the gateway hands out.
 
@@ -288,8 +309,8 @@ def fetch_reference(
     a Range, and a recorded digest is verified. Bytes land under a temporary name and
     are renamed into place only when all of that holds, so drift never leaves a file
     with other bytes behind."""
-    page = transport.call("GET", f"{base}/files/{entry['index']}/reconstruction")
-    ref = page["reference"]
+    if ref is None:  # the gateway HEADs the object first: drift fails here, by name
+        ref = transport.call("GET", f"{base}/files/{entry['index']}/reconstruction")["reference"]
     pin = Pin(ref["uri"], ref["size"], ref["etag"], ref["version_id"], ref["last_modified"])
     req, path = ref["request"], entry["path"]
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +359,7 @@ def fetch_reference(
                             hasher.update(piece)
                             if progress:
                                 progress(len(piece))
-                except httpx.TransportError as exc:
+                except _transport_errors() as exc:
                     if attempt >= RETRIES:
                         raise StoreError(f"reading {pin.uri} failed: {exc}", uri=pin.uri) from exc
                     attempt += 1
@@ -353,3 +374,9 @@ def fetch_reference(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _transport_errors() -> type[Exception]:
+    import httpx  # only the reference paths use httpx: keep it off the CLI's start-up
+
+    return httpx.TransportError

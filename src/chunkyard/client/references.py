@@ -7,8 +7,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from ..errors import GatewayUnavailable, from_json
 from .transport import Transport
 
@@ -56,7 +54,7 @@ def register(
                     return result
                 elif kind == "error":
                     raise from_json(500, event)
-    except httpx.TransportError as exc:
+    except _transport_errors() as exc:
         raise GatewayUnavailable(
             f"lost the gateway at {transport.url} while registering: {exc}", url=transport.url
         ) from exc
@@ -64,3 +62,9 @@ def register(
         f"the gateway at {transport.url} ended the registration without an answer",
         url=transport.url,
     )
+
+
+def _transport_errors() -> type[Exception]:
+    import httpx  # only the reference paths use httpx: keep it off the CLI's start-up
+
+    return httpx.TransportError
