@@ -214,3 +214,29 @@ def test_openapi_and_health(gateway):
     doc = httpx.get(f"{gateway.url}/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/v1/sessions" in doc["paths"]
     assert httpx.get(f"{gateway.url}/v1/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("grow", [0, 123_457])
+def test_similar_large_file_sends_only_new_chunks(client, tmp_path, monkeypatch, grow):
+    """A file resembling the latest version's (a new checkpoint) is hashed whole first,
+    then only the runs holding new chunks are read and sent."""
+    from chunkyard.client import upload
+
+    monkeypatch.setattr(upload, "SIMILAR_MIN", 1)  # the path large files take
+    data = bytearray(random_bytes(6 * MiB, seed=110 + grow))
+    src = write(tmp_path / "ckpt.bin", bytes(data))
+    client.push(src, f"team/similar/{grow}")
+    for i in range(3):
+        pos = (i + 1) * 1_700_000
+        data[pos : pos + 500] = random_bytes(500, seed=120 + i)
+    data += random_bytes(grow, seed=130)
+    write(src, bytes(data))
+    r = client.push(src, f"team/similar/{grow}")
+    assert r["version"] == 2 and r["size"] == len(data)
+    assert r["bytes_uploaded"] < 0.2 * len(data), r
+    assert r["digest"] == blake3.blake3(bytes(data)).hexdigest()
+    client.pull(f"team/similar/{grow}@2", tmp_path / "v2")
+    assert (tmp_path / "v2").read_bytes() == bytes(data)
+    write(src, bytes(data))
+    again = client.push(src, f"team/similar/{grow}")
+    assert not again["created"] and again["bytes_uploaded"] == 0

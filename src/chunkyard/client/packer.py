@@ -15,6 +15,7 @@ stand-ins to measure the pipeline alone.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -28,8 +29,15 @@ import blake3
 from .. import packs as packfmt
 from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, windows
 from ..digest import file_digest, new_file_hasher
+from ..errors import InvalidRequest
+from ..hashing import chunk_ids
 
 DEPTH = 3
+#: files at least this large that resemble a file of the latest version take the
+#: hash-everything-first path (:meth:`Packer.add_similar_file`)
+SIMILAR_MIN = 64 * 1024 * 1024
+#: chunk ids per missing-chunk query on that path (the gateway takes up to 65,536)
+LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 4
 PACKS_IN_FLIGHT = 2
@@ -53,6 +61,11 @@ def pipelined(
             yield q.popleft().result()
     while q:
         yield q.popleft().result()
+
+
+def _digest_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return file_digest(f)
 
 
 def nothing_stored(ids: list[bytes]) -> dict:
@@ -221,6 +234,65 @@ class Packer:
             self.shipping.popleft().result()
 
     # -- files -------------------------------------------------------------
+    def add_similar_file(self, path: Path, rel: str, known: dict) -> FileResult:
+        """A large file that resembles one of the latest version (a new checkpoint of
+        the same model): cut and hash all of it first on two processes
+        (:func:`chunkyard.hashing.chunk_ids`), ask the gateway about every chunk at
+        once, then read, compress and send only the runs that hold new chunks."""
+        size = path.stat().st_size
+        digest_job: Future | None = None
+        if known["size"] == size:
+            with open(path, "rb") as f:
+                digest = file_digest(f)
+            if digest == known["digest"]:
+                self.progress(size)
+                return FileResult(rel, size, digest, from_version=known["version"])
+        else:
+            digest_job = self.digest_pool.submit(_digest_of, path)
+        cuts = chunk_ids(path)
+        packs_: list[str] = []
+        where: dict[str, int] = {}
+        locations: list = []
+        for i in range(0, len(cuts), LOOKUP_BATCH):
+            answer = self.lookup([c[2] for c in cuts[i : i + LOOKUP_BATCH]])
+            for loc in answer["locations"]:
+                if loc is not None:
+                    pack = answer["packs"][loc[0]]
+                    loc = [where.setdefault(pack, len(where)), loc[1]]
+                    if loc[0] == len(packs_):
+                        packs_.append(pack)
+                locations.append(loc)
+        terms: list[list] = []
+        fd = os.open(path, os.O_RDONLY)
+
+        def jobs() -> Iterator[tuple[Window, list[bytes], dict]]:
+            pos = 0
+            for group in _groups(cuts, WINDOW_SIZE):
+                start, end = group[0][0], group[-1][0] + group[-1][1]
+                locs = locations[pos : pos + len(group)]
+                pos += len(group)
+                rel_cuts = [(o - start, n) for o, n, _ in group]
+                if all(loc is not None for loc in locs):  # nothing new: nothing to read
+                    w = Window(memoryview(b""), rel_cuts, start)
+                else:
+                    buf = self.buffers.get()
+                    view = memoryview(buf)[: end - start]
+                    got = os.preadv(fd, [view], start)
+                    if got != end - start:
+                        raise InvalidRequest(f"{path} changed while it was being pushed")
+                    w = Window(view, rel_cuts, start, buf, self.buffers)
+                yield w, [c[2] for c in group], {"packs": packs_, "locations": locs}
+
+        try:
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), 2):
+                self._place(w, ids, plan, terms)
+                w.release()
+                self.progress(sum(n for _, n in w.cuts))
+        finally:
+            os.close(fd)
+        digest = digest_job.result() if digest_job else digest
+        return FileResult(rel, size, digest, terms=terms)
+
     def add_file(self, path: Path, rel: str, known: dict | None = None) -> FileResult:
         """Chunk one file into the packs. ``known``: the same path's entry in the latest
         version ({size, digest, version}); if the digest matches, the file is reused
@@ -266,6 +338,18 @@ class Packer:
         if hasher is not None:
             digest = hasher.hexdigest()
         return FileResult(rel, size, digest or "", terms=terms)
+
+
+def _groups(cuts: list, limit: int) -> Iterator[list]:
+    """Consecutive chunks in runs spanning at most ``limit`` bytes."""
+    group: list = []
+    for c in cuts:
+        if group and c[0] + c[1] - group[0][0] > limit:
+            yield group
+            group = []
+        group.append(c)
+    if group:
+        yield group
 
 
 def _add_term(terms: list[list], pack: PackSlot | str, idx: int) -> None:

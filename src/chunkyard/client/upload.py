@@ -21,7 +21,7 @@ from .. import packs as packfmt
 from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
 from ..stores.base import plan_even_parts
-from .packer import FileResult, Packer
+from .packer import SIMILAR_MIN, FileResult, Packer
 from .transport import Transport
 
 #: a refused part is re-sent with a fresh URL this many times
@@ -137,6 +137,12 @@ def list_tree(root: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _add(packer: Packer, path: Path, rel: str, known: dict | None) -> FileResult:
+    if known is not None and path.stat().st_size >= SIMILAR_MIN:
+        return packer.add_similar_file(path, rel, known)
+    return packer.add_file(path, rel, known)
+
+
 def _latest(transport: Transport, name: str) -> dict | None:
     try:
         v = transport.call("GET", f"/v1/artifacts/{name}/-/versions/latest")
@@ -173,7 +179,7 @@ def push(
             known = {f["path"]: {**f, "version": latest["version"]} for f in files}
     up = Uploader(transport, name, progress_factory(total) if progress_factory else None)
     try:
-        results = [up.packer.add_file(p, rel, known.get(rel)) for p, rel in entries]
+        results = [_add(up.packer, p, rel, known.get(rel)) for p, rel in entries]
         up.packer.finish()
         version = up.commit(layout, results, tags or {})
     finally:
