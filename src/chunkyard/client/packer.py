@@ -39,7 +39,7 @@ SIMILAR_MIN = 64 * 1024 * 1024
 #: chunk ids per missing-chunk query on that path (the gateway takes up to 65,536)
 LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
-LOOKUPS = 4
+LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
 #: chunk locations remembered within one push (~200 B each): dedups repeats inside a
 #: push without growing with file size.

@@ -108,7 +108,7 @@ class Transport:
         """Send one presigned request; retry transient failures. Raises StoreError
         (with ``status``) for a refusal, so callers can ask for a fresh URL."""
         all_headers = {**req.get("headers", {}), **(headers or {})}
-        body = None if content is None else bytes(content)
+        body = None if content is None else memoryview(content)  # sent as is, no copy
         for attempt in range(RETRIES + 1):
             try:
                 resp = self._request(req["method"], req["url"], body=body, headers=all_headers)
