@@ -6,6 +6,7 @@ registering reads none."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,7 @@ class Source:
         self.no_etag: set[str] = set()
         self.ignore_conditions: set[str] = set()
         self.fixed_etag: dict[str, str] = {}  # a server that lies about its ETag
+        self.slow: dict[str, float] = {}  # seconds per 64 KiB sent
         self.requests: Counter = Counter()
         self.body_bytes = 0
         self._clock = 1_700_000_000.0
@@ -62,10 +64,19 @@ class Source:
                 if "content-length" not in headers:
                     self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                if self.command != "HEAD" and body:
-                    self.wfile.write(body)
+                if self.command == "HEAD" or not body:
+                    return
+                delay = src.slow.get(self.path, 0.0)
+                step = 65536 if delay else len(body)
+                for i in range(0, len(body), step):
+                    if delay:
+                        time.sleep(delay)
+                    try:
+                        self.wfile.write(body[i : i + step])
+                    except OSError:  # the reader went away
+                        return
                     with src._lock:
-                        src.body_bytes += len(body)
+                        src.body_bytes += len(body[i : i + step])
 
             def do_HEAD(self) -> None:  # noqa: N802
                 self.do_GET()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import blake3
@@ -18,6 +19,7 @@ import pytest
 from chunkyard import Client
 from chunkyard.errors import (
     AddressForbidden,
+    ArtifactNotFound,
     InvalidReference,
     ReferenceDrifted,
     ReferenceNotAllowed,
@@ -132,7 +134,7 @@ def test_hash_records_the_digest_and_pull_checks_it(client, source, tmp_path):
     assert caught.value.detail["state"] == "content" and not out.exists()
 
 
-def test_index_lets_pushes_dedup_against_the_source(client, source, tmp_path):
+def test_index_lets_pushes_dedup_against_the_source(gateway, client, source, tmp_path):
     data = random_bytes(4 * MiB + 77, seed=6)
     uri = source.put("/files/base.bin", data)
     r = client.ref("refs/indexed", uri, hash=True, index=True)
@@ -153,6 +155,8 @@ def test_index_lets_pushes_dedup_against_the_source(client, source, tmp_path):
     assert 0 < second["bytes_uploaded"] < MiB
     client.pull("refs/finetune@2", back)
     assert back.read_bytes() == bytes(edited)
+    content = f"{gateway.url}/v1/artifacts/refs/finetune/-/versions/1/content"
+    assert httpx.get(content).content == data  # through the gateway, from the source
     # the source drifts: the stored versions that borrow from it say so
     source.put("/files/base.bin", random_bytes(len(data), seed=8))
     report = client.verify("refs/finetune@1")
@@ -165,6 +169,33 @@ def test_index_lets_pushes_dedup_against_the_source(client, source, tmp_path):
     local.write_bytes(data)
     third = client.push(local, "refs/finetune")
     assert third["chunks_new"] == third["chunks_total"] > 0
+
+
+def test_hashing_reports_progress_and_stops_when_the_client_leaves(gateway, client, source):
+    data = random_bytes(2 * MiB, seed=15)
+    uri = source.put("/files/slow.bin", data)
+    source.slow["/files/slow.bin"] = 0.05  # 32 pieces: ~1.6 s
+    body = {"name": "refs/slow", "uri": uri, "hash": True}
+    headers = {"accept": "application/x-ndjson"}
+    url = f"{gateway.url}/v1/references"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as r:
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    assert events[-1]["event"] == "done"
+    assert events[-1]["result"]["digest"] == blake3.blake3(data).hexdigest()
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["bytes"] == len(data) and progress[-1]["bytes_done"] > 0
+    # a client that leaves: the gateway stops reading the source, and no version appears
+    uri = source.put("/files/slow2.bin", random_bytes(4 * MiB, seed=16))
+    source.slow["/files/slow2.bin"] = 0.05  # ~3.2 s in all
+    before = source.body_bytes
+    body = {"name": "refs/slow2", "uri": uri, "hash": True}
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as r:
+        assert json.loads(next(r.iter_lines()))["event"] == "progress"
+    time.sleep(3.5)
+    assert source.body_bytes - before < 4 * MiB
+    with pytest.raises(ArtifactNotFound):
+        client.show("refs/slow2")
 
 
 def test_references_mix_with_stored_versions(client, source, tmp_path):
@@ -306,3 +337,60 @@ def test_cli_ref_verify_show(gateway, source, tmp_path):
     assert p.returncode == 5 and json.loads(p.stdout)["error"]["code"] == "reference_drifted"
     p = cy("ref", "refs/cli", "http://127.0.0.1:1/nope.bin")
     assert p.returncode == 1 and "reference_not_allowed" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def pg_gateway(source, tmp_path_factory) -> Iterator[RunningGateway]:
+    from stores.conftest import require_env
+
+    require_env("postgres", "CHUNKYARD_TEST_POSTGRES_URL")
+    base = os.environ["CHUNKYARD_TEST_POSTGRES_URL"]
+    name = "t_" + os.urandom(5).hex()
+    subprocess.run(["psql", base, "-qc", f"create database {name}"], check=True)
+    yield from _gateway(
+        tmp_path_factory,
+        "refs-pg",
+        CHUNKYARD_DB=base.rsplit("/", 1)[0] + "/" + name,
+        CHUNKYARD_REF_ALLOW=f"{source.url}/files/",
+        CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS="1",
+    )
+    subprocess.run(["psql", base, "-qc", f"drop database {name} with (force)"], check=False)
+
+
+def test_references_on_postgres(pg_gateway, source, tmp_path):
+    """The migration and every reference query run unchanged on PostgreSQL."""
+    data = random_bytes(MiB + 3, seed=40)
+    uri = source.put("/files/pg.bin", data)
+    with pg_gateway.client() as c:
+        r = c.ref("pg/ref", uri, hash=True, index=True)
+        assert r["digest"] == blake3.blake3(data).hexdigest()
+        assert not c.ref("pg/ref", uri, hash=True)["created"]
+        local = tmp_path / "pg.bin"
+        local.write_bytes(data)
+        assert c.push(local, "pg/copy")["chunks_new"] == 0
+        c.pull("pg/copy", tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == data
+        source.put("/files/pg.bin", random_bytes(MiB + 3, seed=41))
+        assert not c.verify("pg/ref")["ok"] and not c.verify("pg/copy")["ok"]
+        source.put("/files/pg.bin", data)  # restored: the same (content) ETag again
+        assert c.verify("pg/ref")["ok"]
+        assert c.push(local, "pg/copy2")["chunks_new"] == 0  # and a dedup target again
+
+
+async def test_local_store_pins_through_the_blob_endpoint(gateway):
+    """The local store implements pinned reads too: its blob endpoint answers 412 once
+    the file changed."""
+    from chunkyard.stores.local import LocalStore
+
+    s = gateway.settings
+    store = LocalStore(s.data_dir / "store", public_url=s.public_url, secret=s.secret)
+    await store.put("refs-test/pinned", b"first")
+    info = await store.stat("refs-test/pinned")
+    req = await store.presign_get("refs-test/pinned", 60, if_match=info.etag)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(req.url, headers=req.headers)).content == b"first"
+        await store.put("refs-test/pinned", b"second, longer")
+        assert (await http.get(req.url, headers=req.headers)).status_code == 412
+        plain = await store.presign_get("refs-test/pinned", 60)
+        assert (await http.get(plain.url)).content == b"second, longer"
+    await store.delete("refs-test/pinned")

@@ -135,11 +135,15 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.pull(args.ref, args.dest)
+    checked = (
+        f"verified {r['digest'][:16]}…"
+        if r.get("digest_of", "content") == "content"
+        else "pins checked; not hashed at registration"
+    )
     _print(
         args,
         r,
-        f"{r['name']}@{r['version']} → {r['path']}  ({_human_size(r['size'])}, "
-        f"verified {r['digest'][:16]}…)",
+        f"{r['name']}@{r['version']} → {r['path']}  ({_human_size(r['size'])}, {checked})",
     )
     return 0
 

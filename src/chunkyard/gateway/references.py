@@ -22,13 +22,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.from_thread
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -43,6 +43,7 @@ from ..catalog.schema import (
     version_files,
     versions,
 )
+from ..chunking import WINDOW_SIZE
 from ..digest import tree_digest
 from ..errors import ChunkyardError, IntegrityFailure, InvalidRequest
 from ..fingerprint import ChunkEntry
@@ -57,6 +58,9 @@ log = logging.getLogger("chunkyard.references")
 #: objects hashed at once: enough to overlap one object's network wait with another's
 #: hashing on two cores, few enough to keep memory at a few windows each
 PARALLEL_OBJECTS = 4
+#: objects that fit in one window (config files, small shards): their cost is latency,
+#: not bytes, so more of them go at once
+PARALLEL_SMALL = 16
 #: chunk index rows per insert while indexing (~1 GB of source per batch at 80 KiB)
 INDEX_BATCH = 16384
 _IN = 500  # ids per IN (...) query
@@ -79,6 +83,10 @@ class Registration:
         return sum(p.size for _, p in self.files)
 
 
+class Stopped(Exception):
+    """Raised on a hashing thread once nobody waits for its result."""
+
+
 @dataclass
 class Progress:
     """Shared between the hashing threads and whoever reports progress."""
@@ -93,7 +101,7 @@ class Progress:
 
     def read(self, n: int) -> None:
         if self.cancelled:  # the client went away: stop reading the source
-            raise asyncio.CancelledError
+            raise Stopped("registration cancelled")
         with self._lock:
             self.bytes_read += n
             self.bytes_done += n
@@ -180,19 +188,28 @@ def _first_error(exc: BaseException) -> BaseException:
 
 async def _hash_all(gw: Gateway, reg: Registration, progress: Progress) -> None:
     known = await _known(gw, [p.id for _, p in reg.files])
-    sem = asyncio.Semaphore(PARALLEL_OBJECTS)
+    large, small = asyncio.Semaphore(PARALLEL_OBJECTS), asyncio.Semaphore(PARALLEL_SMALL)
+    digests = _DigestWriter(gw)
 
     async def one(pin: Pin) -> None:
         digest, indexed = known.get(pin.id, ("", False))
         if digest and (indexed or not reg.index):  # hashed before at this very pin
             progress.finished(pin.size, 0)
             return
-        async with sem:
-            read_before = progress.bytes_read
+        async with large if pin.size > WINDOW_SIZE else small:
+            read = 0
+
+            def count(n: int) -> None:
+                nonlocal read
+                progress.read(n)
+                read += n
+
             t0 = time.monotonic()
-            await _hash_one(gw, pin, reg.index, progress)
+            digest = await _hash_one(gw, pin, reg.index, count)
             log.info("hashed %s (%d bytes) in %.1f s", pin.uri, pin.size, time.monotonic() - t0)
-            progress.finished(pin.size, progress.bytes_read - read_before)
+            progress.finished(pin.size, read)
+        if not reg.index:  # indexing recorded it already
+            await digests.add(pin, digest)
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -200,6 +217,43 @@ async def _hash_all(gw: Gateway, reg: Registration, progress: Progress) -> None:
                 tg.create_task(one(pin))
     except BaseExceptionGroup as eg:
         raise _first_error(eg) from None
+    finally:
+        await digests.flush()  # what was hashed stays known, even if others failed
+
+
+class _DigestWriter:
+    """Records digests in batches (one write transaction per object cost more than the
+    hashing of small objects), at least every few seconds, so that a registration that
+    fails late still leaves what it hashed known for the next attempt."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.pending: list[tuple[Pin, str]] = []
+        self.last = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def add(self, pin: Pin, digest: str) -> None:
+        self.pending.append((pin, digest))
+        if len(self.pending) >= 1000 or time.monotonic() - self.last > 2.0:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            batch, self.pending = self.pending, []
+            self.last = time.monotonic()
+            if not batch:
+                return
+            async with self.gw.db.write() as conn:
+                await conn.execute(
+                    insert_ignoring_duplicates(conn.dialect.name, ref_objects),
+                    [_pin_row(pin, d) for pin, d in batch],
+                )
+                await conn.execute(  # rows that existed without a digest
+                    ref_objects.update()
+                    .where(ref_objects.c.id == bindparam("pid"), ref_objects.c.digest == "")
+                    .values(digest=bindparam("d")),
+                    [{"pid": pin.id, "d": d} for pin, d in batch],
+                )
 
 
 async def _known(gw: Gateway, ids: list[str]) -> dict[str, tuple[str, bool]]:
@@ -266,7 +320,8 @@ def _pin_row(pin: Pin, digest: str = "") -> dict[str, Any]:
     }
 
 
-async def _hash_one(gw: Gateway, pin: Pin, index: bool, progress: Progress) -> None:
+async def _hash_one(gw: Gateway, pin: Pin, index: bool, progress: Callable[[int], None]) -> str:
+    """Stream one object; with ``index``, record it as a chunk source as it goes."""
     req = await gw.sources.pinned_request(pin, check=False)
     sink = None
     if index:  # the pin and its pseudo-pack exist before any entry refers to them
@@ -287,20 +342,10 @@ async def _hash_one(gw: Gateway, pin: Pin, index: bool, progress: Progress) -> N
             )
         sink = _IndexSink(gw, pin.id)
     fp = await anyio.to_thread.run_sync(
-        gw.sources.fingerprint, pin, req, sink, progress.read, abandon_on_cancel=True
+        gw.sources.fingerprint, pin, req, sink, progress, abandon_on_cancel=True
     )
     if sink is None:
-        async with gw.db.write() as conn:
-            await conn.execute(
-                insert_ignoring_duplicates(conn.dialect.name, ref_objects),
-                [_pin_row(pin, fp.digest)],
-            )
-            await conn.execute(
-                ref_objects.update()
-                .where(ref_objects.c.id == pin.id, ref_objects.c.digest == "")
-                .values(digest=fp.digest)
-            )
-        return
+        return fp.digest
     await _insert_entries(gw, sink.rows)
     async with gw.db.write() as conn:
         n = (
@@ -323,6 +368,7 @@ async def _hash_one(gw: Gateway, pin: Pin, index: bool, progress: Progress) -> N
             .values(digest=fp.digest, state="pinned")
         )
         await _index_chunks(conn, pin.id)
+    return fp.digest
 
 
 async def _index_chunks(conn: AsyncConnection, pack_id: str) -> None:
@@ -481,6 +527,49 @@ async def reconstruction(gw: Gateway, name: str, v: Row, f: Row) -> dict[str, An
         "terms": [],
         "urls": {},
         "reference": {**pin.to_json(), "request": req.to_json()},
+    }
+
+
+async def sources_page(
+    gw: Gateway, name: str, ref: Ref, cursor: int = 0, limit: int = 1000
+) -> dict[str, Any]:
+    """Pinned requests for many files of a reference version at once (a tree of 10,000
+    shards is 10 calls, not 10,000). No HEAD per object: callers check the tree first
+    (``verify``: one listing); the pins still hold at the source and in the client."""
+    limit = max(1, min(limit, 1000))
+    async with gw.db.read() as conn:
+        _, v = await find_version(conn, name, ref)
+        if v.kind != "reference":
+            raise InvalidRequest(f"version {v.number} of {name!r} is not a reference")
+        rows = (
+            await conn.execute(
+                select(
+                    version_files.c.idx, version_files.c.path, version_files.c.digest, ref_objects
+                )
+                .join(ref_objects, ref_objects.c.id == version_files.c.ref_object)
+                .where(version_files.c.version_id == v.id, version_files.c.idx >= cursor)
+                .order_by(version_files.c.idx)
+                .limit(limit + 1)
+            )
+        ).all()
+    files = []
+    for r in rows[:limit]:
+        pin = pin_of(r)
+        req = await gw.sources.pinned_request(pin, check=False)
+        files.append(
+            {
+                "index": r.idx,
+                "path": r.path,
+                "size": pin.size,
+                "digest": r.digest,
+                "reference": {**pin.to_json(), "request": req.to_json()},
+            }
+        )
+    return {
+        "name": name,
+        "version": v.number,
+        "files": files,
+        "next": rows[limit].idx if len(rows) > limit else None,
     }
 
 

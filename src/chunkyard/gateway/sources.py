@@ -332,12 +332,13 @@ class Sources:
         progress: Callable[[int], None],
     ) -> Fingerprint:
         """Stream the pinned object once (blocking: run it on a worker thread) and
-        return its digest, handing chunk entries to ``on_chunks``."""
+        return its digest, handing chunk entries to ``on_chunks`` and the size of every
+        piece read to ``progress`` (which may raise to stop)."""
         client = self._sync_client(guarded=pin.uri.startswith("http"))
         try:
             with client.stream(req.method, req.url, headers={**req.headers, **_IDENTITY}) as r:
                 self._check_response(pin, r)
-                fp = fingerprint(_Reader(r.iter_raw(1 << 20)), pin.size, on_chunks, progress)
+                fp = fingerprint(_Reader(r.iter_raw(1 << 20), progress), pin.size, on_chunks)
         except httpx.HTTPError as exc:
             raise StoreError(f"reading {pin.uri} failed: {exc}", uri=pin.uri) from exc
         if fp.size != pin.size:
@@ -346,10 +347,12 @@ class Sources:
 
 
 class _Reader(io.RawIOBase):
-    """A file-like view of a response body, for the chunker."""
+    """A file-like view of a response body, for the chunker. ``progress`` hears of every
+    piece as it arrives (and may raise to stop reading)."""
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Iterator[bytes], progress: Callable[[int], None]) -> None:
         self._pieces = pieces
+        self._progress = progress
         self._buf = memoryview(b"")
 
     def readable(self) -> bool:
@@ -360,6 +363,7 @@ class _Reader(io.RawIOBase):
             piece = next(self._pieces, None)
             if piece is None:
                 return 0
+            self._progress(len(piece))
             self._buf = memoryview(piece)
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]

@@ -208,6 +208,17 @@ def document() -> dict[str, Any]:
                     [NAME, REF],
                 )
             },
+            v + "/versions/{ref}/sources": {
+                "get": _op(
+                    "pinned requests for the files of a reference version, paged",
+                    [
+                        NAME,
+                        REF,
+                        {"name": "cursor", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                )
+            },
             "/v1/stats": {"get": _op("logical and stored bytes, chunks, packs, dedup ratio")},
             "/v1/blobs/{key}": {
                 "put": _op("local store: upload one part (signed URL)", binary_body=True),

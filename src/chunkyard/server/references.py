@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..gateway import artifacts, references
-from .http import gateway, json_body
+from .http import gateway, int_param, json_body
 
 NDJSON = "application/x-ndjson"
 
@@ -34,7 +34,20 @@ async def verify(request: Request) -> JSONResponse:
     )
 
 
+async def sources(request: Request) -> JSONResponse:
+    return JSONResponse(
+        await references.sources_page(
+            gateway(request),
+            request.path_params["name"],
+            artifacts.parse_ref(request.path_params["ref"]),
+            int_param(request, "cursor", 0),
+            int_param(request, "limit", 1000, 1),
+        )
+    )
+
+
 routes = [
     Route("/v1/references", register, methods=["POST"]),
     Route("/v1/artifacts/{name:path}/-/versions/{ref}/verify", verify, methods=["POST"]),
+    Route("/v1/artifacts/{name:path}/-/versions/{ref}/sources", sources, methods=["GET"]),
 ]
