@@ -41,6 +41,10 @@ from benchmarks.common import (
 WORKLOADS: dict[str, str] = {
     "core": "benchmarks.core",
     "direct": "benchmarks.direct",
+    "series": "benchmarks.series",
+    "smallfiles": "benchmarks.smallfiles",
+    "refs": "benchmarks.refs",
+    "load": "benchmarks.load",
 }
 
 
