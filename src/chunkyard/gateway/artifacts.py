@@ -72,6 +72,29 @@ async def find_version(conn: AsyncConnection, name: str, ref: Ref) -> tuple[Row,
     return art, row
 
 
+async def artifact_and_latest(
+    conn: AsyncConnection, name: str, now: float
+) -> tuple[int, Row | None]:
+    """In a write transaction: the artifact's id (created if new) and its latest version,
+    which a new version is compared with before it gets the next number."""
+    art = (await conn.execute(select(artifacts).where(artifacts.c.name == name))).first()
+    if art is None:
+        art_id = (
+            await conn.execute(artifacts.insert().values(name=name, created_at=now))
+        ).inserted_primary_key[0]
+    else:
+        art_id = art.id
+    latest = (
+        await conn.execute(
+            select(versions)
+            .where(versions.c.artifact_id == art_id)
+            .order_by(versions.c.number.desc())
+            .limit(1)
+        )
+    ).first()
+    return art_id, latest
+
+
 async def apply_tags(conn: AsyncConnection, version_id: int, new: dict[str, str]) -> None:
     """Tags are write-once: the same value again is a no-op, a different one a conflict."""
     if not new:

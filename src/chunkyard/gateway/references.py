@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..catalog.db import insert_ignoring_duplicates
 from ..catalog.schema import (
-    artifacts,
     chunks,
     pack_entries,
     packs,
@@ -50,7 +49,7 @@ from ..fingerprint import ChunkEntry
 from ..manifest import loads
 from ..names import check_name, check_tags
 from ..pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
-from .artifacts import Ref, apply_tags, find_version, version_json
+from .artifacts import Ref, apply_tags, artifact_and_latest, find_version, version_json
 from .core import Gateway, pack_key
 
 log = logging.getLogger("chunkyard.references")
@@ -408,21 +407,7 @@ async def _commit_once(gw: Gateway, reg: Registration) -> dict[str, Any]:
     source, now = str(reg.uri), time.time()
     async with gw.db.write() as conn:
         dialect = conn.dialect.name
-        art = (await conn.execute(select(artifacts).where(artifacts.c.name == reg.name))).first()
-        if art is None:
-            art_id = (
-                await conn.execute(artifacts.insert().values(name=reg.name, created_at=now))
-            ).inserted_primary_key[0]
-        else:
-            art_id = art.id
-        latest = (
-            await conn.execute(
-                select(versions)
-                .where(versions.c.artifact_id == art_id)
-                .order_by(versions.c.number.desc())
-                .limit(1)
-            )
-        ).first()
+        art_id, latest = await artifact_and_latest(conn, reg.name, now)
         if (
             latest is not None
             and latest.kind == "reference"

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import packs as packfmt
 from ..catalog.schema import (
-    artifacts,
     chunks,
     pack_entries,
     packs,
@@ -44,7 +43,7 @@ from ..manifest import Term, dumps, loads, parse_terms
 from ..names import check_name, check_path, check_tags
 from ..stores.base import CompletedPart
 from . import verifier
-from .artifacts import apply_tags, version_json
+from .artifacts import apply_tags, artifact_and_latest, version_json
 from .core import Gateway, pack_key
 
 #: ids per missing-chunk query: 64 Ki ids = a 2 MiB body
@@ -428,21 +427,7 @@ async def _commit_once(
             v = (await conn.execute(select(versions).where(versions.c.id == sess.version_id))).one()
             return {**await version_json(conn, name, v), "created": False}
         now = time.time()
-        art = (await conn.execute(select(artifacts).where(artifacts.c.name == name))).first()
-        if art is None:
-            art_id = (
-                await conn.execute(artifacts.insert().values(name=name, created_at=now))
-            ).inserted_primary_key[0]
-        else:
-            art_id = art.id
-        latest = (
-            await conn.execute(
-                select(versions)
-                .where(versions.c.artifact_id == art_id)
-                .order_by(versions.c.number.desc())
-                .limit(1)
-            )
-        ).first()
+        art_id, latest = await artifact_and_latest(conn, name, now)
         if (
             latest is not None
             and latest.kind == "stored"
