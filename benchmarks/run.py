@@ -206,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         f"[bold]done[/] in {time.perf_counter() - t_all:.0f} s: {met} goals met, "
         f"{missed} missed, {errors} error(s)"
     )
+    try:  # REPORT.md and the plots, from every results JSON there is (this run's and older)
+        from benchmarks.report import write_report
+
+        console.print(f"written {write_report().relative_to(ROOT)} (and its plots)")
+    except Exception:
+        console.print_exception()
     if status:
         return status
     return 1 if errors else 0
