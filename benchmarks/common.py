@@ -225,6 +225,24 @@ def settle() -> None:
     os.sync()
 
 
+def delete_s3_prefix(bucket: str, prefix: str) -> int:
+    """Delete every object under ``prefix`` in ``bucket`` (the test server of
+    ``scripts/services``, from the environment); the number deleted. For the objects a
+    workload wrote, so that runs do not pile up in a shared test bucket."""
+    import boto3
+
+    if not prefix or not prefix.endswith("/"):
+        raise ValueError("a prefix ending in '/' is required")
+    s3 = boto3.client("s3")
+    deleted = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
+
+
 # -- processes ---------------------------------------------------------------------
 
 

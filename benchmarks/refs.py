@@ -23,6 +23,7 @@ from benchmarks.common import (
     MiB,
     Report,
     Step,
+    delete_s3_prefix,
     human_size,
     mbps,
     run_measured,
@@ -71,6 +72,22 @@ def run(ctx: Context) -> Report:
     bucket = base.split("://", 1)[1].split("/")[0]
     root = f"bench-refs-{uuid.uuid4().hex[:8]}/"
     env = {"CHUNKYARD_REF_ALLOW": f"s3://{bucket}/{root}"}
+    con = ctx.console
+    try:
+        _registrations(ctx, r, bucket, root, env, counts)
+    finally:
+        con.log(f"refs: deleted {delete_s3_prefix(bucket, root)} objects under {root}")
+    return r
+
+
+def _registrations(
+    ctx: Context,
+    r: Report,
+    bucket: str,
+    root: str,
+    env: dict[str, str],
+    counts: tuple[int, ...],
+) -> None:
     con = ctx.console
     with Gateway(ctx.rundir / "gw-refs", env=env) as gw:
         for n in counts:
@@ -131,4 +148,3 @@ def run(ctx: Context) -> Report:
                     beside=f"ref_{n}_hash_s",
                     note=f"objects total {human_size(total)}",
                 )
-    return r

@@ -31,6 +31,7 @@ from benchmarks.common import (
     Report,
     Step,
     clean_env,
+    delete_s3_prefix,
     human_size,
     mbps,
     run_measured,
@@ -236,4 +237,11 @@ def run(ctx: Context) -> Report:
                 )
     shutil.rmtree(ctx.rundir / "gw-sf-local", ignore_errors=True)
     shutil.rmtree(ctx.rundir / "gw-sf-s3", ignore_errors=True)
+    if base:  # the chunkyard store of this run and the boto3 copies
+        bucket = base.split("://", 1)[1].split("/")[0]
+        under = base.split("://", 1)[1].partition("/")[2].strip("/")
+        n = 0
+        for prefix in (f"bench-sf-{run_id}/", f"bench-sf-{run_id}-boto3/"):
+            n += delete_s3_prefix(bucket, f"{under}/{prefix}" if under else prefix)
+        con.log(f"smallfiles: deleted {n} objects of this run from s3://{bucket}")
     return r
