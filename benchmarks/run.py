@@ -58,7 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="256 MiB files instead of 1 GiB; 256 MiB and 1 GiB for memory "
-        "instead of 1 and 4 GiB (about a minute here)",
+        "instead of 1 and 4 GiB; a 128 MiB model series, 2,000 small files and 6 MiB "
+        "shards, 1,000 references, 5 s load phases (about 4 minutes here)",
     )
     p.add_argument(
         "--only",
