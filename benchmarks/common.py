@@ -204,6 +204,13 @@ def remove_generated(workdir: Path) -> None:
     for pattern in ("bf16-*.bin", "random-*.bin", "*.part"):
         for f in workdir.glob(pattern):
             f.unlink(missing_ok=True)
+    # the many-file sets of benchmarks.smallfiles: directories and their markers
+    for pattern in ("smallfiles-*-g*", "shards-*-g*"):
+        for d in workdir.glob(pattern):
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         workdir.rmdir()  # only if nothing else is left in it
 
