@@ -53,8 +53,8 @@ class TestS3Store(StoreContract):
         from chunkyard.stores.s3 import S3Store
 
         default = S3Store("s3://bucket/prefix")
-        assert [p.size for p in default.plan_parts(64 << 20)] == [16 << 20] * 4
-        assert len(default.plan_parts(16 << 20)) == 1
+        assert [p.size for p in default.plan_parts(64 << 20)] == [8 << 20] * 8
+        assert len(default.plan_parts(8 << 20)) == 1
         await default.close()
 
     async def test_part_needs_checksum(self, store: Store) -> None:

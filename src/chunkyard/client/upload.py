@@ -38,7 +38,7 @@ class Uploader:
         self.session = transport.call("POST", "/v1/sessions", json={"name": name})
         self.sid = self.session["session"]
         self.sequential = self.session.get("sequential_parts", False)
-        self.parts = ThreadPoolExecutor(4, thread_name_prefix="cy-part")
+        self.parts = ThreadPoolExecutor(8, thread_name_prefix="cy-part")
         self.packer = Packer(
             self._lookup,
             self._ship,

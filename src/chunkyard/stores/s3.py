@@ -36,10 +36,11 @@ from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store, 
 
 MIN_PART = 5 * 1024 * 1024  # S3 rejects smaller non-final parts (EntityTooSmall)
 MAX_PARTS = 10_000
-#: 16 MiB: a 64 MiB pack becomes 4 parts, enough to keep a few connections busy in
-#: parallel, while a failed part costs at most 16 MiB to resend. Packs of 16 MiB or
-#: less go up as one part. Far inside S3's 5 MiB-5 GiB / 10,000-part limits.
-PART_SIZE = 16 * 1024 * 1024
+#: 8 MiB, as boto3's TransferConfig: a 32 MiB pack becomes 4 parts, so the two packs in
+#: flight keep 8 connections busy (on SeaweedFS here that upload ran ~10% faster than
+#: with 16 MiB parts), and a failed part costs at most 8 MiB to resend. Far inside
+#: S3's 5 MiB-5 GiB / 10,000-part limits.
+PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
