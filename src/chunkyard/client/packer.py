@@ -234,6 +234,20 @@ class Packer:
             self.shipping.popleft().result()
 
     # -- files -------------------------------------------------------------
+    def _same_as_known(
+        self, path: Path, rel: str, size: int, known: dict | None
+    ) -> tuple[str | None, FileResult | None]:
+        """A file as large as the latest version's is hashed first (one read at BLAKE3
+        speed): if the digest matches, it is reused without chunking. Returns the digest
+        (when computed) and the reused result (when it matched)."""
+        if known is None or known["size"] != size:
+            return None, None
+        digest = _digest_of(path)
+        if digest != known["digest"]:
+            return digest, None
+        self.progress(size)
+        return digest, FileResult(rel, size, digest, from_version=known["version"])
+
     def add_similar_file(self, path: Path, rel: str, known: dict) -> FileResult:
         """A large file that resembles one of the latest version (a new checkpoint of
         the same model): cut and hash all of it first on two processes
@@ -241,13 +255,10 @@ class Packer:
         once, then read, compress and send only the runs that hold new chunks."""
         size = path.stat().st_size
         digest_job: Future | None = None
-        if known["size"] == size:
-            with open(path, "rb") as f:
-                digest = file_digest(f)
-            if digest == known["digest"]:
-                self.progress(size)
-                return FileResult(rel, size, digest, from_version=known["version"])
-        else:
+        digest, same = self._same_as_known(path, rel, size, known)
+        if same is not None:
+            return same
+        if digest is None:
             digest_job = self.digest_pool.submit(_digest_of, path)
         cuts = chunk_ids(path)
         packs_: list[str] = []
@@ -298,13 +309,9 @@ class Packer:
         version ({size, digest, version}); if the digest matches, the file is reused
         without chunking it."""
         size = path.stat().st_size
-        digest = None
-        if known is not None and known["size"] == size:
-            with open(path, "rb") as f:
-                digest = file_digest(f)
-            if digest == known["digest"]:
-                self.progress(size)
-                return FileResult(rel, size, digest, from_version=known["version"])
+        digest, same = self._same_as_known(path, rel, size, known)
+        if same is not None:
+            return same
         terms: list[list] = []
         hasher = None if digest else new_file_hasher()
         digests: deque[Future] = deque()
