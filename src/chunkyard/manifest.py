@@ -29,21 +29,6 @@ class Term:
         return [self.pack, self.first, self.end, self.size]
 
 
-class TermBuilder:
-    """Folds a sequence of chunk locations into terms, merging consecutive chunks."""
-
-    def __init__(self) -> None:
-        self.terms: list[Term] = []
-
-    def add(self, pack: str, index: int, raw_len: int) -> None:
-        if self.terms:
-            last = self.terms[-1]
-            if last.pack == pack and last.end == index:
-                self.terms[-1] = Term(pack, last.first, index + 1, last.size + raw_len)
-                return
-        self.terms.append(Term(pack, index, index + 1, raw_len))
-
-
 def parse_terms(raw: object, limit: int = 10_000_000) -> list[Term]:
     """Validate terms sent by a client (sizes are recomputed by the gateway)."""
     if not isinstance(raw, list) or len(raw) > limit:
