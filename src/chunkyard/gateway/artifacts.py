@@ -95,6 +95,23 @@ async def artifact_and_latest(
     return art_id, latest
 
 
+async def add_version(conn: AsyncConnection, art_id: int, **values: Any) -> int:
+    """Insert the artifact's next version (number = latest + 1); returns its row id.
+    Concurrent writers on PostgreSQL may collide on the number: callers retry."""
+    number = (
+        (
+            await conn.execute(
+                select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
+            )
+        ).scalar()
+        or 0
+    ) + 1
+    result = await conn.execute(
+        versions.insert().values(artifact_id=art_id, number=number, **values)
+    )
+    return result.inserted_primary_key[0]
+
+
 async def apply_tags(conn: AsyncConnection, version_id: int, new: dict[str, str]) -> None:
     """Tags are write-once: the same value again is a no-op, a different one a conflict."""
     if not new:

@@ -49,7 +49,7 @@ from ..fingerprint import ChunkEntry
 from ..manifest import loads
 from ..names import check_name, check_tags
 from ..pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
-from .artifacts import Ref, apply_tags, artifact_and_latest, find_version, version_json
+from .artifacts import Ref, add_version, apply_tags, artifact_and_latest, find_version, version_json
 from .core import Gateway, pack_key
 
 log = logging.getLogger("chunkyard.references")
@@ -420,30 +420,18 @@ async def _commit_once(gw: Gateway, reg: Registration) -> dict[str, Any]:
         rows = [_pin_row(pin, d) for _, pin, d in files]
         for i in range(0, len(rows), 5000):
             await conn.execute(insert_ignoring_duplicates(dialect, ref_objects), rows[i : i + 5000])
-        number = (
-            (
-                await conn.execute(
-                    select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
-                )
-            ).scalar()
-            or 0
-        ) + 1
-        vid = (
-            await conn.execute(
-                versions.insert().values(
-                    artifact_id=art_id,
-                    number=number,
-                    kind="reference",
-                    layout=reg.layout,
-                    digest=digest,
-                    size=reg.size,
-                    file_count=len(files),
-                    created_at=now,
-                    source=source,
-                    digest_of=digest_of,
-                )
-            )
-        ).inserted_primary_key[0]
+        vid = await add_version(
+            conn,
+            art_id,
+            kind="reference",
+            layout=reg.layout,
+            digest=digest,
+            size=reg.size,
+            file_count=len(files),
+            created_at=now,
+            source=source,
+            digest_of=digest_of,
+        )
         vrows = [
             {
                 "version_id": vid,

@@ -43,7 +43,7 @@ from ..manifest import Term, dumps, loads, parse_terms
 from ..names import check_name, check_path, check_tags
 from ..stores.base import CompletedPart
 from . import verifier
-from .artifacts import apply_tags, artifact_and_latest, version_json
+from .artifacts import add_version, apply_tags, artifact_and_latest, version_json
 from .core import Gateway, pack_key
 
 #: ids per missing-chunk query: 64 Ki ids = a 2 MiB body
@@ -478,28 +478,16 @@ async def _commit_once(
                     "manifest": manifest,
                 }
             )
-        number = (
-            (
-                await conn.execute(
-                    select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
-                )
-            ).scalar()
-            or 0
-        ) + 1
-        vid = (
-            await conn.execute(
-                versions.insert().values(
-                    artifact_id=art_id,
-                    number=number,
-                    kind="stored",
-                    layout=layout,
-                    digest=digest,
-                    size=sum(f["size"] for f in files),
-                    file_count=len(files),
-                    created_at=now,
-                )
-            )
-        ).inserted_primary_key[0]
+        vid = await add_version(
+            conn,
+            art_id,
+            kind="stored",
+            layout=layout,
+            digest=digest,
+            size=sum(f["size"] for f in files),
+            file_count=len(files),
+            created_at=now,
+        )
         if rows:
             await conn.execute(version_files.insert(), [{"version_id": vid, **r} for r in rows])
         await apply_tags(conn, vid, new_tags)
