@@ -28,6 +28,7 @@ from benchmarks.common import (
     at_most,
     changed_copy,
     clean_env,
+    delete_s3_prefix,
     random_file,
     run_measured,
     settle,
@@ -171,6 +172,9 @@ def one_store(
                 {"bytes_uploaded": out2["bytes_uploaded"]},
             )
         )
+    if key == "s3":  # leave the shared test bucket as it was
+        for prefix in (f"bench-{run_id}/", f"bench-{run_id}-sdk/"):
+            delete_s3_prefix(bucket, prefix)
 
     def goal(v: float) -> Any:
         return at_most(v) if goals else None
