@@ -172,6 +172,51 @@ def random_file(workdir: Path, size: int, seed: int = 2) -> Path:
     return _generate(workdir / name, size, rng.bytes)
 
 
+def float32_file(workdir: Path, size: int, seed: int = 4) -> Path:
+    """float32 weights: normal(0, 0.02), little-endian (a full-precision checkpoint or
+    optimizer state: the exponent byte is skewed, three mantissa bytes are noise)."""
+    if size % 4:
+        raise ValueError("a float32 file has a size divisible by 4")
+    rng = np.random.default_rng(seed)
+
+    def piece(n: int) -> bytes:
+        f32 = rng.standard_normal(n // 4, dtype=np.float32)
+        f32 *= np.float32(0.02)
+        return f32.astype("<f4").tobytes()
+
+    return _generate(workdir / f"float32-{size}-s{seed}-g{GENERATOR_VERSION}.bin", size, piece)
+
+
+def text_file(workdir: Path, size: int, seed: int = 5) -> Path:
+    """Text: words of 2-10 letters drawn with a Zipf-like frequency from a 20,000-word
+    vocabulary, a newline every ~12 words (compresses about 2x with zstd level 1, like
+    prose or JSON lines)."""
+    rng = np.random.default_rng(seed)
+    vocab = [
+        bytes(rng.integers(97, 123, int(k)).astype(np.uint8)) for k in rng.integers(2, 11, 20_000)
+    ]
+    words = np.array(vocab, dtype=object)
+    tail = b""
+
+    def piece(n: int) -> bytes:
+        nonlocal tail
+        out = [tail]
+        have = len(tail)
+        while have < n:
+            idx = np.minimum(rng.zipf(1.2, 65_536), len(words)) - 1
+            seps = np.where(rng.random(len(idx)) < 1 / 12, b"\n", b" ")
+            chunk = b"".join(
+                (w + s) for w, s in zip(words[idx].tolist(), seps.tolist(), strict=True)
+            )
+            out.append(chunk)
+            have += len(chunk)
+        data = b"".join(out)
+        tail = data[n:]
+        return data[:n]
+
+    return _generate(workdir / f"text-{size}-s{seed}-g{GENERATOR_VERSION}.bin", size, piece)
+
+
 def changed_copy(src: Path, fraction: float = 0.01, places: int = 10, seed: int = 3) -> Path:
     """A copy of ``src`` with ``fraction`` of its bytes overwritten with random bytes, in
     ``places`` runs of equal length scattered over the file (one run in each of
@@ -201,7 +246,7 @@ def changed_copy(src: Path, fraction: float = 0.01, places: int = 10, seed: int 
 
 def remove_generated(workdir: Path) -> None:
     """Delete the test files this module generated in ``workdir`` (and nothing else)."""
-    for pattern in ("bf16-*.bin", "random-*.bin", "*.part"):
+    for pattern in ("bf16-*.bin", "random-*.bin", "float32-*.bin", "text-*.bin", "*.part"):
         for f in workdir.glob(pattern):
             f.unlink(missing_ok=True)
     # the many-file sets of benchmarks.smallfiles: directories and their markers
@@ -737,7 +782,7 @@ class Context:
     workdir: Path  # generated test files, kept for reuse across runs
     rundir: Path  # scratch for this run (gateway data, pulled files), removed at the end
     size: int  # the main test file size (1 GiB; 256 MiB with --quick)
-    mem_sizes: tuple[int, int]  # small and large file for the memory figures
+    sizes: tuple[int, ...]  # the size sweep, small to large (256 MiB, 1 GiB, 4 GiB)
     repeats: int  # best-of-N for the figures that can be repeated
     console: Console
     quick: bool = False

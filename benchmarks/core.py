@@ -8,7 +8,7 @@ Each figure stands beside a baseline measured in the same run:
 3. re-push of an unchanged file through a real gateway vs BLAKE3 and CLI start-up;
 4. push of a 1%-changed copy (10 scattered places): bytes uploaded vs bytes changed;
 5. push and pull of incompressible bytes vs ``cp`` on the same filesystem;
-6. peak RSS of client and gateway pushing and pulling a small and a 4× larger file
+6. peak RSS of client and gateway pushing and pulling every size of the sweep
    (a fresh gateway per size, so VmHWM is per size).
 
 Files are read from the page cache (each is read once before it is measured) and dirty
@@ -71,7 +71,7 @@ def run(ctx: Context) -> Report:
         "core",
         params={
             "size": ctx.size,
-            "memory_sizes": list(ctx.mem_sizes),
+            "memory_sizes": list(ctx.sizes),
             "repeats": ctx.repeats,
             "quick": ctx.quick,
             "page_cache": "warm (each file read once before it is measured)",
@@ -466,7 +466,7 @@ def through_gateway(ctx: Context, r: Report, weights: Path) -> None:
 def memory(ctx: Context, r: Report) -> None:
     peaks: dict[str, dict[int, int]] = {}
     reset_ok = True
-    for size in ctx.mem_sizes:
+    for size in ctx.sizes:
         path = bf16_file(ctx.workdir, size)  # generated in PIECE-sized pieces
         data = ctx.rundir / f"gw-mem-{size}"
         with Gateway(data) as gw:
@@ -492,11 +492,11 @@ def memory(ctx: Context, r: Report) -> None:
             ("gateway pull", pull_step.gateway_peak_rss),
         ):
             peaks.setdefault(key, {})[size] = value or 0
-    small, large = ctx.mem_sizes
+    small, large = ctx.sizes[0], ctx.sizes[-1]
     for what, by_size in peaks.items():
         slug = what.replace(" ", "_")
         note = "" if reset_ok or what != "gateway pull" else "since gateway start (no reset)"
-        for size in (small, large):
+        for size in ctx.sizes:
             r.add(
                 f"rss_{slug}_{size}",
                 f"peak RSS, {what} {human_size(size)}",

@@ -1,7 +1,8 @@
 """Direct pushes and pulls on object stores, side by side with each store's own SDK.
 
-Per store (SeaweedFS for S3; Azurite and the GCS emulator, labelled as emulators) in
-one run, on the same incompressible file:
+Per store (SeaweedFS for S3, the local store; Azurite and the GCS emulator, labelled as
+emulators) in one run, on the same incompressible files, at every size of the sweep
+(256 MiB, 1 GiB, 4 GiB; the emulators up to the main size only):
 - first push vs the SDK's upload (boto3 ``upload_file`` with the default TransferConfig;
   azure-storage-blob ``upload_blob``; google-cloud-storage ``upload_from_filename``);
 - pull vs the SDK's download;
@@ -9,7 +10,8 @@ one run, on the same incompressible file:
 - the gateway's CPU seconds while serving the push, against the client's;
 - pack verification, run separately (``CHUNKYARD_VERIFY=external`` + ``chunkyard
   verifier --once``) so that its cost is reported on its own.
-Goals (issue 3) apply to SeaweedFS only; the emulators are too slow to compare.
+The local store's baseline is ``cp`` within the same filesystem. Goals (issue 3) apply
+to SeaweedFS at the main size only; the emulators are too slow to compare.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.common import (
     changed_copy,
     clean_env,
     delete_s3_prefix,
+    human_size,
     random_file,
     run_measured,
     settle,
@@ -36,11 +39,14 @@ from benchmarks.common import (
 )
 
 SERVICES: tuple[str, ...] = ("s3", "azure", "gcs")
+#: stores that run every size of the sweep (the emulators stop at the main size)
+FULL_SWEEP = ("s3", "local")
 GOAL_PUSH, GOAL_PULL, GOAL_CHANGED, GOAL_GATEWAY_CPU = 1.15, 1.15, 0.10, 0.10
 PY = str(BIN / "python")
 
-STORES = [  # key, label, env var with the test bucket URL, has goals
+STORES = [  # key, label, env var with the test bucket URL (none: a local dir), has goals
     ("s3", "SeaweedFS (S3)", "CHUNKYARD_TEST_S3_URL", True),
+    ("local", "local store", None, False),
     ("azure", "Azurite (emulator)", "CHUNKYARD_TEST_AZURE_URL", False),
     ("gcs", "GCS emulator", "CHUNKYARD_TEST_GCS_URL", False),
 ]
@@ -81,21 +87,38 @@ DOWNLOAD = {
 
 
 def run(ctx: Context) -> Report:
-    r = Report("direct", params={"size": ctx.size, "quick": ctx.quick, "file": "random bytes"})
-    data = random_file(ctx.workdir, ctx.size)
-    changed = changed_copy(data)
+    r = Report(
+        "direct",
+        params={
+            "size": ctx.size,
+            "sizes": list(ctx.sizes),
+            "quick": ctx.quick,
+            "file": "random bytes",
+            "per_size": [],
+        },
+    )
+    files = {size: random_file(ctx.workdir, size) for size in ctx.sizes}
+    changed = changed_copy(files[ctx.size])
     for key, label, var, goals in STORES:
-        base = os.environ.get(var)
+        base = os.environ.get(var) if var else f"file://{ctx.rundir / 'local-store'}"
         if not base:
             r.errors.append(f"{label}: {var} is not set (scripts/services start {key})")
             continue
+        # the emulators take tens of seconds per GiB and keep every byte: not 4 GiB there
+        sizes = [s for s in ctx.sizes if s <= ctx.size or key in FULL_SWEEP]
         with r.section(label, ctx.console):
-            one_store(ctx, r, key, label, base, data, changed, goals)
+            one_store(ctx, r, key, label, base, [files[s] for s in sizes], changed, goals)
     return r
 
 
-def _sdk(kind: dict[str, str], key: str, path: Path, bucket: str, obj: str) -> Any:
+def _baseline(kind: dict[str, str], key: str, path: Path, bucket: str, obj: str) -> Any:
+    """The SDK's upload or download (for the local store: ``cp`` within the filesystem)."""
     settle()
+    if key == "local":
+        store = Path(bucket) / obj
+        store.parent.mkdir(parents=True, exist_ok=True)
+        src, dest = (path, store) if kind is UPLOAD else (store, path)
+        return run_measured(["cp", str(src), str(dest)], clean_env()).check()
     return run_measured([PY, "-c", kind[key], str(path), bucket, obj], clean_env()).check()
 
 
@@ -106,117 +129,170 @@ def _cli(gw: Gateway, *args: str, env: dict[str, str] | None = None) -> tuple[An
     return m, gw.cpu_seconds() - cpu
 
 
+def _step(name: str, size: int, m: Any, gw_cpu: float, gw: Gateway, **extra: Any) -> Step:
+    return Step(name, size, m.wall_s, m.cpu_s, m.peak_rss, gw_cpu, gw.peak_rss(), extra)
+
+
 def one_store(
     ctx: Context,
     r: Report,
     key: str,
     label: str,
     base: str,
-    data: Path,
+    files: list[Path],
     changed: Path,
     goals: bool,
 ) -> None:
-    size = data.stat().st_size
-    bucket = base.split("://", 1)[1].split("/")[0]
+    """Push, verify and pull every file (one name per size), then push the 1%-changed
+    copy of the main file; figures at the main size carry the goals."""
+    if key == "local":
+        bucket = base.removeprefix("file://") + "-baseline"
+    else:
+        bucket = base.split("://", 1)[1].split("/")[0]
     run_id = uuid.uuid4().hex[:8]
     store_url = f"{base.rstrip('/')}/bench-{run_id}"
     env = {"CHUNKYARD_STORE": store_url, "CHUNKYARD_VERIFY": "external"}
-    warm(data)
-    warm(changed)
-    with Gateway(ctx.rundir / f"gw-{key}", env=env) as gw:
-        sdk_up = _sdk(UPLOAD, key, data, bucket, f"bench-{run_id}-sdk/file")
-        push, push_gw_cpu = _cli(gw, "push", str(data), f"bench/{key}", "--json")
-        out = push.json()
-        r.steps.append(
-            Step(
-                f"{key}: push",
-                size,
-                push.wall_s,
-                push.cpu_s,
-                push.peak_rss,
-                push_gw_cpu,
-                gw.peak_rss(),
-                {"bytes_uploaded": out["bytes_uploaded"]},
-            )
-        )
-        verify_env = clean_env(CHUNKYARD_DATA=str(gw.data_dir), **env)
-        ver, _ = _cli(gw, "verifier", "--once", env=verify_env)
-        dest = ctx.rundir / f"pulled-{key}"
-        sdk_down = _sdk(DOWNLOAD, key, dest, bucket, f"bench-{run_id}-sdk/file")
-        dest.unlink(missing_ok=True)
-        pull, pull_gw_cpu = _cli(gw, "pull", f"bench/{key}", str(dest), "--json")
-        dest.unlink(missing_ok=True)
-        r.steps.append(
-            Step(
-                f"{key}: pull",
-                size,
-                pull.wall_s,
-                pull.cpu_s,
-                pull.peak_rss,
-                pull_gw_cpu,
-                gw.peak_rss(),
-                {},
-            )
-        )
-        again, again_gw_cpu = _cli(gw, "push", str(changed), f"bench/{key}", "--json")
-        out2 = again.json()
-        r.steps.append(
-            Step(
-                f"{key}: push 1% changed",
-                size,
-                again.wall_s,
-                again.cpu_s,
-                again.peak_rss,
-                again_gw_cpu,
-                gw.peak_rss(),
-                {"bytes_uploaded": out2["bytes_uploaded"]},
-            )
-        )
-    if key == "s3":  # leave the shared test bucket as it was
-        for prefix in (f"bench-{run_id}/", f"bench-{run_id}-sdk/"):
-            delete_s3_prefix(bucket, prefix)
+    main: dict[str, Any] = {}
+    try:
+        with Gateway(ctx.rundir / f"gw-{key}", env=env) as gw:
+            verify_env = clean_env(CHUNKYARD_DATA=str(gw.data_dir), **env)
+            for data in files:
+                size = data.stat().st_size
+                name = f"bench/{key}/{size}"
+                warm(data)
+                sdk_obj = f"bench-{run_id}-sdk/{size}"
+                sdk_up = _baseline(UPLOAD, key, data, bucket, sdk_obj)
+                push, push_gw_cpu = _cli(gw, "push", str(data), name, "--json")
+                sent = push.json()["bytes_uploaded"]
+                r.steps.append(
+                    _step(
+                        f"{key}: push {human_size(size)}",
+                        size,
+                        push,
+                        push_gw_cpu,
+                        gw,
+                        bytes_uploaded=sent,
+                    )
+                )
+                ver, _ = _cli(gw, "verifier", "--once", env=verify_env)
+                dest = ctx.rundir / f"pulled-{key}"
+                sdk_down = _baseline(DOWNLOAD, key, dest, bucket, sdk_obj)
+                dest.unlink(missing_ok=True)
+                pull, pull_gw_cpu = _cli(gw, "pull", name, str(dest), "--json")
+                dest.unlink(missing_ok=True)
+                r.steps.append(
+                    _step(f"{key}: pull {human_size(size)}", size, pull, pull_gw_cpu, gw)
+                )
+                point = {
+                    "store": key,
+                    "size": size,
+                    "push_s": push.wall_s,
+                    "sdk_upload_s": sdk_up.wall_s,
+                    "pull_s": pull.wall_s,
+                    "sdk_download_s": sdk_down.wall_s,
+                    "push_client_cpu_s": push.cpu_s,
+                    "push_gateway_cpu_s": push_gw_cpu,
+                    "verify_s": ver.wall_s,
+                    "verify_cpu_s": ver.cpu_s,
+                }
+                r.params["per_size"].append(point)
+                if data.stat().st_size == ctx.size:
+                    main = point
+                else:
+                    _size_figures(r, key, label, point)
+            if main:
+                warm(changed)
+                again, again_gw_cpu = _cli(
+                    gw, "push", str(changed), f"bench/{key}/{ctx.size}", "--json"
+                )
+                main["changed_s"] = again.wall_s
+                main["changed_sent"] = again.json()["bytes_uploaded"]
+                r.steps.append(
+                    _step(
+                        f"{key}: push 1% changed {human_size(ctx.size)}",
+                        ctx.size,
+                        again,
+                        again_gw_cpu,
+                        gw,
+                        bytes_uploaded=main["changed_sent"],
+                    )
+                )
+    finally:
+        if key == "s3":  # leave the shared test bucket as it was
+            for prefix in (f"bench-{run_id}/", f"bench-{run_id}-sdk/"):
+                delete_s3_prefix(bucket, prefix)
+    if main:
+        _main_figures(r, key, label, main, goals)
 
+
+def _size_figures(r: Report, key: str, label: str, p: dict[str, Any]) -> None:
+    """Push and pull ratios at a size of the sweep other than the main one (no goals:
+    issue 3's goals are for 1 GiB)."""
+    where = f"{label}, {human_size(p['size'])} random"
+    sdk = "cp" if key == "local" else "SDK"
+    r.add(
+        f"{key}_push_ratio_{p['size']}",
+        f"{where}: push time / {sdk} upload",
+        p["push_s"] / p["sdk_upload_s"],
+        "×",
+        None,
+        f"{p['push_s']:.2f} s vs {p['sdk_upload_s']:.2f} s",
+    )
+    r.add(
+        f"{key}_pull_ratio_{p['size']}",
+        f"{where}: pull time / {sdk} download",
+        p["pull_s"] / p["sdk_download_s"],
+        "×",
+        None,
+        f"{p['pull_s']:.2f} s vs {p['sdk_download_s']:.2f} s",
+    )
+
+
+def _main_figures(r: Report, key: str, label: str, p: dict[str, Any], goals: bool) -> None:
     def goal(v: float) -> Any:
         return at_most(v) if goals else None
 
-    where = f"{label}, {size >> 20} MiB random"
+    size = p["size"]
+    where = f"{label}, {human_size(size)} random"
+    sdk = "cp" if key == "local" else "SDK"
     r.add(
         f"{key}_push_ratio",
-        f"{label}: push time / SDK upload",
-        push.wall_s / sdk_up.wall_s,
+        f"{label}: push time / {sdk} upload",
+        p["push_s"] / p["sdk_upload_s"],
         "×",
         goal(GOAL_PUSH),
-        f"{push.wall_s:.2f} s vs {sdk_up.wall_s:.2f} s ({where})",
+        f"{p['push_s']:.2f} s vs {p['sdk_upload_s']:.2f} s ({where})",
     )
     r.add(
         f"{key}_pull_ratio",
-        f"{label}: pull time / SDK download",
-        pull.wall_s / sdk_down.wall_s,
+        f"{label}: pull time / {sdk} download",
+        p["pull_s"] / p["sdk_download_s"],
         "×",
         goal(GOAL_PULL),
-        f"{pull.wall_s:.2f} s vs {sdk_down.wall_s:.2f} s",
+        f"{p['pull_s']:.2f} s vs {p['sdk_download_s']:.2f} s",
     )
     r.add(
         f"{key}_changed_ratio",
-        f"{label}: 1%-changed push time / SDK upload",
-        again.wall_s / sdk_up.wall_s,
+        f"{label}: 1%-changed push time / {sdk} upload",
+        p["changed_s"] / p["sdk_upload_s"],
         "×",
         goal(GOAL_CHANGED),
-        f"{again.wall_s:.2f} s, {out2['bytes_uploaded'] >> 20} MiB sent",
+        f"{p['changed_s']:.2f} s, {p['changed_sent'] >> 20} MiB sent",
     )
     r.add(
         f"{key}_gateway_cpu",
         f"{label}: gateway CPU / client CPU during the push",
-        push_gw_cpu / push.cpu_s,
+        p["push_gateway_cpu_s"] / p["push_client_cpu_s"],
         "×",
         goal(GOAL_GATEWAY_CPU),
-        f"{push_gw_cpu:.2f} s vs {push.cpu_s:.2f} s; verification not included",
+        f"{p['push_gateway_cpu_s']:.2f} s vs {p['push_client_cpu_s']:.2f} s; verification "
+        "not included",
     )
     r.add(
         f"{key}_verify_s",
         f"{label}: verifying the pushed packs (separate process)",
-        ver.wall_s,
+        p["verify_s"],
         "s",
         None,
-        f"CPU {ver.cpu_s:.2f} s for {size >> 20} MiB",
+        f"CPU {p['verify_cpu_s']:.2f} s for {human_size(size)}",
     )

@@ -5,8 +5,8 @@
 on which commit and with which sizes) and writes, beside them:
 
 - ``throughput.png``: MB/s against file size, chunkyard beside boto3 (push/pull on
-  SeaweedFS, from ``direct`` and ``smallfiles``) and beside hf_xet (chunk + hash, from
-  ``core``), where the data has them;
+  SeaweedFS and the local store, from ``direct`` and ``smallfiles``) and beside hf_xet
+  (chunk + hash, from ``ingest``), where the data has them;
 - ``series.png``: bytes stored per checkpoint against file-level storage and the ideal
   for 64 KiB content-defined chunks (from ``series``), per version and cumulative;
 - ``rss.png``: peak RSS against file size for client and gateway, push and pull (from
@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, fmt, human_size, mbps
 
-ORDER = ("core", "direct", "series", "smallfiles", "refs", "load")
+ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
@@ -77,12 +77,34 @@ def throughput_points(res: dict[str, dict[str, Any]]) -> dict[str, list[tuple[in
 
     if "direct" in res:
         d = res["direct"]
+        per_size = d["params"].get("per_size") or []
+        where = {"s3": "SeaweedFS", "local": "local store"}
+        for p in per_size:
+            if p["store"] not in where:
+                continue  # the emulators: in the tables, not in the plot
+            at = where[p["store"]]
+            sdk = (
+                ("cp", "cp")
+                if p["store"] == "local"
+                else ("boto3 upload_file", "boto3 download_file")
+            )
+            add(f"chunkyard push ({at})", p["size"], mbps(p["size"], p["push_s"]))
+            add(f"chunkyard pull ({at})", p["size"], mbps(p["size"], p["pull_s"]))
+            if p["store"] == "s3":
+                add(f"{sdk[0]} ({at})", p["size"], mbps(p["size"], p["sdk_upload_s"]))
+                add(f"{sdk[1]} ({at})", p["size"], mbps(p["size"], p["sdk_download_s"]))
         for op, sdk in (("push", "boto3 upload_file"), ("pull", "boto3 download_file")):
-            s = _step(d, f"s3: {op}")
+            s = _step(d, f"s3: {op}")  # results written before the size sweep
             ratio = _fig(d, f"s3_{op}_ratio")
-            if s and ratio:
+            if not per_size and s and ratio:
                 add(f"chunkyard {op} (SeaweedFS)", s["size"], mbps(s["size"], s["wall_s"]))
                 add(sdk + " (SeaweedFS)", s["size"], mbps(s["size"], s["wall_s"] / ratio))
+    if "ingest" in res:
+        for p in res["ingest"]["params"].get("points") or []:
+            if p["kind"] == "bf16":
+                add("chunkyard ingest bf16 (CPU only)", p["size"], 1000 * p["ingest_gbps"])
+                add("chunkyard chunk + hash (CPU only)", p["size"], 1000 * p["chunk_hash_gbps"])
+                add("hf_xet.hash_files (CPU only)", p["size"], 1000 * p["hf_xet_gbps"])
     if "smallfiles" in res:
         d = res["smallfiles"]
         p = d["params"]
@@ -105,13 +127,16 @@ def throughput_points(res: dict[str, dict[str, Any]]) -> dict[str, list[tuple[in
                     add("boto3 upload_file (SeaweedFS)", size, rate)
                 elif name.startswith("boto3: download"):
                     add("boto3 download_file (SeaweedFS)", size, rate)
-    if "core" in res:
+    if "core" in res and "ingest" not in res:
         d = res["core"]
         size = d["params"].get("size")
         ours = _fig(d, "chunk_ids_gbps") or _fig(d, "hash_file_gbps")
         add("chunkyard chunk + hash (CPU only)", size, None if ours is None else 1000 * ours)
         xet = _fig(d, "hf_xet_gbps")
         add("hf_xet.hash_files (CPU only)", size, None if xet is None else 1000 * xet)
+    if "core" in res and not res.get("direct", {}).get("params", {}).get("per_size"):
+        d = res["core"]
+        size = d["params"].get("size")
         add("chunkyard push (local store)", size, _fig(d, "random_push_mbps"))
         add("chunkyard pull (local store)", size, _fig(d, "random_pull_mbps"))
     return {k: sorted(v) for k, v in pts.items()}

@@ -40,6 +40,7 @@ from benchmarks.common import (
 #: name -> module; add a workload by adding a module with run() and SERVICES
 WORKLOADS: dict[str, str] = {
     "core": "benchmarks.core",
+    "ingest": "benchmarks.ingest",
     "direct": "benchmarks.direct",
     "series": "benchmarks.series",
     "smallfiles": "benchmarks.smallfiles",
@@ -57,8 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="256 MiB files instead of 1 GiB; 256 MiB and 1 GiB for memory "
-        "instead of 1 and 4 GiB; a 128 MiB model series, 2,000 small files and 6 MiB "
+        help="256 MiB files instead of 1 GiB; a size sweep of 64 and 256 MiB instead of "
+        "256 MiB, 1 GiB and 4 GiB; a 128 MiB model series, 2,000 small files and 6 MiB "
         "shards, 1,000 references, 5 s load phases (about 4 minutes here)",
     )
     p.add_argument(
@@ -70,7 +71,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--size-gib",
         type=float,
         metavar="N",
-        help="main test file size in GiB (memory figures: N and 4N GiB)",
+        help="main test file size in GiB (size sweep: N/4, N and 4N GiB)",
     )
     p.add_argument(
         "--repeats", type=int, default=3, help="best-of-N for repeatable figures (default 3)"
@@ -97,12 +98,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sizes(args: argparse.Namespace) -> tuple[int, tuple[int, int]]:
+def _sizes(args: argparse.Namespace) -> tuple[int, tuple[int, ...]]:
+    """The main file size and the size sweep (workloads 1, 2 and 5 of issue 5)."""
     if args.size_gib is not None:
         size = int(args.size_gib * GiB) // MiB * MiB or MiB
-    else:
-        size = 256 * MiB if args.quick else GiB
-    return size, (size, 4 * size)
+        return size, (max(MiB, size // 4 // MiB * MiB), size, 4 * size)
+    if args.quick:
+        return 256 * MiB, (64 * MiB, 256 * MiB)
+    return GiB, (256 * MiB, GiB, 4 * GiB)
 
 
 def _remove_stale_rundirs(workdir: Path) -> None:
@@ -146,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # a table wider than 80 columns when written to a file or a pipe
     console = Console(width=None if sys.stdout.isatty() else 160, log_path=False)
-    size, mem_sizes = _sizes(args)
+    size, sizes = _sizes(args)
     workdir = Path(args.workdir)
     ctx = Context(
         workdir=workdir,
         rundir=workdir / f"run-{os.getpid()}",
         size=size,
-        mem_sizes=mem_sizes,
+        sizes=sizes,
         repeats=args.repeats,
         console=console,
         quick=args.quick,
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     console.print(
         f"[bold]chunkyard benchmarks[/] {', '.join(args.names)}: files {human_size(size)}, "
-        f"memory {human_size(mem_sizes[0])} and {human_size(mem_sizes[1])}, best of "
+        f"sweep {', '.join(human_size(s) for s in sizes)}, best of "
         f"{args.repeats}; {machine['cpu']}, {machine['cores']} cores, "
         f"{human_size(machine['ram_bytes'])} RAM, load {machine['loadavg'][0]:.2f}; "
         f"commit {machine['git_commit'][:10]}{' (dirty)' if machine['git_dirty'] else ''}"
