@@ -145,3 +145,18 @@ def test_commit_verifies_a_foreign_unverified_pack_first(external, tmp_path: Pat
         assert c.stats()["packs"] == 1
         c.pull("trust/c2", tmp_path / "c2")
     assert (tmp_path / "c2").read_bytes() == src.read_bytes()
+
+
+def test_a_pack_stored_but_not_yet_verified_is_not_uploaded_again(external, tmp_path):
+    """The same content pushed again before the verifier ran makes the very same pack:
+    the gateway says it is stored, the client sends nothing, the commit verifies it."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(random_bytes(3_000_000, seed=86))
+    with Client(external.url) as c:
+        first = c.push(src, "again/a")
+        second = c.push(src, "again/b")  # another name: not a re-push of the latest
+        c.pull("again/b", tmp_path / "back")
+    assert first["bytes_uploaded"] > 0
+    assert second["bytes_uploaded"] == 0
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+    assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 1  # verified at commit

@@ -28,6 +28,10 @@ from .transport import Transport
 PART_ATTEMPTS = 3
 
 
+class _AlreadyStored(Exception):
+    """The pack being sent was completed by another push meanwhile."""
+
+
 class Uploader:
     """One push session: many files, shared packs, one commit."""
 
@@ -73,12 +77,15 @@ class Uploader:
             ]
             body["checksums"] = self._checksums(kind, pack, parts)
         plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
-        if plan["state"] == "verified":  # someone stored the very same pack already
-            return
         if plan["state"] == "need_checksums":
             body["checksums"] = self._checksums(plan["checksum"], pack, plan["parts"])
             plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
-        etags = self._send_parts(pack, body, plan["parts"])
+        if plan["state"] != "uploading":  # the very same pack is in the store already
+            return
+        try:
+            etags = self._send_parts(pack, body, plan["parts"])
+        except _AlreadyStored:  # another push completed the same pack meanwhile
+            return
         # the pack's tail (index + footer): the gateway need not read it back from the store
         tail = pack.data[pack.entries[-1].offset + pack.entries[-1].stored_len :]
         self.t.call(
@@ -107,10 +114,13 @@ class Uploader:
                         400,  # S3/Azure: BadDigest, Md5Mismatch
                         401,
                         403,  # expired URL
+                        404,  # the upload was completed (by another push of the same pack)
                         422,  # local store: checksum mismatch
                     ):
                         raise
                     fresh = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
+                    if fresh["state"] != "uploading":
+                        raise _AlreadyStored from exc
                     part = next(p for p in fresh["parts"] if p["number"] == part["number"])
             raise AssertionError("unreachable")
 
@@ -173,10 +183,11 @@ def push(
     known: dict[str, dict] = {}
     if latest is not None and latest["layout"] == layout:
         files = latest["file_list"]
+        seen = {"version": latest["version"], "created_at": latest.get("created_at", 0.0)}
         if layout == "file" and files:  # one file: compare content whatever its name
-            known = {entries[0][1]: {**files[0], "version": latest["version"]}}
+            known = {entries[0][1]: {**files[0], **seen}}
         else:
-            known = {f["path"]: {**f, "version": latest["version"]} for f in files}
+            known = {f["path"]: {**f, **seen} for f in files}
     up = Uploader(transport, name, progress_factory(total) if progress_factory else None)
     try:
         results = [_add(up.packer, p, rel, known.get(rel)) for p, rel in entries]

@@ -123,7 +123,8 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
     """Start (or resume) the multipart upload of one pack; returns presigned parts.
 
     Calling it again for a pack still uploading returns fresh URLs for the same upload,
-    so a client whose URLs expired, or that restarted, goes on where it was.
+    so a client whose URLs expired, or that restarted, goes on where it was. A pack
+    already in the store (the same bytes make the same id) needs no upload at all.
     """
     pack_id = check_hex(body.get("pack"), "pack id")
     size = body.get("size")
@@ -157,8 +158,10 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
     async with gw.db.read() as conn:
         await _session(conn, sid)
         row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
-    if row is not None and row.state == "verified":
-        return {"pack": pack_id, "state": "verified", "parts": []}
+    if row is not None and row.state in ("verified", "complete"):
+        # already whole in the store (complete: its verification is pending, and a commit
+        # that names it verifies it first): nothing to send
+        return {"pack": pack_id, "state": row.state, "parts": []}
     if row is not None and row.size != size:
         raise InvalidRequest(f"pack {pack_id} is being uploaded with size {row.size}")
     if row is None:
