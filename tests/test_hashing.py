@@ -9,6 +9,8 @@ def test_parallel_chunk_ids_equal_the_sequential_cut(tmp_path, monkeypatch):
     sequential = hashing.chunk_ids(path, parallel=False)
     assert [c[2] for c in sequential] == hash_file(path).chunk_ids
     assert hashing.chunk_ids(path, parallel=True) == sequential
+    for split in (0.01, 0.25, 0.9):  # the helper may start anywhere
+        assert hashing.start_chunk_ids(path, parallel=True, split=split).result() == sequential
     monkeypatch.setattr(hashing, "SYNC_MARGIN", 1)  # no common cut: the fallback path
     assert hashing.chunk_ids(path, parallel=True) == sequential
 
@@ -18,3 +20,11 @@ def test_tiny_and_empty_files(tmp_path):
     (tmp_path / "t").write_bytes(b"abc")
     assert hashing.chunk_ids(tmp_path / "e") == []
     assert [(o, n) for o, n, _ in hashing.chunk_ids(tmp_path / "t")] == [(0, 3)]
+
+
+def test_an_abandoned_job_leaves_the_helper_ready_for_the_next(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(40 * 1024 * 1024, seed=96))
+    sequential = hashing.chunk_ids(path, parallel=False)
+    hashing.start_chunk_ids(path, parallel=True, split=0.1).abandon()
+    assert hashing.chunk_ids(path, parallel=True) == sequential

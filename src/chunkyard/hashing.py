@@ -10,6 +10,11 @@ has, both chains are the same from there on. The first half reads a margin past 
 middle to find that point; in the rare case it does not (no common cut within the
 margin), the rest is cut sequentially. The result is exactly the chunking of the whole
 stream (tested against it).
+
+The split need not be the middle: a push that first hashes the whole file (to learn
+whether it changed at all) starts the helper on the last three quarters, then cuts the
+first quarter itself once the digest says the file did change; when it did not, the
+helper's work is abandoned.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -31,7 +37,7 @@ SYNC_MARGIN = 8 * 1024 * 1024
 
 Cut = tuple[int, int, bytes]  # (offset, length, chunk id)
 
-_pool: ProcessPoolExecutor | None = None
+_pool: tuple[ProcessPoolExecutor, Any] | None = None
 
 
 class _Window(io.RawIOBase):
@@ -58,12 +64,16 @@ class _Window(io.RawIOBase):
 
 def cut_range(path: str, start: int, end: int) -> list[Cut]:
     """Cut and hash bytes ``[start, end)`` as if a stream began at ``start``. The last
-    chunk ends at ``end`` whether or not the stream goes on."""
+    chunk ends at ``end`` whether or not the stream goes on. In a helper process it
+    stops early (returning ``[]``) once the caller abandons the job."""
     out: list[Cut] = []
     # recycled buffers: fresh ones cost page faults worth half the cutting time here
     pool = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2)
     with _Window(path, start, end) as stream:
         for w in windows(stream, size_hint=end - start, pool=pool):
+            if _abandoned is not None and _abandoned.value:
+                w.release()
+                return []
             base = start + w.offset
             for i, (off, n) in enumerate(w.cuts):
                 out.append((base + off, n, blake3.blake3(w.chunk(i)).digest()))
@@ -71,36 +81,91 @@ def cut_range(path: str, start: int, end: int) -> list[Cut]:
     return out
 
 
-def _executor() -> ProcessPoolExecutor:
+#: in the helper process: set by the caller to stop a running job
+_abandoned: Any = None
+
+
+def _init_helper(flag: Any) -> None:
+    global _abandoned
+    _abandoned = flag
+
+
+def _executor() -> tuple[ProcessPoolExecutor, Any]:
     global _pool
     if _pool is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["chunkyard.hashing"])
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        flag = ctx.Value("b", 0, lock=False)
+        _pool = (
+            ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_init_helper, initargs=(flag,)
+            ),
+            flag,
+        )
     return _pool
 
 
-def chunk_ids(path: str | os.PathLike, parallel: bool | None = None) -> list[Cut]:
-    """``(offset, length, chunk id)`` of every chunk of a file, in order."""
+#: an abandoned job the helper may still be finishing (it stops at its next window)
+_abandoned_job: Future | None = None
+
+
+class ChunkIdsJob:
+    """:func:`chunk_ids` with the tail of the file already being cut in the helper
+    process: the caller may do other work first (hash the whole file, to learn whether
+    it changed at all), then take :meth:`result` or :meth:`abandon` it."""
+
+    def __init__(self, path: str, size: int, parallel: bool, split: float) -> None:
+        self.path, self.size = path, size
+        self.middle = int(size * split) if parallel else size
+        self.tail: Future | None = None
+        if parallel:
+            pool, flag = _executor()
+            if _abandoned_job is not None:
+                _abandoned_job.result()  # let it see the flag before it is cleared
+            flag.value = 0
+            self.tail = pool.submit(cut_range, path, self.middle, size)
+
+    def abandon(self) -> None:
+        """Stop the helper's work (it returns at its next window)."""
+        global _abandoned_job
+        if self.tail is not None and _pool is not None:
+            _pool[1].value = 1
+            _abandoned_job, self.tail = self.tail, None
+
+    def result(self) -> list[Cut]:
+        """``(offset, length, chunk id)`` of every chunk of the file, in order."""
+        path, size, middle = self.path, self.size, self.middle
+        if self.tail is None:
+            return cut_range(path, 0, size)
+        first = cut_range(path, 0, min(size, middle + SYNC_MARGIN))
+        rest = self.tail.result()
+        self.tail = None
+        starts = {c[0]: i for i, c in enumerate(rest)}
+        for i, (off, n, _) in enumerate(first):
+            end = off + n
+            if end >= middle and end in starts and end < middle + SYNC_MARGIN:
+                return first[: i + 1] + rest[starts[end] :]
+        # no common cut within the margin (pathological data): go on from the last sure cut
+        sure = [c for c in first if c[0] + c[1] < min(size, middle + SYNC_MARGIN)]
+        resume = sure[-1][0] + sure[-1][1] if sure else 0
+        return sure + cut_range(path, resume, size)
+
+
+def start_chunk_ids(
+    path: str | os.PathLike, parallel: bool | None = None, split: float = 0.5
+) -> ChunkIdsJob:
+    """Start :func:`chunk_ids`: the helper process cuts from ``split`` (a fraction of
+    the file) to the end; the caller cuts the head when it asks for the result."""
     path = str(path)
     size = Path(path).stat().st_size
     if parallel is None:
         parallel = size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1
-    if not parallel:
-        return cut_range(path, 0, size)
-    middle = size // 2
-    second: Future = _executor().submit(cut_range, path, middle, size)
-    first = cut_range(path, 0, min(size, middle + SYNC_MARGIN))
-    rest = second.result()
-    starts = {c[0]: i for i, c in enumerate(rest)}
-    for i, (off, n, _) in enumerate(first):
-        end = off + n
-        if end >= middle and end in starts and end < middle + SYNC_MARGIN:
-            return first[: i + 1] + rest[starts[end] :]
-    # no common cut within the margin (pathological data): go on from the last sure cut
-    sure = [c for c in first if c[0] + c[1] < min(size, middle + SYNC_MARGIN)]
-    resume = sure[-1][0] + sure[-1][1] if sure else 0
-    return sure + cut_range(path, resume, size)
+    return ChunkIdsJob(path, size, parallel, split)
 
 
-__all__ = ["MAX_SIZE", "chunk_ids", "cut_range"]
+def chunk_ids(path: str | os.PathLike, parallel: bool | None = None) -> list[Cut]:
+    """``(offset, length, chunk id)`` of every chunk of a file, in order."""
+    return start_chunk_ids(path, parallel).result()
+
+
+__all__ = ["MAX_SIZE", "ChunkIdsJob", "chunk_ids", "cut_range", "start_chunk_ids"]
