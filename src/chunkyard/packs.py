@@ -71,15 +71,17 @@ PROBE_SIZE = 8 * 1024
 
 
 def compress(
-    cctx: zstandard.ZstdCompressor, raw: bytes | memoryview
+    cctx: zstandard.ZstdCompressor, raw: bytes | memoryview, probe: bool = True
 ) -> tuple[int, bytes | memoryview]:
     """zstd level 1, or the raw bytes where compression does not shrink them.
 
-    A chunk whose first 8 KiB do not shrink by 2% is stored raw without compressing
-    the rest: random-looking data (encrypted, already compressed, many weight formats)
-    then costs a tenth of a full attempt, and data that does compress is found out by
-    its first bytes. Storing raw is always valid; this only decides how hard to try."""
-    if len(raw) > 2 * PROBE_SIZE:
+    With ``probe``, a chunk whose first 8 KiB do not shrink by 2% is stored raw without
+    compressing the rest: random-looking data (encrypted, already compressed, many
+    weight formats) then costs a tenth of a full attempt. The probe itself costs a fifth
+    of compressing a chunk that does shrink, so callers skip it after a chunk that
+    compressed (neighbouring chunks are alike). Storing raw is always valid; this only
+    decides how hard to try."""
+    if probe and len(raw) > 2 * PROBE_SIZE:
         probe = cctx.compress(raw[:PROBE_SIZE])
         if len(probe) > PROBE_SIZE * 0.98:
             return SCHEME_RAW, raw

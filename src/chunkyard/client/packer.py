@@ -172,6 +172,7 @@ class Packer:
         cctx = self._compressor()
         plan: list[Any] = []
         seen: set[bytes] = set()
+        probe = True  # until a chunk compresses
         for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
             if loc is not None:
                 plan.append(("known", known_packs[loc[0]], loc[1]))
@@ -179,7 +180,9 @@ class Packer:
                 plan.append(("dup",))
             else:
                 seen.add(cid)
-                plan.append(packfmt.compress(cctx, w.chunk(i)))
+                entry = packfmt.compress(cctx, w.chunk(i), probe)
+                probe = entry[0] == packfmt.SCHEME_RAW
+                plan.append(entry)
         return w, ids, plan
 
     # -- in order, on the calling thread ---------------------------------------
