@@ -10,14 +10,17 @@ transactions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,7 +36,12 @@ def _async_url(url: str) -> str:
 class Database:
     """Reads and writes use separate connection pools, so that a crowd of readers (say
     a hundred clients asking which chunks exist) never holds every connection while a
-    commit waits: measured, a session took 7.5 s to open under such load."""
+    commit waits: measured, a session took 7.5 s to open under such load.
+
+    Hot paths use :meth:`run`, which runs a plain function over a synchronous
+    connection: on SQLite the whole transaction then runs on one worker thread, where
+    aiosqlite hops between the event loop and its thread for every cursor call (a
+    missing-chunk query cost 2.6 ms of CPU that way, 0.6 ms this way)."""
 
     def __init__(self, url: str) -> None:
         self.url = _async_url(url)
@@ -45,17 +53,23 @@ class Database:
         # SQLite takes one writer at a time anyway: one connection, behind the lock
         writer_pool = {"pool_size": 1, "max_overflow": 0} if self.is_sqlite else {}
         self.writer: AsyncEngine = create_async_engine(self.url, **kwargs, **writer_pool)
+        self.sync_reader: Engine | None = None
+        self.sync_writer: Engine | None = None
         if self.is_sqlite:
-            self._sqlite_setup(self.engine, write=False)
-            self._sqlite_setup(self.writer, write=True)
+            self._sqlite_setup(self.engine.sync_engine, write=False)
+            self._sqlite_setup(self.writer.sync_engine, write=True)
+            sync_url = self.url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+            sync_args = {"connect_args": {"timeout": 60, "check_same_thread": False}}
+            self.sync_reader = create_engine(sync_url, **sync_args)
+            self.sync_writer = create_engine(sync_url, **sync_args, **writer_pool)
+            self._sqlite_setup(self.sync_reader, write=False)
+            self._sqlite_setup(self.sync_writer, write=True)
         # Writers inside one process queue here rather than on SQLite's file lock,
         # which would hold threads in busy-wait.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @staticmethod
-    def _sqlite_setup(engine: AsyncEngine, write: bool) -> None:
-        sync_engine = engine.sync_engine
-
+    def _sqlite_setup(sync_engine: Engine, write: bool) -> None:
         @event.listens_for(sync_engine, "connect")
         def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             dbapi_conn.isolation_level = None
@@ -98,9 +112,28 @@ class Database:
             if self._write_lock is not None:
                 self._write_lock.release()
 
+    async def run(self, fn: Callable[[Connection], T], *, write: bool = False) -> T:
+        """``fn(connection)`` inside one read (or write) transaction; its result."""
+        if self.sync_reader is None or self.sync_writer is None:
+            async with self.write() if write else self.read() as conn:
+                return await conn.run_sync(fn)
+        if not write:
+            return await asyncio.to_thread(_in_transaction, self.sync_reader, fn)
+        assert self._write_lock is not None
+        async with self._write_lock:
+            return await asyncio.to_thread(_in_transaction, self.sync_writer, fn)
+
     async def close(self) -> None:
         await self.engine.dispose()
         await self.writer.dispose()
+        for engine in (self.sync_reader, self.sync_writer):
+            if engine is not None:
+                engine.dispose()
+
+
+def _in_transaction(engine: Engine, fn: Callable[[Connection], Any]) -> Any:
+    with engine.connect() as conn, conn.begin():
+        return fn(conn)
 
 
 def insert_ignoring_duplicates(dialect: str, table):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -79,13 +79,23 @@ async def create_session(gw: Gateway, name: object) -> dict[str, Any]:
     }
 
 
-async def _session(conn: AsyncConnection, sid: str, open_only: bool = True):  # type: ignore[no-untyped-def]
-    row = (await conn.execute(select(sessions).where(sessions.c.id == sid))).first()
+def _check_session(conn: Connection, sid: str, open_only: bool = True):  # type: ignore[no-untyped-def]
+    row = conn.execute(select(sessions).where(sessions.c.id == sid)).first()
     if row is None or row.expires_at < time.time():
         raise SessionNotFound(f"no open upload session {sid!r}", session=sid)
     if open_only and row.state != "open":
         raise SessionNotFound(f"upload session {sid!r} is already committed", session=sid)
     return row
+
+
+async def _session(conn: AsyncConnection, sid: str, open_only: bool = True):  # type: ignore[no-untyped-def]
+    return await conn.run_sync(_check_session, sid, open_only)
+
+
+def _pack_row(conn: Connection, sid: str, pack_id: str):  # type: ignore[no-untyped-def]
+    """The pack's catalog row (or None) in an open session."""
+    _check_session(conn, sid)
+    return conn.execute(select(packs).where(packs.c.id == pack_id)).first()
 
 
 async def find_chunks(gw: Gateway, sid: str, body: bytes) -> dict[str, Any]:
@@ -96,18 +106,22 @@ async def find_chunks(gw: Gateway, sid: str, body: bytes) -> dict[str, Any]:
     if n > MAX_QUERY_IDS:
         raise BodyTooLarge(f"at most {MAX_QUERY_IDS} chunk ids per query", limit=MAX_QUERY_IDS)
     ids = [body[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i in range(n)]
-    found: dict[bytes, tuple[str, int]] = {}
-    async with gw.db.read() as conn:
-        await _session(conn, sid)
+
+    def query(conn: Connection) -> dict[bytes, tuple[str, int]]:
+        _check_session(conn, sid)
+        found: dict[bytes, tuple[str, int]] = {}
         unique = list(set(ids))
         for i in range(0, len(unique), 500):
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(chunks.c.id, chunks.c.pack_id, chunks.c.idx).where(
                     chunks.c.id.in_(unique[i : i + 500])
                 )
             )
             for r in rows:
                 found[bytes(r.id)] = (r.pack_id, r.idx)
+        return found
+
+    found = await gw.db.run(query)
     pack_pos: dict[str, int] = {}
     locations: list[list[int] | None] = []
     for cid in ids:
@@ -155,9 +169,7 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
             parts=[p.size for p in plan],
         )
     key = pack_key(pack_id)
-    async with gw.db.read() as conn:
-        await _session(conn, sid)
-        row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+    row = await gw.db.run(lambda conn: _pack_row(conn, sid, pack_id))
     if row is not None and row.state in ("verified", "complete"):
         # already whole in the store (complete: its verification is pending, and a commit
         # that names it verifies it first): nothing to send
@@ -166,10 +178,11 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
         raise InvalidRequest(f"pack {pack_id} is being uploaded with size {row.size}")
     if row is None:
         upload_id = await gw.store.create_upload(key, size)
-        async with gw.db.write() as conn:
-            row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+
+        def insert(conn: Connection):  # type: ignore[no-untyped-def]
+            row = conn.execute(select(packs).where(packs.c.id == pack_id)).first()
             if row is None:
-                await conn.execute(
+                conn.execute(
                     packs.insert().values(
                         id=pack_id,
                         size=size,
@@ -180,6 +193,9 @@ async def begin_pack(gw: Gateway, sid: str, body: dict) -> dict[str, Any]:
                         created_at=time.time(),
                     )
                 )
+            return row
+
+        row = await gw.db.run(insert, write=True)
         if row is not None:  # another session began the same pack meanwhile: join it
             await gw.store.abort_upload(key, upload_id)
             upload_id = row.upload_id
@@ -222,9 +238,7 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
         ]
     except (KeyError, TypeError, ValueError):
         raise InvalidRequest("parts must be a list of {number, etag}") from None
-    async with gw.db.read() as conn:
-        await _session(conn, sid)
-        row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
+    row = await gw.db.run(lambda conn: _pack_row(conn, sid, pack_id))
     if row is None:
         raise PackNotFound(f"pack {pack_id} was never begun", pack=pack_id)
     if row.state in ("complete", "verified"):
@@ -244,17 +258,19 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
     except PackCorrupt:
         await verifier.remove(gw, pack_id)
         raise
-    async with gw.db.write() as conn:
-        cur = (await conn.execute(select(packs.c.state).where(packs.c.id == pack_id))).scalar()
+
+    def record(conn: Connection) -> str | None:
+        """Index the pack; the state it was already in if another completion won."""
+        cur = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
         if cur != "uploading":
-            return {"pack": pack_id, "state": cur, "chunks": len(entries)}
-        await conn.execute(
+            return cur
+        conn.execute(
             packs.update()
             .where(packs.c.id == pack_id)
             .values(state="complete", chunk_count=len(entries))
         )
         if entries:
-            await conn.execute(
+            conn.execute(
                 pack_entries.insert(),
                 [
                     {
@@ -269,6 +285,11 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
                     for i, e in enumerate(entries)
                 ],
             )
+        return None
+
+    already = await gw.db.run(record, write=True)
+    if already is not None:
+        return {"pack": pack_id, "state": already, "chunks": len(entries)}
     state = "complete"
     if gw.verify_mode == "inline":
         state = await verifier.verify_pack(gw, pack_id, forget_on_failure=True)
