@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +65,9 @@ class Database:
             self.sync_writer = create_engine(sync_url, **sync_args, **writer_pool)
             self._sqlite_setup(self.sync_reader, write=False)
             self._sqlite_setup(self.sync_writer, write=True)
+            # own threads for each: a crowd of queries must not queue ahead of commits
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="cy-db-read")
+            self._writers = ThreadPoolExecutor(1, thread_name_prefix="cy-db-write")
         # Writers inside one process queue here rather than on SQLite's file lock,
         # which would hold threads in busy-wait.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -117,11 +121,12 @@ class Database:
         if self.sync_reader is None or self.sync_writer is None:
             async with self.write() if write else self.read() as conn:
                 return await conn.run_sync(fn)
+        loop = asyncio.get_running_loop()
         if not write:
-            return await asyncio.to_thread(_in_transaction, self.sync_reader, fn)
+            return await loop.run_in_executor(self._readers, _in_transaction, self.sync_reader, fn)
         assert self._write_lock is not None
         async with self._write_lock:
-            return await asyncio.to_thread(_in_transaction, self.sync_writer, fn)
+            return await loop.run_in_executor(self._writers, _in_transaction, self.sync_writer, fn)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -129,6 +134,9 @@ class Database:
         for engine in (self.sync_reader, self.sync_writer):
             if engine is not None:
                 engine.dispose()
+        if self.sync_reader is not None:
+            self._readers.shutdown(wait=True)
+            self._writers.shutdown(wait=True)
 
 
 def _in_transaction(engine: Engine, fn: Callable[[Connection], Any]) -> Any:
