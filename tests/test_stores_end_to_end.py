@@ -92,7 +92,7 @@ def test_reconstruction_urls_point_at_the_store(store_gateway, tmp_path: Path):
         ),
         ("azure", {"CHUNKYARD_STORE": "az://no-such-container/x"}, "does not exist"),
         ("gcs", {"CHUNKYARD_STORE": "gs://no-such-bucket/x"}, "does not exist"),
-        ("local", {"CHUNKYARD_STORE": "file:///proc/no/such/dir"}, "not writable"),
+        ("local", {"CHUNKYARD_STORE": "file:///proc/no/such/dir"}, "cannot be created"),
     ],
 )
 def test_the_gateway_refuses_to_start_on_a_useless_store(store, env, expect, tmp_path):

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+import blake3
 import httpx
 import pytest
 
@@ -36,6 +37,8 @@ def part_checksum(store: Store, body: bytes) -> str | None:
         return base64.b64encode(hashlib.md5(body).digest()).decode()
     if store.part_checksum == "sha256":
         return base64.b64encode(hashlib.sha256(body).digest()).decode()
+    if store.part_checksum == "blake3":
+        return base64.b64encode(blake3.blake3(body).digest()).decode()
     return None
 
 
@@ -128,6 +131,20 @@ class StoreContract:
         assert await store.get("r", 9_990, 20_000) == data[9_990:]  # end past the size
         assert await store.get("r", 5, 5) == b""
         assert await store.get("r", 10_000) == b""
+
+    async def test_read_into(self, store: Store) -> None:
+        """Whole objects into a caller's buffer (verification reads packs this way)."""
+        data = os.urandom(3 * 1024 * 1024 + 7)  # more than one network read
+        await store.put("whole", data)
+        buf = bytearray(len(data) + 1)
+        assert await store.read_into("whole", buf) == len(data)
+        assert buf[: len(data)] == data
+        small = bytearray(1000)  # too small: filled, and the count says so
+        assert await store.read_into("whole", small) == len(small) and small == data[:1000]
+        await store.put("empty", b"")
+        assert await store.read_into("empty", buf) == 0
+        with pytest.raises(StoreObjectMissing):
+            await store.read_into("nope/never", buf)
 
     async def test_missing_key(self, store: Store) -> None:
         with pytest.raises(StoreObjectMissing) as caught:

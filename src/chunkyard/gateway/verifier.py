@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import time
 
 import anyio
@@ -26,10 +27,15 @@ from sqlalchemy import select
 from .. import packs as packfmt
 from ..catalog.db import insert_ignoring_duplicates
 from ..catalog.schema import chunks, pack_entries, packs
+from ..chunking import BufferPool
 from ..errors import PackCorrupt
 from .core import Gateway, pack_key
 
 log = logging.getLogger("chunkyard.verifier")
+#: packs are read whole into these; one byte more than the largest pack, so that an
+#: object that is too large shows as such. Anonymous mappings: only the pages a pack
+#: fills are ever touched (a bytearray would zero all 64 MiB)
+_buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2, factory=lambda n: mmap.mmap(-1, n))
 BATCH = 8
 
 
@@ -62,11 +68,13 @@ async def verify_pack(gw: Gateway, pack_id: str, forget_on_failure: bool = False
         row = (await conn.execute(select(packs).where(packs.c.id == pack_id))).first()
     if row is None or row.state != "complete":
         return row.state if row is not None else "missing"
-    data = await gw.store.get(pack_key(pack_id))
+    buf = _buffers.get()
     try:
-        if len(data) != row.size:
-            raise PackCorrupt(f"pack {pack_id} has {len(data)} bytes, expected {row.size}")
-        entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, data)
+        n = await gw.store.read_into(pack_key(pack_id), buf)
+        if n != row.size:
+            more = "more than " if n == len(buf) else ""
+            raise PackCorrupt(f"pack {pack_id} has {more}{n} bytes, expected {row.size}")
+        entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, memoryview(buf)[:n])
         if not await _index_matches(gw, pack_id, entries):
             raise PackCorrupt(f"pack {pack_id} does not hold the index it was completed with")
     except PackCorrupt:
@@ -81,7 +89,7 @@ async def verify_pack(gw: Gateway, pack_id: str, forget_on_failure: bool = False
                 )
         raise
     finally:
-        del data
+        _buffers.put(buf)
     async with gw.db.write() as conn:
         state = (await conn.execute(select(packs.c.state).where(packs.c.id == pack_id))).scalar()
         if state != "complete":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,27 @@ from ..gateway import Gateway
 from . import artifacts, blobs, references, uploads
 from .errors import handlers
 from .openapi import document
+
+#: glibc's mallopt parameters and the values the gateway fixes them at
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+TRIM_THRESHOLD, MMAP_THRESHOLD = 64 * 1024 * 1024, 4 * 1024 * 1024
+
+
+def fixed_mmap_threshold() -> None:
+    """Serve allocations above 4 MiB from their own mappings, returned on free. glibc
+    otherwise raises the threshold to 32 MiB after the first large free, and its
+    per-thread arenas then keep freed multi-MiB buffers: the gateway's peak RSS grew
+    1.7x from a 256 MiB to a 4 GiB push. Large buffers that recur (pack reads for
+    verification) are recycled instead, so fresh mappings stay rare. Fixing one
+    threshold also fixes the trim threshold at 128 KiB, and arenas that shrink and
+    regrow that often cost a quarter of push throughput: it is set to 64 MiB."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -37,6 +60,7 @@ def create_app(settings: Settings) -> Starlette:
         # default thresholds ran the cycle collector for ~9% of the gateway's CPU.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        fixed_mmap_threshold()
         try:
             yield
         finally:

@@ -196,6 +196,22 @@ class S3Store(Store):
         except BotoCoreError as exc:
             raise self._error("get", exc, key) from exc
 
+    async def read_into(self, key: str, buf: bytearray) -> int:
+        args = {"Bucket": self.bucket, "Key": self._key(key), "Range": f"bytes=0-{len(buf) - 1}"}
+        view, n = memoryview(buf), 0
+        try:
+            resp = await (await self._s3()).get_object(**args)
+            async with resp["Body"] as body:
+                while n < len(buf) and (got := await body.readinto(view[n:])):
+                    n += got
+        except ClientError as exc:
+            if self._code(exc) == "InvalidRange":  # an empty object
+                return 0
+            raise self._error("get", exc, key) from exc
+        except BotoCoreError as exc:
+            raise self._error("get", exc, key) from exc
+        return n
+
     async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         args = {"Bucket": self.bucket, "Key": self._key(key)}
         if version_id:

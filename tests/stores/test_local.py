@@ -1,0 +1,49 @@
+"""The store contract against the local directory store, whose "presigned" URLs point at
+a running gateway's blob endpoint (HMAC-signed, expiring, BLAKE3 per part)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from chunkyard.stores.base import Store
+from chunkyard.stores.local import LocalStore
+from conftest import RunningGateway, start_gateway
+
+from .contract import StoreContract
+
+
+@pytest.fixture(scope="module")
+def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    gw, server, thread = start_gateway(tmp_path_factory.mktemp("local-store"))
+    yield gw
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class TestLocalStore(StoreContract):
+    multipart_size = 150 * 1024 * 1024  # one part per 64 MiB
+
+    @pytest.fixture
+    async def store(self, local_gateway: RunningGateway) -> AsyncIterator[Store]:
+        """A second instance on the gateway's directory: it signs URLs with the same
+        secret, and the gateway serves them."""
+        settings = local_gateway.settings
+        root = Path(settings.store_url.removeprefix("file://"))
+        store = LocalStore(root, public_url=local_gateway.url, secret=settings.secret)
+        yield store
+        for key in [info.key async for info in store.list("")]:
+            await store.delete(key)
+
+    @pytest.fixture
+    def missing_bucket_store(self, tmp_path: Path) -> Store:
+        (tmp_path / "a-file").write_bytes(b"")
+        return LocalStore(tmp_path / "a-file" / "store")
+
+    @pytest.fixture
+    def unreachable_store(self, tmp_path: Path) -> Store:
+        """A directory has no network to be unreachable: a root that is a file."""
+        (tmp_path / "not-a-dir").write_bytes(b"")
+        return LocalStore(tmp_path / "not-a-dir")
