@@ -295,6 +295,27 @@ def delete_s3_prefix(bucket: str, prefix: str) -> int:
     return deleted
 
 
+def delete_store_prefix(url: str) -> int:
+    """Delete every object under a store URL (``s3://``, ``az://``, ``gs://`` with the
+    test servers' settings from the environment) through chunkyard's own store layer;
+    the number deleted. For what a workload wrote on the emulators."""
+    import asyncio
+
+    from chunkyard.stores import open_store
+
+    async def run() -> int:
+        store = open_store(url)
+        try:
+            keys = [info.key async for info in store.list("")]
+            for key in keys:
+                await store.delete(key)
+            return len(keys)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 # -- processes ---------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from benchmarks.common import (
     changed_copy,
     clean_env,
     delete_s3_prefix,
+    delete_store_prefix,
     human_size,
     random_file,
     run_measured,
@@ -180,6 +181,8 @@ def one_store(
                 dest = ctx.rundir / f"pulled-{key}"
                 sdk_down = _baseline(DOWNLOAD, key, dest, bucket, sdk_obj)
                 dest.unlink(missing_ok=True)
+                if key == "local":  # GiBs on the same disk: not kept past their use
+                    (Path(bucket) / sdk_obj).unlink(missing_ok=True)
                 pull, pull_gw_cpu = _cli(gw, "pull", name, str(dest), "--json")
                 dest.unlink(missing_ok=True)
                 r.steps.append(
@@ -220,10 +223,14 @@ def one_store(
                         bytes_uploaded=main["changed_sent"],
                     )
                 )
-    finally:
-        if key == "s3":  # leave the shared test bucket as it was
+    finally:  # leave the shared test buckets as they were
+        if key == "s3":
             for prefix in (f"bench-{run_id}/", f"bench-{run_id}-sdk/"):
                 delete_s3_prefix(bucket, prefix)
+        elif key in ("azure", "gcs"):
+            scheme = "az" if key == "azure" else "gs"
+            for prefix in (f"bench-{run_id}", f"bench-{run_id}-sdk"):
+                delete_store_prefix(f"{scheme}://{bucket}/{prefix}")
     if main:
         _main_figures(r, key, label, main, goals)
 
