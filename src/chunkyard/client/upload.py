@@ -21,7 +21,7 @@ from .. import packs as packfmt
 from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
 from ..stores.base import plan_even_parts
-from .packer import SIMILAR_MIN, FileResult, Packer
+from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
 from .transport import Transport
 
 #: a refused part is re-sent with a fresh URL this many times
@@ -147,6 +147,22 @@ def list_tree(root: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _add_all(
+    packer: Packer, entries: list[tuple[Path, str]], known: dict[str, dict]
+) -> list[FileResult]:
+    """Every file into the packer, results in the order of ``entries``: small files
+    first, many at a time, then each large one."""
+    small = [i for i, (p, _) in enumerate(entries) if p.stat().st_size <= SMALL_MAX]
+    out: dict[int, FileResult] = {}
+    batch = [(entries[i][0], entries[i][1], known.get(entries[i][1])) for i in small]
+    for i, result in zip(small, packer.add_small_files(batch), strict=True):
+        out[i] = result
+    for i, (p, rel) in enumerate(entries):
+        if i not in out:
+            out[i] = _add(packer, p, rel, known.get(rel))
+    return [out[i] for i in range(len(entries))]
+
+
 def _add(packer: Packer, path: Path, rel: str, known: dict | None) -> FileResult:
     if known is not None and path.stat().st_size >= SIMILAR_MIN:
         return packer.add_similar_file(path, rel, known)
@@ -190,7 +206,7 @@ def push(
             known = {f["path"]: {**f, **seen} for f in files}
     up = Uploader(transport, name, progress_factory(total) if progress_factory else None)
     try:
-        results = [_add(up.packer, p, rel, known.get(rel)) for p, rel in entries]
+        results = _add_all(up.packer, entries, known)
         up.packer.finish()
         version = up.commit(layout, results, tags or {})
     finally:
