@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import zstandard
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -104,17 +104,22 @@ async def plan(
                 "take": take,
             }
         )
-    bad = await _unusable_packs(conn, {t["pack"] for t in out})
-    for pack_id, state in bad:
+    await _refuse_unusable(conn, {t["pack"] for t in out}, f.path)
+    return out, (stop if stop < end else None)
+
+
+async def _refuse_unusable(conn: AsyncConnection, ids: set[str], path: str) -> None:
+    """A clear error for a file that needs a pack that failed verification, or chunks
+    of a reference object that verify found drifted."""
+    for pack_id, state in await _unusable_packs(conn, ids):
         if state == "drifted":
             row = (await references.pins_of_packs(conn, [pack_id]))[pack_id]
-            raise drifted(references.pin_of(row), "changed", path=f.path)
+            raise drifted(references.pin_of(row), "changed", path=path)
         raise PackCorrupt(
-            f"{f.path} uses pack {pack_id}, which failed verification: this version's "
+            f"{path} uses pack {pack_id}, which failed verification: this version's "
             "uploader sent bytes that do not match their chunk ids",
             pack=pack_id,
         )
-    return out, (stop if stop < end else None)
 
 
 async def _unusable_packs(conn: AsyncConnection, ids: set[str]) -> list[tuple[str, str]]:
@@ -141,17 +146,7 @@ async def reconstruction(
         end = f.size if length is None else min(f.size, start + length)
         terms, nxt = await plan(conn, f, start, end)
         sources = await references.pins_of_packs(conn, {t["pack"] for t in terms})
-    urls = {}
-    for t in terms:
-        if t["pack"] in urls:
-            continue
-        if t["pack"] in sources:  # chunks borrowed from an indexed reference object
-            pin = references.pin_of(sources[t["pack"]])
-            req = await gw.sources.pinned_request(pin, check=False)
-            urls[t["pack"]] = {**req.to_json(), "reference": pin.uri}
-        else:
-            req = await gw.store.presign_get(pack_key(t["pack"]), gw.settings.url_expiry)
-            urls[t["pack"]] = req.to_json()
+    urls = await _urls(gw, [t["pack"] for t in terms], sources)
     return {
         "name": name,
         "version": v.number,
@@ -165,6 +160,127 @@ async def reconstruction(
         "terms": terms,
         "urls": urls,
     }
+
+
+async def _urls(gw: Gateway, pack_ids: list[str], sources: dict) -> dict[str, dict]:
+    """One signed GET per pack: from the store, or pinned at a reference's source."""
+    urls: dict[str, dict] = {}
+    for pack_id in pack_ids:
+        if pack_id in urls:
+            continue
+        if pack_id in sources:  # chunks borrowed from an indexed reference object
+            pin = references.pin_of(sources[pack_id])
+            req = await gw.sources.pinned_request(pin, check=False)
+            urls[pack_id] = {**req.to_json(), "reference": pin.uri}
+        else:
+            req = await gw.store.presign_get(pack_key(pack_id), gw.settings.url_expiry)
+            urls[pack_id] = req.to_json()
+    return urls
+
+
+#: files per batch reconstruction answer, and the largest file it may hold (larger
+#: files page through answers of their own)
+BATCH_FILES = 1024
+BATCH_FILE_MAX = 8 * 1024 * 1024
+
+
+async def reconstructions(gw: Gateway, name: str, ref: Ref, indices: object) -> dict[str, Any]:
+    """Whole small files of a version in one answer: a pull of 10,000 small files
+    asked once per file, and the gateway's per-request work was most of its time. The
+    pack entries of all files come from one query per pack; each pack gets one URL."""
+    if (
+        not isinstance(indices, list)
+        or not 0 < len(indices) <= BATCH_FILES
+        or not all(type(i) is int for i in indices)
+    ):
+        raise InvalidRequest(f"files must be a list of 1 to {BATCH_FILES} file indices")
+    async with gw.db.read() as conn:
+        _, v = await find_version(conn, name, ref)
+    if v.kind == "reference":
+        raise InvalidRequest("a reference version is read from its sources, file by file")
+
+    def query(conn: Connection) -> tuple[list[Row], list[list[dict[str, Any]]]]:
+        rows = conn.execute(
+            select(version_files).where(
+                version_files.c.version_id == v.id, version_files.c.idx.in_(set(indices))
+            )
+        ).all()
+        by_idx = {r.idx: r for r in rows}
+        missing = [i for i in indices if i not in by_idx]
+        if missing:
+            raise NotFound(f"version {v.number} of {name!r} has no file {missing[0]}")
+        large = [i for i in indices if by_idx[i].size > BATCH_FILE_MAX]
+        if large:
+            raise InvalidRequest(
+                f"file {large[0]} is larger than {BATCH_FILE_MAX} bytes: ask for its own "
+                "reconstruction"
+            )
+        files = [by_idx[i] for i in indices]
+        return files, _whole_file_terms(conn, files)
+
+    files, terms = await gw.db.run(query)
+    used = [t["pack"] for file_terms in terms for t in file_terms]
+    async with gw.db.read() as conn:
+        for f, file_terms in zip(files, terms, strict=True):
+            await _refuse_unusable(conn, {t["pack"] for t in file_terms}, f.path)
+        sources = await references.pins_of_packs(conn, set(used))
+    return {
+        "name": name,
+        "version": v.number,
+        "files": [
+            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "terms": ts}
+            for f, ts in zip(files, terms, strict=True)
+        ],
+        "urls": await _urls(gw, used, sources),
+    }
+
+
+def _whole_file_terms(conn: Connection, files: list[Row]) -> list[list[dict[str, Any]]]:
+    """Each file's terms with their pack ranges and chunks (as :func:`plan` gives them
+    for a whole file), from one query per pack for all files."""
+    manifests = [loads(f.manifest) for f in files]
+    spans: dict[str, list[int]] = {}
+    for terms in manifests:
+        for t in terms:
+            span = spans.setdefault(t.pack, [t.first, t.end])
+            span[0], span[1] = min(span[0], t.first), max(span[1], t.end)
+    entries: dict[str, dict[int, Row]] = {}
+    for pack_id, (lo, hi) in spans.items():
+        rows = conn.execute(
+            select(
+                pack_entries.c.idx,
+                pack_entries.c.chunk_id,
+                pack_entries.c.offset,
+                pack_entries.c.stored_len,
+                pack_entries.c.raw_len,
+                pack_entries.c.scheme,
+            ).where(
+                pack_entries.c.pack_id == pack_id,
+                pack_entries.c.idx >= lo,
+                pack_entries.c.idx < hi,
+            )
+        )
+        entries[pack_id] = {r.idx: r for r in rows}
+    out = []
+    for f, terms in zip(files, manifests, strict=True):
+        file_terms = []
+        for t in terms:
+            chosen = [entries[t.pack].get(i) for i in range(t.first, t.end)]
+            if any(r is None for r in chosen):
+                raise PackCorrupt(f"{f.path}: the catalog lacks entries of pack {t.pack}")
+            file_terms.append(
+                {
+                    "pack": t.pack,
+                    "range": [chosen[0].offset, chosen[-1].offset + chosen[-1].stored_len],
+                    "chunks": [
+                        [bytes(r.chunk_id).hex(), r.stored_len, r.raw_len, r.scheme] for r in chosen
+                    ],
+                    "skip": 0,
+                    "take": sum(r.raw_len for r in chosen),
+                }
+            )
+        out.append(file_terms)
+    return out
 
 
 async def stream(

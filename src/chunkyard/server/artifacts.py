@@ -81,6 +81,15 @@ async def reconstruction(request: Request) -> JSONResponse:
     )
 
 
+async def reconstructions(request: Request) -> JSONResponse:
+    body = await json_body(request)
+    return JSONResponse(
+        await downloads.reconstructions(
+            gateway(request), request.path_params["name"], _ref(request), body.get("files")
+        )
+    )
+
+
 async def content(request: Request) -> Response:
     """Plain streaming download through the gateway, for curl and simple consumers."""
     gw, name, ref = gateway(request), request.path_params["name"], _ref(request)
@@ -112,6 +121,7 @@ routes = [
     Route(V + "/versions/{ref}", show, methods=["GET"]),
     Route(V + "/versions/{ref}/tags", set_tags, methods=["POST"]),
     Route(V + "/versions/{ref}/files/{index:int}/reconstruction", reconstruction, methods=["GET"]),
+    Route(V + "/versions/{ref}/reconstructions", reconstructions, methods=["POST"]),
     Route(V + "/versions/{ref}/content", content, methods=["GET"]),
     Route(V + "/aliases/{alias}", set_alias, methods=["PUT"]),
     Route("/v1/stats", stats, methods=["GET"]),

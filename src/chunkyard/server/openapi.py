@@ -154,6 +154,13 @@ def document() -> dict[str, Any]:
                     ],
                 )
             },
+            v + "/versions/{ref}/reconstructions": {
+                "post": _op(
+                    "whole small files in one answer ({files: [index, ...]}, at most 1024)",
+                    [NAME, REF],
+                    body=obj,
+                )
+            },
             v + "/versions/{ref}/content": {
                 "get": _op(
                     "stream a file through the gateway (Range supported)",
