@@ -2,7 +2,7 @@
 
 Per store (SeaweedFS for S3, the local store; Azurite and the GCS emulator, labelled as
 emulators) in one run, on the same incompressible files, at every size of the sweep
-(256 MiB, 1 GiB, 4 GiB; the emulators up to the main size only):
+(256 MiB, 1 GiB, 4 GiB):
 - first push vs the SDK's upload (boto3 ``upload_file`` with the default TransferConfig;
   azure-storage-blob ``upload_blob``; google-cloud-storage ``upload_from_filename``);
 - pull vs the SDK's download;
@@ -42,8 +42,6 @@ from benchmarks.common import (
 )
 
 SERVICES: tuple[str, ...] = ("s3", "azure", "gcs")
-#: stores that run every size of the sweep (the emulators stop at the main size)
-FULL_SWEEP = ("s3", "local")
 GOAL_PUSH, GOAL_PULL, GOAL_CHANGED, GOAL_GATEWAY_CPU = 1.15, 1.15, 0.10, 0.10
 PY = str(BIN / "python")
 
@@ -107,10 +105,8 @@ def run(ctx: Context) -> Report:
         if not base:
             r.errors.append(f"{label}: {var} is not set (scripts/services start {key})")
             continue
-        # the emulators take tens of seconds per GiB and keep every byte: not 4 GiB there
-        sizes = [s for s in ctx.sizes if s <= ctx.size or key in FULL_SWEEP]
         with r.section(label, ctx.console):
-            one_store(ctx, r, key, label, base, [files[s] for s in sizes], changed, goals)
+            one_store(ctx, r, key, label, base, [files[s] for s in ctx.sizes], changed, goals)
     return r
 
 

@@ -1,8 +1,8 @@
 """The ingest pipeline across data kinds and file sizes (workload 1 of issue 5).
 
-For bf16-like weights, float32 weights, text and random bytes at the main size, and for
-bf16 at every size of the sweep (256 MiB, 1 GiB, 4 GiB), side by side on the same file,
-alternating, best of N (at most 2 here: the sweep reads many GiB):
+For bf16-like weights, float32 weights, text and random bytes at every size of the sweep
+(256 MiB, 1 GiB, 4 GiB), side by side on the same file, alternating, best of N (at most
+2 here: the sweep reads many GiB):
 - chunkyard ingest: chunk + hash + zstd into packs that go nowhere (``Packer``);
 - chunkyard chunk + hash (``chunkyard.hashing.chunk_ids``, two processes);
 - ``hf_xet.hash_files`` (chunk + hash);
@@ -55,8 +55,7 @@ def run(ctx: Context) -> Report:
             "points": [],
         },
     )
-    points = [(kind, ctx.size) for kind in KINDS]
-    points += [("bf16", size) for size in ctx.sizes if size != ctx.size]
+    points = [(kind, size) for size in ctx.sizes for kind in KINDS]
     chunk_ids(bf16_file(ctx.workdir, min(ctx.sizes)))  # start the helper process once
     for kind, size in points:
         with r.section(f"{kind} {human_size(size)}", ctx.console):
