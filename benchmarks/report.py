@@ -101,8 +101,8 @@ def throughput_points(res: dict[str, dict[str, Any]]) -> dict[str, list[tuple[in
                 add(sdk + " (SeaweedFS)", s["size"], mbps(s["size"], s["wall_s"] / ratio))
     if "ingest" in res:
         for p in res["ingest"]["params"].get("points") or []:
+            add(f"chunkyard ingest {p['kind']} (CPU only)", p["size"], 1000 * p["ingest_gbps"])
             if p["kind"] == "bf16":
-                add("chunkyard ingest bf16 (CPU only)", p["size"], 1000 * p["ingest_gbps"])
                 add("chunkyard chunk + hash (CPU only)", p["size"], 1000 * p["chunk_hash_gbps"])
                 add("hf_xet.hash_files (CPU only)", p["size"], 1000 * p["hf_xet_gbps"])
     if "smallfiles" in res:
