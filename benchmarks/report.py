@@ -147,14 +147,18 @@ def plot_throughput(res: dict[str, dict[str, Any]], out: Path) -> Path | None:
     if not pts:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, xy in pts.items():
-        dashed = label.startswith(("boto3", "hf_xet"))
-        style = ":s" if "local store" in label else "--o" if dashed else "-o"
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, xy) in enumerate(pts.items()):
+        dashed = label.startswith(("boto3", "hf_xet", "cp"))
+        style = "--o" if dashed else ":s" if "local store" in label else "-o"
+        if "CPU only" in label:
+            style = "-.^" if dashed else "-^"
         ax.plot(
             [x for x, _ in xy],
             [y for _, y in xy],
             style,
+            color=colors[i % len(colors)],
             label=label,
         )
     ax.set_xscale("log", base=2)
