@@ -221,8 +221,10 @@ async def reconstructions(gw: Gateway, name: str, ref: Ref, indices: object) -> 
     files, terms = await gw.db.run(query)
     used = [t["pack"] for file_terms in terms for t in file_terms]
     async with gw.db.read() as conn:
-        for f, file_terms in zip(files, terms, strict=True):
-            await _refuse_unusable(conn, {t["pack"] for t in file_terms}, f.path)
+        bad = {pack_id for pack_id, _ in await _unusable_packs(conn, set(used))}
+        for f, file_terms in zip(files, terms, strict=True):  # name the first file hit
+            if bad & {t["pack"] for t in file_terms}:
+                await _refuse_unusable(conn, {t["pack"] for t in file_terms}, f.path)
         sources = await references.pins_of_packs(conn, set(used))
     return {
         "name": name,
