@@ -200,7 +200,7 @@ def one_store(
                 if data.stat().st_size == ctx.size:
                     main = point
                 else:
-                    _size_figures(r, key, label, point)
+                    _ratios(r, key, label, point, False, None)
             if main:
                 warm(changed)
                 os.utime(changed)  # a new checkpoint is written after the last push
@@ -231,27 +231,24 @@ def one_store(
         _main_figures(r, key, label, main, goals)
 
 
-def _size_figures(r: Report, key: str, label: str, p: dict[str, Any]) -> None:
-    """Push and pull ratios at a size of the sweep other than the main one (no goals:
-    issue 3's goals are for 1 GiB)."""
+def _ratios(r: Report, key: str, label: str, p: dict[str, Any], main: bool, goal: Any) -> None:
+    """Push and pull time against the baseline; issue 3's goals only at the main size."""
     where = f"{label}, {human_size(p['size'])} random"
     sdk = "cp" if key == "local" else "SDK"
-    r.add(
-        f"{key}_push_ratio_{p['size']}",
-        f"{where}: push time / {sdk} upload",
-        p["push_s"] / p["sdk_upload_s"],
-        "×",
-        None,
-        f"{p['push_s']:.2f} s vs {p['sdk_upload_s']:.2f} s",
-    )
-    r.add(
-        f"{key}_pull_ratio_{p['size']}",
-        f"{where}: pull time / {sdk} download",
-        p["pull_s"] / p["sdk_download_s"],
-        "×",
-        None,
-        f"{p['pull_s']:.2f} s vs {p['sdk_download_s']:.2f} s",
-    )
+    suffix, name = ("", label) if main else (f"_{p['size']}", where)
+    for op, ours, theirs, verb, bound in (
+        ("push", "push_s", "sdk_upload_s", "upload", GOAL_PUSH),
+        ("pull", "pull_s", "sdk_download_s", "download", GOAL_PULL),
+    ):
+        note = f"{p[ours]:.2f} s vs {p[theirs]:.2f} s"
+        r.add(
+            f"{key}_{op}_ratio{suffix}",
+            f"{name}: {op} time / {sdk} {verb}",
+            p[ours] / p[theirs],
+            "×",
+            goal(bound) if main else None,
+            f"{note} ({where})" if main and op == "push" else note,
+        )
 
 
 def _main_figures(r: Report, key: str, label: str, p: dict[str, Any], goals: bool) -> None:
@@ -259,24 +256,8 @@ def _main_figures(r: Report, key: str, label: str, p: dict[str, Any], goals: boo
         return at_most(v) if goals else None
 
     size = p["size"]
-    where = f"{label}, {human_size(size)} random"
     sdk = "cp" if key == "local" else "SDK"
-    r.add(
-        f"{key}_push_ratio",
-        f"{label}: push time / {sdk} upload",
-        p["push_s"] / p["sdk_upload_s"],
-        "×",
-        goal(GOAL_PUSH),
-        f"{p['push_s']:.2f} s vs {p['sdk_upload_s']:.2f} s ({where})",
-    )
-    r.add(
-        f"{key}_pull_ratio",
-        f"{label}: pull time / {sdk} download",
-        p["pull_s"] / p["sdk_download_s"],
-        "×",
-        goal(GOAL_PULL),
-        f"{p['pull_s']:.2f} s vs {p['sdk_download_s']:.2f} s",
-    )
+    _ratios(r, key, label, p, True, goal)
     r.add(
         f"{key}_changed_ratio",
         f"{label}: 1%-changed push time / {sdk} upload",

@@ -13,8 +13,9 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 import anyio
@@ -29,6 +30,8 @@ from .base import (
     Store,
     plan_even_parts,
 )
+
+T = TypeVar("T")
 
 UPLOADS = ".uploads"
 #: one part per pack: on local disk there is nothing to gain from splitting
@@ -106,12 +109,7 @@ class LocalStore(Store):
                 f.seek(start)
                 return f.read(-1 if end is None else max(0, end - start))
 
-        try:
-            return await anyio.to_thread.run_sync(read)
-        except FileNotFoundError as exc:
-            raise StoreObjectMissing(
-                f"object {key} is missing from {self.url}", store=self.url, operation="get", key=key
-            ) from exc
+        return await self._reading(key, read)
 
     async def read_into(self, key: str, buf: bytearray) -> int:
         path = self._path(key)
@@ -123,6 +121,10 @@ class LocalStore(Store):
                     n += got
                 return n
 
+        return await self._reading(key, read)
+
+    async def _reading(self, key: str, read: Callable[[], T]) -> T:
+        """``read`` on a worker thread; a missing file is the store's missing object."""
         try:
             return await anyio.to_thread.run_sync(read)
         except FileNotFoundError as exc:
