@@ -28,3 +28,15 @@ def test_an_abandoned_job_leaves_the_helper_ready_for_the_next(tmp_path):
     sequential = hashing.chunk_ids(path, parallel=False)
     hashing.start_chunk_ids(path, parallel=True, split=0.1).abandon()
     assert hashing.chunk_ids(path, parallel=True) == sequential
+
+
+def test_a_helper_that_died_is_replaced_and_the_result_stays_exact(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(20 * 1024 * 1024, seed=97))
+    sequential = hashing.chunk_ids(path, parallel=False)
+    assert hashing.chunk_ids(path, parallel=True) == sequential  # the helper runs
+    for proc in list(hashing._executor()[0]._processes.values()):
+        proc.kill()
+        proc.join()
+    assert hashing.chunk_ids(path, parallel=True) == sequential  # noticed, then cut here
+    assert hashing.chunk_ids(path, parallel=True) == sequential  # a new helper

@@ -19,10 +19,12 @@ helper's work is abandoned.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,24 @@ def _executor() -> tuple[ProcessPoolExecutor, Any]:
 _abandoned_job: Future | None = None
 
 
+def _forget_pool() -> None:
+    """Drop a helper pool whose process died; the next job starts a new one."""
+    global _pool, _abandoned_job
+    if _pool is not None:
+        _pool[0].shutdown(wait=False, cancel_futures=True)
+    _pool, _abandoned_job = None, None
+
+
+def _finish_abandoned() -> None:
+    """Wait for an abandoned job to stop (it must see the flag before it is cleared);
+    what it returns or raises no longer matters."""
+    global _abandoned_job
+    if _abandoned_job is not None:
+        with contextlib.suppress(Exception):
+            _abandoned_job.result()
+        _abandoned_job = None
+
+
 class ChunkIdsJob:
     """:func:`chunk_ids` with the tail of the file already being cut in the helper
     process: the caller may do other work first (hash the whole file, to learn whether
@@ -120,10 +140,13 @@ class ChunkIdsJob:
         self.tail: Future | None = None
         if parallel:
             pool, flag = _executor()
-            if _abandoned_job is not None:
-                _abandoned_job.result()  # let it see the flag before it is cleared
+            _finish_abandoned()
             flag.value = 0
-            self.tail = pool.submit(cut_range, path, self.middle, size)
+            try:
+                self.tail = pool.submit(cut_range, path, self.middle, size)
+            except BrokenProcessPool:  # the helper died (killed, out of memory): one process
+                _forget_pool()
+                self.middle = size
 
     def abandon(self) -> None:
         """Stop the helper's work (it returns at its next window)."""
@@ -138,7 +161,11 @@ class ChunkIdsJob:
         if self.tail is None:
             return cut_range(path, 0, size)
         first = cut_range(path, 0, min(size, middle + SYNC_MARGIN))
-        rest = self.tail.result()
+        try:
+            rest = self.tail.result()
+        except BrokenProcessPool:  # the helper died meanwhile: cut its part here
+            _forget_pool()
+            rest = cut_range(path, middle, size)
         self.tail = None
         starts = {c[0]: i for i, c in enumerate(rest)}
         for i, (off, n, _) in enumerate(first):
