@@ -272,7 +272,13 @@ def _table(header: list[str], rows: list[list[Any]], right: set[int]) -> list[st
 def workload_md(data: dict[str, Any]) -> list[str]:
     m = data.get("machine", {})
     name = data["workload"]
-    params = {k: v for k, v in data.get("params", {}).items() if k != "per_version"}
+    # per-row data (series versions, ingest points, direct sizes) is in the tables and
+    # the JSON; the parameter line keeps to scalars and short lists
+    params = {
+        k: v
+        for k, v in data.get("params", {}).items()
+        if not (isinstance(v, list) and v and isinstance(v[0], dict))
+    }
     lines = [
         f"## {name}",
         "",
