@@ -19,11 +19,11 @@ helper's work is abandoned.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -92,41 +92,33 @@ def _init_helper(flag: Any) -> None:
     _abandoned = flag
 
 
+_pool_lock = threading.Lock()
+#: hands jobs to the helper process and waits for them, one at a time, off the caller's
+#: thread: starting the helper takes ~0.15 s that the caller spends hashing instead
+_starter = ThreadPoolExecutor(1, thread_name_prefix="cy-helper")
+
+
 def _executor() -> tuple[ProcessPoolExecutor, Any]:
     global _pool
-    if _pool is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["chunkyard.hashing"])
-        flag = ctx.Value("b", 0, lock=False)
-        _pool = (
-            ProcessPoolExecutor(
+    with _pool_lock:
+        if _pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["chunkyard.hashing"])
+            flag = ctx.Value("b", 0, lock=False)
+            pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=ctx, initializer=_init_helper, initargs=(flag,)
-            ),
-            flag,
-        )
-    return _pool
-
-
-#: an abandoned job the helper may still be finishing (it stops at its next window)
-_abandoned_job: Future | None = None
+            )
+            _pool = (pool, flag)
+        return _pool
 
 
 def _forget_pool() -> None:
     """Drop a helper pool whose process died; the next job starts a new one."""
-    global _pool, _abandoned_job
-    if _pool is not None:
-        _pool[0].shutdown(wait=False, cancel_futures=True)
-    _pool, _abandoned_job = None, None
-
-
-def _finish_abandoned() -> None:
-    """Wait for an abandoned job to stop (it must see the flag before it is cleared);
-    what it returns or raises no longer matters."""
-    global _abandoned_job
-    if _abandoned_job is not None:
-        with contextlib.suppress(Exception):
-            _abandoned_job.result()
-        _abandoned_job = None
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool[0].shutdown(wait=False, cancel_futures=True)
+        _pool = None
 
 
 class ChunkIdsJob:
@@ -137,23 +129,24 @@ class ChunkIdsJob:
     def __init__(self, path: str, size: int, parallel: bool, split: float) -> None:
         self.path, self.size = path, size
         self.middle = int(size * split) if parallel else size
-        self.tail: Future | None = None
-        if parallel:
-            pool, flag = _executor()
-            _finish_abandoned()
-            flag.value = 0
-            try:
-                self.tail = pool.submit(cut_range, path, self.middle, size)
-            except BrokenProcessPool:  # the helper died (killed, out of memory): one process
-                _forget_pool()
-                self.middle = size
+        self._abandoned = False
+        self.tail: Future | None = _starter.submit(self._cut_tail) if parallel else None
+
+    def _cut_tail(self) -> list[Cut]:
+        """On the starter thread: one job at a time, so a job abandoned before this one
+        has stopped by now and the flag can be cleared."""
+        pool, flag = _executor()
+        flag.value = 0
+        if self._abandoned:
+            return []
+        return pool.submit(cut_range, self.path, self.middle, self.size).result()
 
     def abandon(self) -> None:
         """Stop the helper's work (it returns at its next window)."""
-        global _abandoned_job
-        if self.tail is not None and _pool is not None:
+        self._abandoned = True
+        if _pool is not None:
             _pool[1].value = 1
-            _abandoned_job, self.tail = self.tail, None
+        self.tail = None
 
     def result(self) -> list[Cut]:
         """``(offset, length, chunk id)`` of every chunk of the file, in order."""
