@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import packs as packfmt
+from ..catalog import hot
 from ..catalog.schema import (
-    chunks,
     pack_entries,
     packs,
     sessions,
@@ -79,8 +79,8 @@ async def create_session(gw: Gateway, name: object) -> dict[str, Any]:
     }
 
 
-def _check_session(conn: Connection, sid: str, open_only: bool = True):  # type: ignore[no-untyped-def]
-    row = conn.execute(select(sessions).where(sessions.c.id == sid)).first()
+def _check_session(conn: Connection, sid: str, open_only: bool = True) -> hot.SessionRow:
+    row = hot.session_row(conn, sid)
     if row is None or row.expires_at < time.time():
         raise SessionNotFound(f"no open upload session {sid!r}", session=sid)
     if open_only and row.state != "open":
@@ -109,17 +109,7 @@ async def find_chunks(gw: Gateway, sid: str, body: bytes) -> dict[str, Any]:
 
     def query(conn: Connection) -> dict[bytes, tuple[str, int]]:
         _check_session(conn, sid)
-        found: dict[bytes, tuple[str, int]] = {}
-        unique = list(set(ids))
-        for i in range(0, len(unique), 500):
-            rows = conn.execute(
-                select(chunks.c.id, chunks.c.pack_id, chunks.c.idx).where(
-                    chunks.c.id.in_(unique[i : i + 500])
-                )
-            )
-            for r in rows:
-                found[bytes(r.id)] = (r.pack_id, r.idx)
-        return found
+        return hot.chunk_locations(conn, ids)
 
     found = await gw.db.run(query)
     pack_pos: dict[str, int] = {}
@@ -269,22 +259,7 @@ async def complete_pack(gw: Gateway, sid: str, pack_id: str, body: dict) -> dict
             .where(packs.c.id == pack_id)
             .values(state="complete", chunk_count=len(entries))
         )
-        if entries:
-            conn.execute(
-                pack_entries.insert(),
-                [
-                    {
-                        "pack_id": pack_id,
-                        "idx": i,
-                        "chunk_id": e.chunk_id,
-                        "offset": e.offset,
-                        "stored_len": e.stored_len,
-                        "raw_len": e.raw_len,
-                        "scheme": e.scheme,
-                    }
-                    for i, e in enumerate(entries)
-                ],
-            )
+        hot.insert_pack_entries(conn, pack_id, entries)
         return None
 
     already = await gw.db.run(record, write=True)
