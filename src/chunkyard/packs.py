@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 import zstandard
@@ -46,8 +47,10 @@ MAX_SIZE = 64 * 1024 * 1024
 MAX_RECORD = 256 * 1024
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One index entry. A named tuple: built by the thousand per pack on every push,
+    completion and verification, where a frozen dataclass cost ~2 µs each."""
+
     chunk_id: bytes
     offset: int
     stored_len: int
@@ -173,7 +176,7 @@ def parse_footer(tail: bytes, pack_size: int) -> tuple[int, int]:
 def parse_index(index: bytes, expected_check: bytes | None = None) -> list[Entry]:
     if expected_check is not None and blake3.blake3(index).digest()[:16] != expected_check:
         raise PackCorrupt("pack index checksum does not match")
-    return [Entry(*fields) for fields in ENTRY.iter_unpack(index)]
+    return list(map(Entry._make, ENTRY.iter_unpack(index)))
 
 
 def index_from_tail(tail: bytes | memoryview, pack_size: int) -> list[Entry] | int:
