@@ -68,3 +68,15 @@ def test_eight_concurrent_writers_on_postgres(pg_gateway, tmp_path):
             out = tmp_path / f"o-{r['name'].replace('/', '_')}-{r['version']}"
             c.pull(f"{r['name']}@{r['version']}", out)
             assert out.read_bytes() == src.read_bytes()
+
+
+def test_head_revision_matches_alembic():
+    """``Database.migrate`` skips Alembic when the catalog is at this revision."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from chunkyard.catalog.db import MIGRATIONS, head_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [head_revision()]

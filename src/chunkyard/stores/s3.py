@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -96,12 +97,17 @@ class S3Store(Store):
                 read_timeout=60,
             ),
         }
-        self._signer = botocore.session.Session().create_client("s3", **self._kwargs)
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._lock = asyncio.Lock()
 
     # -- helpers ---------------------------------------------------------
+    @functools.cached_property
+    def _signer(self) -> Any:
+        """A synchronous client, for presigning only: built on first use, since loading
+        its service model is ~0.15 s that a verifier (which presigns nothing) need not pay."""
+        return botocore.session.Session().create_client("s3", **self._kwargs)
+
     def _key(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise InvalidRequest(f"invalid store key {key!r}")
@@ -395,4 +401,5 @@ class S3Store(Store):
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
-        self._signer.close()
+        if "_signer" in self.__dict__:
+            self._signer.close()
