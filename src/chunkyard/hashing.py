@@ -112,6 +112,11 @@ def _executor() -> tuple[ProcessPoolExecutor, Any]:
         return _pool
 
 
+def helper_running() -> bool:
+    """True once the helper process has been started in this process."""
+    return _pool is not None
+
+
 def _forget_pool() -> None:
     """Drop a helper pool whose process died; the next job starts a new one."""
     global _pool
@@ -188,4 +193,11 @@ def chunk_ids(path: str | os.PathLike, parallel: bool | None = None) -> list[Cut
     return start_chunk_ids(path, parallel).result()
 
 
-__all__ = ["MAX_SIZE", "ChunkIdsJob", "chunk_ids", "cut_range", "start_chunk_ids"]
+__all__ = [
+    "MAX_SIZE",
+    "ChunkIdsJob",
+    "chunk_ids",
+    "cut_range",
+    "helper_running",
+    "start_chunk_ids",
+]
