@@ -47,6 +47,11 @@ MAX_SIZE = 64 * 1024 * 1024
 MAX_RECORD = 256 * 1024
 
 
+def pack_key(pack_id: str) -> str:
+    """Where a pack lives in a store (FORMAT.md, global rule 2)."""
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
 class Entry(NamedTuple):
     """One index entry. A named tuple: built by the thousand per pack on every push,
     completion and verification, where a frozen dataclass cost ~2 µs each."""

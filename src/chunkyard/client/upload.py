@@ -20,7 +20,7 @@ import blake3
 from .. import packs as packfmt
 from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
-from ..stores.base import plan_even_parts
+from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
 from .transport import Transport
 

@@ -13,10 +13,6 @@ from ..stores.base import Store
 from .sources import Sources
 
 
-def pack_key(pack_id: str) -> str:
-    return f"packs/{pack_id[:2]}/{pack_id}"
-
-
 class Gateway:
     def __init__(self, settings: Settings, db: Database, store: Store) -> None:
         self.settings = settings

@@ -19,10 +19,11 @@ from .. import packs as packfmt
 from ..catalog.schema import pack_entries, packs, version_files
 from ..errors import InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
+from ..packs import pack_key
 from ..pins import drifted
 from . import references
 from .artifacts import Ref, find_version
-from .core import Gateway, pack_key
+from .core import Gateway
 
 #: content bytes described by one reconstruction answer; clients page through the rest
 PAGE_BYTES = 512 * 1024 * 1024

@@ -48,9 +48,10 @@ from ..errors import ChunkyardError, IntegrityFailure, InvalidRequest
 from ..fingerprint import ChunkEntry
 from ..manifest import loads
 from ..names import check_name, check_tags
+from ..packs import pack_key
 from ..pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
 from .artifacts import Ref, add_version, apply_tags, artifact_and_latest, find_version, version_json
-from .core import Gateway, pack_key
+from .core import Gateway
 
 log = logging.getLogger("chunkyard.references")
 

@@ -41,10 +41,11 @@ from ..errors import (
 )
 from ..manifest import Term, dumps, loads, parse_terms
 from ..names import check_name, check_path, check_tags
+from ..packs import pack_key
 from ..stores.base import CompletedPart
 from . import verifier
 from .artifacts import add_version, apply_tags, artifact_and_latest, version_json
-from .core import Gateway, pack_key
+from .core import Gateway
 
 #: ids per missing-chunk query: 64 Ki ids = a 2 MiB body
 MAX_QUERY_IDS = 65536

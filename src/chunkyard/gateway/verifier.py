@@ -29,7 +29,8 @@ from ..catalog.db import insert_ignoring_duplicates
 from ..catalog.schema import chunks, pack_entries, packs
 from ..chunking import BufferPool
 from ..errors import PackCorrupt
-from .core import Gateway, pack_key
+from ..packs import pack_key
+from .core import Gateway
 
 log = logging.getLogger("chunkyard.verifier")
 #: packs are read whole into these; one byte more than the largest pack, so that an

@@ -29,6 +29,17 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from ..parts import PartPlan, plan_even_parts
+
+__all__ = [
+    "CompletedPart",
+    "ObjectInfo",
+    "PartPlan",
+    "PresignedRequest",
+    "Store",
+    "plan_even_parts",
+]
+
 
 @dataclass(frozen=True)
 class PresignedRequest:
@@ -40,13 +51,6 @@ class PresignedRequest:
 
     def to_json(self) -> dict:
         return {"method": self.method, "url": self.url, "headers": self.headers}
-
-
-@dataclass(frozen=True)
-class PartPlan:
-    number: int  # 1-based, as S3 numbers parts
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -63,19 +67,6 @@ class ObjectInfo:
     etag: str = ""
     version_id: str | None = None
     last_modified: str | None = None
-
-
-def plan_even_parts(size: int, part_size: int) -> list[PartPlan]:
-    """Cut ``size`` bytes into parts of ``part_size`` (the last one shorter)."""
-    if size <= 0:
-        return [PartPlan(1, 0, 0)]
-    parts, offset, number = [], 0, 1
-    while offset < size:
-        n = min(part_size, size - offset)
-        parts.append(PartPlan(number, offset, n))
-        offset += n
-        number += 1
-    return parts
 
 
 class Store(abc.ABC):
