@@ -225,7 +225,7 @@ def test_cli_json_and_exit_codes(gateway, tmp_path):
 
     def cy(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "chunkyard.client.cli", *args],
+            [sys.executable, "-m", "chunkyard.cli", *args],
             capture_output=True,
             text=True,
             env=env,

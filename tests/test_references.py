@@ -311,7 +311,7 @@ def test_cli_ref_verify_show(gateway, source, tmp_path):
 
     def cy(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "chunkyard.client.cli", *args],
+            [sys.executable, "-m", "chunkyard.cli", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -383,13 +383,15 @@ async def test_local_store_pins_through_the_blob_endpoint(gateway):
     from chunkyard.stores.local import LocalStore
 
     s = gateway.settings
-    store = LocalStore(s.data_dir / "store", public_url=s.public_url, secret=s.secret)
-    await store.put("refs-test/pinned", b"first")
+    store = LocalStore(s.data_dir / "store", blob_url=s.public_url + "/v1/blobs", secret=s.secret)
+    pinned = s.data_dir / "store" / "refs-test" / "pinned"
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    pinned.write_bytes(b"first")
     info = await store.stat("refs-test/pinned")
     req = await store.presign_get("refs-test/pinned", 60, if_match=info.etag)
     async with httpx.AsyncClient() as http:
         assert (await http.get(req.url, headers=req.headers)).content == b"first"
-        await store.put("refs-test/pinned", b"second, longer")
+        pinned.write_bytes(b"second, longer")
         assert (await http.get(req.url, headers=req.headers)).status_code == 412
         plain = await store.presign_get("refs-test/pinned", 60)
         assert (await http.get(plain.url)).content == b"second, longer"

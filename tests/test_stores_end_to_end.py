@@ -117,7 +117,7 @@ def test_the_gateway_refuses_to_start_on_a_useless_store(store, env, expect, tmp
         [
             sys.executable,
             "-m",
-            "chunkyard.client.cli",
+            "chunkyard.cli",
             "serve",
             "--data",
             str(tmp_path),

@@ -29,7 +29,7 @@ def external(tmp_path):
 def run_verifier(gw) -> None:
     env = {**os.environ, "CHUNKYARD_DATA": str(gw.data)}
     p = subprocess.run(
-        [sys.executable, "-m", "chunkyard.client.cli", "verifier", "--once"],
+        [sys.executable, "-m", "chunkyard.cli", "verifier", "--once"],
         env=env,
         capture_output=True,
         text=True,

@@ -17,6 +17,7 @@
     ├── Conflict                   409  conflict
     │   ├── TagConflict            409  tag_conflict
     │   └── AliasConflict          409  alias_conflict
+    ├── PreconditionFailed         412  precondition_failed
     ├── Forbidden                  403  forbidden
     │   ├── BadSignature           403  bad_signature
     │   ├── UrlExpired             403  url_expired
@@ -124,6 +125,12 @@ class TagConflict(Conflict):
 
 class AliasConflict(Conflict):
     code = "alias_conflict"
+
+
+class PreconditionFailed(ChunkyardError):
+    """A conditional read whose object changed (a pinned local-store URL)."""
+
+    code, status = "precondition_failed", 412
 
 
 class Forbidden(ChunkyardError):

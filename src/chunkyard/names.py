@@ -1,9 +1,11 @@
-"""Artifact names (``team/project/model``), version references and aliases.
+"""Artifact names (``team/project/model``), version references, aliases, tags and the
+paths of files inside a version.
 
 Names are hierarchical, ``/``-separated; each segment starts with a letter or digit and
 holds only ``A-Z a-z 0-9 . _ -``. So no ``..``, no empty segment, no absolute path, no
 control characters, no ``-`` segment (the URL separator), and names are safe as URL
-paths and as directory names.
+paths and as directory names. Each rule is one regular expression, used both here and
+in the API's schema (``chunkyard.server.models``), so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,11 +16,27 @@ from .errors import InvalidName
 
 MAX_NAME = 256
 MAX_SEGMENTS = 16
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
-_TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 MAX_TAG_VALUE = 4096
+MAX_TAGS = 256
+MAX_PATH = 4096
 RESERVED_ALIASES = {"latest"}
+
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+NAME_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT}){{0,{MAX_SEGMENTS - 1}}}$"
+ALIAS_PATTERN = r"^(?!latest$)[A-Za-z][A-Za-z0-9._-]{0,63}$"
+#: a version number (ASCII digits, below 2**63), ``latest`` or an alias
+VERSION_REF_PATTERN = r"^(latest|[0-9]{1,18}|[A-Za-z][A-Za-z0-9._-]{0,63})$"
+TAG_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+#: characters no tag value or file path may hold: C0 and C1 controls, DEL, and the
+#: bidirectional overrides and isolates that make text display other than it reads
+UNSAFE_CHARS = "\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069"
+TAG_VALUE_PATTERN = f"^[^{UNSAFE_CHARS}]*$"
+
+_NAME = re.compile(NAME_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
+_VERSION_REF = re.compile(VERSION_REF_PATTERN)
+_TAG_KEY = re.compile(TAG_KEY_PATTERN)
+_UNSAFE = re.compile(f"[{UNSAFE_CHARS}]")
 
 
 def check_name(name: object) -> str:
@@ -26,21 +44,17 @@ def check_name(name: object) -> str:
         raise InvalidName("artifact name must be a non-empty string")
     if len(name) > MAX_NAME:
         raise InvalidName(f"artifact name is longer than {MAX_NAME} characters")
-    segments = name.split("/")
-    if len(segments) > MAX_SEGMENTS:
-        raise InvalidName(f"artifact name has more than {MAX_SEGMENTS} segments")
-    for seg in segments:
-        if not _SEGMENT.fullmatch(seg) or seg in (".", ".."):
-            raise InvalidName(
-                f"invalid segment {seg!r} in artifact name: segments start with a letter or "
-                "digit and hold only A-Z a-z 0-9 . _ -",
-                name=name[:MAX_NAME],
-            )
+    if not _NAME.fullmatch(name):
+        raise InvalidName(
+            f"invalid artifact name {name[:MAX_NAME]!r}: 1 to {MAX_SEGMENTS} '/'-separated "
+            "segments, each starting with a letter or digit and holding only A-Z a-z 0-9 . _ -",
+            name=name[:MAX_NAME],
+        )
     return name
 
 
 def check_alias(alias: object) -> str:
-    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or alias in RESERVED_ALIASES:
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise InvalidName(
             "alias must start with a letter, hold only A-Z a-z 0-9 . _ -, at most 64 "
             "characters, and not be 'latest'",
@@ -52,25 +66,35 @@ def check_alias(alias: object) -> str:
 def check_tags(tags: object) -> dict[str, str]:
     if tags is None:
         return {}
-    if not isinstance(tags, dict):
-        raise InvalidName("tags must be an object of string keys and values")
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+        raise InvalidName(f"tags must be an object of at most {MAX_TAGS} string keys and values")
     for k, v in tags.items():
         if not isinstance(k, str) or not _TAG_KEY.fullmatch(k):
             raise InvalidName(f"invalid tag key {str(k)[:80]!r}")
-        if not isinstance(v, str) or len(v) > MAX_TAG_VALUE or any(ord(c) < 32 for c in v):
-            raise InvalidName(f"invalid value for tag {k!r}")
+        if not isinstance(v, str) or len(v) > MAX_TAG_VALUE or _UNSAFE.search(v):
+            raise InvalidName(
+                f"invalid value for tag {k!r}: at most {MAX_TAG_VALUE} characters, no "
+                "control characters or bidirectional overrides"
+            )
     return dict(tags)
+
+
+def version_ref(text: str) -> int | str | None:
+    """A version reference as a URL segment: ``3``, ``latest`` (None) or an alias."""
+    if not _VERSION_REF.fullmatch(text):
+        raise InvalidName(f"invalid version reference {text[:80]!r}: a number, latest or an alias")
+    if text == "latest":
+        return None
+    return int(text) if text.isascii() and text.isdigit() else check_alias(text)
 
 
 def parse_ref(ref: str) -> tuple[str, str | int | None]:
     """Split ``name``, ``name@3``, ``name@latest`` or ``name:champion``."""
     if "@" in ref:
         name, _, version = ref.rpartition("@")
-        if version == "latest":
-            return check_name(name), None
-        if not version.isdigit():
+        if version != "latest" and not (version.isascii() and version.isdigit()):
             raise InvalidName(f"version must be a number, got {version!r}")
-        return check_name(name), int(version)
+        return check_name(name), version_ref(version)
     if ":" in ref:
         name, _, alias = ref.rpartition(":")
         return check_name(name), check_alias(alias)
@@ -79,9 +103,9 @@ def parse_ref(ref: str) -> tuple[str, str | int | None]:
 
 def check_path(path: object) -> str:
     """A relative POSIX path of a file inside a tree version."""
-    if not isinstance(path, str) or not path or len(path) > 4096:
-        raise InvalidName("file path must be a non-empty string")
-    if path.startswith("/") or "\\" in path or any(ord(c) < 32 for c in path):
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH:
+        raise InvalidName(f"file path must be a string of 1 to {MAX_PATH} characters")
+    if path.startswith("/") or "\\" in path or _UNSAFE.search(path):
         raise InvalidName(f"invalid file path {path[:200]!r}")
     if any(p in ("", ".", "..") for p in path.split("/")):
         raise InvalidName(f"invalid file path {path[:200]!r}")

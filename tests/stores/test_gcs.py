@@ -13,7 +13,7 @@ import pytest
 from chunkyard.stores.base import Store
 
 from .conftest import GCS_TEST_PART, fresh_url
-from .contract import StoreContract
+from .contract import StoreContract, write_object
 
 
 class TestGCSStore(StoreContract):
@@ -79,7 +79,7 @@ class TestGCSStore(StoreContract):
         creds = service_account.Credentials.from_service_account_file(str(tmp_path / "sa.json"))
         store = GCSStore(fresh_url(gcs_env["CHUNKYARD_TEST_GCS_URL"]), credentials=creds)
         try:
-            await store.put("signed", b"0123456789")
+            await write_object(store, "signed", b"0123456789", http)
             req = await store.presign_get("signed", 300)
             query = parse_qs(urlparse(req.url).query)
             assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]

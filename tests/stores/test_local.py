@@ -32,7 +32,7 @@ class TestLocalStore(StoreContract):
         secret, and the gateway serves them."""
         settings = local_gateway.settings
         root = Path(settings.store_url.removeprefix("file://"))
-        store = LocalStore(root, public_url=local_gateway.url, secret=settings.secret)
+        store = LocalStore(root, blob_url=local_gateway.url + "/v1/blobs", secret=settings.secret)
         yield store
         for key in [info.key async for info in store.list("")]:
             await store.delete(key)

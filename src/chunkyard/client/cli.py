@@ -1,26 +1,16 @@
-"""The ``chunkyard`` command: a thin layer over ``chunkyard.Client`` (and ``serve``).
-
-It catches only :class:`~chunkyard.errors.ChunkyardError`, prints it plainly (or as
-JSON with ``--json``) and exits non-zero: 2 for bad input, 3 for not found, 4 for a
-conflict, 5 for an integrity failure, 1 otherwise.
-"""
+"""The client's commands of the ``chunkyard`` program: a thin layer over
+``chunkyard.Client`` (``chunkyard.cli`` assembles the program and maps errors to exit
+codes)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import (
-    ChunkyardError,
-    Conflict,
-    IntegrityFailure,
-    InvalidRequest,
-    NotFound,
-)
+from ..errors import InvalidRequest
 
 
 def _human_size(n: float) -> str:
@@ -43,72 +33,6 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else human)
-
-
-async def _check_store(settings) -> None:  # type: ignore[no-untyped-def]
-    from ..stores import open_store
-
-    store = open_store(settings.store_url, public_url=settings.public_url, secret=settings.secret)
-    try:
-        await store.check()
-    finally:
-        await store.close()
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ..config import Settings
-    from ..server.app import create_app
-
-    settings = Settings.load(args.data, args.host, args.port)
-    asyncio.run(_check_store(settings))  # refuse to start on a useless store
-    print(
-        f"chunkyard gateway on http://{args.host}:{args.port}  catalog={settings.db_url}  "
-        f"store={settings.store_url}",
-        file=sys.stderr,
-    )
-    print(
-        f"push with:  CHUNKYARD_URL=http://{args.host}:{args.port} chunkyard push FILE "
-        "team/project/model",
-        file=sys.stderr,
-    )
-    if args.workers > 1:
-        os.environ.update(
-            CHUNKYARD_DATA=str(settings.data_dir),
-            CHUNKYARD_HOST=args.host,
-            CHUNKYARD_PORT=str(args.port),
-        )
-        uvicorn.run(
-            "chunkyard.server.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-        )
-    else:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
-
-
-def cmd_verifier(args: argparse.Namespace) -> int:
-    """Verify completed packs (CHUNKYARD_VERIFY=external), from the same settings as
-    the gateway: the data dir, CHUNKYARD_DB and CHUNKYARD_STORE."""
-    from ..config import Settings
-    from ..gateway import Gateway, verifier
-
-    async def run() -> None:
-        settings = Settings.load(args.data)
-        settings.verify = "external"
-        gw = await Gateway.open(settings)
-        try:
-            await verifier.run(gw, asyncio.Event(), once=args.once)
-        finally:
-            await gw.close()
-
-    asyncio.run(run())
-    return 0
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -246,25 +170,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chunkyard", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        sp = sub.add_parser(name, help=help)
-        sp.set_defaults(fn=fn)
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
-        return sp
-
-    s = cmd("serve", cmd_serve, "run the gateway")
-    s.add_argument("--host", default=os.environ.get("CHUNKYARD_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(os.environ.get("CHUNKYARD_PORT", "8080")))
-    s.add_argument("--data", default=os.environ.get("CHUNKYARD_DATA", "./chunkyard-data"))
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--log-level", default="warning")
-    s = cmd("verifier", cmd_verifier, "verify uploaded packs (for CHUNKYARD_VERIFY=external)")
-    s.add_argument("--data", default=os.environ.get("CHUNKYARD_DATA", "./chunkyard-data"))
-    s.add_argument("--once", action="store_true", help="stop when no pack is left to verify")
+def add_commands(
+    cmd: Callable[..., argparse.ArgumentParser], sub: argparse._SubParsersAction
+) -> None:
+    """Add the client's commands to the ``chunkyard`` program (``cmd(name, fn, help)``
+    makes a subcommand; ``sub`` takes command groups such as ``alias``)."""
     s = cmd("push", cmd_push, "push a file or directory as a new version")
     s.add_argument("path")
     s.add_argument("name")
@@ -305,28 +215,3 @@ def parser() -> argparse.ArgumentParser:
         help="only if the alias points at this version now (0: only if it does not exist)",
     )
     cmd("stats", cmd_stats, "storage statistics")
-    return p
-
-
-def exit_code(exc: ChunkyardError) -> int:
-    for cls, code in ((InvalidRequest, 2), (NotFound, 3), (Conflict, 4), (IntegrityFailure, 5)):
-        if isinstance(exc, cls):
-            return code
-    return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except ChunkyardError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps(exc.to_json()), file=sys.stdout)
-        print(f"chunkyard: error: {exc.message} [{exc.code}]", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The HTTP gateway (Starlette). Routes parse requests and call ``chunkyard.gateway``."""
+"""The HTTP gateway (Starlette): routes decode requests into typed models and call
+``chunkyard.repository``."""
 
 from .app import create_app
 

@@ -1,7 +1,9 @@
-"""The Starlette application: routes, error mapping, and the gateway's lifespan."""
+"""The Starlette application: the route table, error mapping, and the lifespan that
+opens the repository (and, in ``background`` mode, runs the verifier beside it)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -9,15 +11,16 @@ import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import Response
 
+from .. import __version__
 from ..config import Settings
-from ..gateway import Gateway
+from ..repository import Repository, verifier
+from ..stores import open_store
 from . import artifacts, blobs, references, uploads
+from . import models as m
 from .errors import handlers
-from .openapi import document
+from .routing import JSON, Call, Endpoint, document, routes
 
 #: glibc's mallopt parameters and the values the gateway fixes them at
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -41,21 +44,39 @@ def fixed_mmap_threshold() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
-async def health(request: Request) -> JSONResponse:
-    gw: Gateway = request.app.state.gateway
-    return JSONResponse(
-        {"status": "ok", "store": gw.store.url, "catalog": gw.db.engine.dialect.name}
+async def health(call: Call[None, None, None]) -> dict[str, str]:
+    return {"status": "ok", "catalog": call.repo.db.dialect}
+
+
+async def openapi(call: Call[None, None, None]) -> Response:
+    return JSON(call.request.app.state.openapi)
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/v1/health", health, "liveness", response_model=m.Health),
+    Endpoint("GET", "/openapi.json", openapi, "this document"),
+    *uploads.endpoints,
+    *references.endpoints,
+    *artifacts.endpoints,
+    *blobs.endpoints,
+]
+
+
+def open_repository_store(settings: Settings):  # type: ignore[no-untyped-def]
+    """The store, with the local store's URLs pointing at this gateway's blob route."""
+    return open_store(
+        settings.store_url, blob_url=settings.public_url + blobs.BLOB_ROUTE, secret=settings.secret
     )
-
-
-async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(document())
 
 
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.gateway = await Gateway.open(settings)
+        repo = await Repository.open(settings, open_repository_store(settings))
+        app.state.repository = repo
+        task = None
+        if repo.verify_mode == "background":
+            task = asyncio.create_task(verifier.run(repo))
         # Requests allocate many short-lived objects (rows, dicts) and few cycles: the
         # default thresholds ran the cycle collector for ~9% of the gateway's CPU.
         gc.freeze()
@@ -64,17 +85,15 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await app.state.gateway.close()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await repo.close()
 
-    routes = [
-        Route("/v1/health", health, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        *uploads.routes,
-        *references.routes,
-        *artifacts.routes,
-        *blobs.routes,
-    ]
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes(ENDPOINTS), exception_handlers=handlers, lifespan=lifespan)
+    app.state.openapi = document(ENDPOINTS, "chunkyard gateway", __version__)
+    return app
 
 
 def app_from_env() -> Starlette:

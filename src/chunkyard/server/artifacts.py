@@ -2,101 +2,60 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from typing import Any
 
-from ..gateway import artifacts, downloads
-from .http import gateway, int_param, json_body
+from starlette.responses import Response, StreamingResponse
+
+from ..names import version_ref
+from ..repository import artifacts, downloads
+from . import models as m
 from .ranges import parse_range
+from .routing import Binary, Call, Endpoint
 
 V = "/v1/artifacts/{name:path}/-"
 
 
-def _ref(request: Request) -> artifacts.Ref:
-    return artifacts.parse_ref(request.path_params["ref"])
+async def list_artifacts(call: Call[None, m.ListArtifactsQuery, None]) -> dict[str, Any]:
+    q = call.query
+    return await artifacts.list_artifacts(call.repo, q.prefix, q.cursor, q.limit)
 
 
-async def list_artifacts(request: Request) -> JSONResponse:
-    q = request.query_params
-    return JSONResponse(
-        await artifacts.list_artifacts(
-            gateway(request),
-            q.get("prefix", ""),
-            q.get("cursor", ""),
-            int_param(request, "limit", 100, 1),
-        )
+async def list_versions(call: Call[m.NamePath, m.PageQuery, None]) -> dict[str, Any]:
+    q = call.query
+    return await artifacts.list_versions(call.repo, call.path.name, q.cursor, q.limit)
+
+
+async def show_version(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
+    return await artifacts.show(call.repo, call.path.name, version_ref(call.path.ref))
+
+
+async def add_tags(call: Call[m.VersionPath, None, m.SetTags]) -> dict[str, Any]:
+    p = call.path
+    return await artifacts.set_tags(call.repo, p.name, version_ref(p.ref), dict(call.body.tags))
+
+
+async def set_alias(call: Call[m.AliasPath, None, m.SetAlias]) -> dict[str, Any]:
+    p, b = call.path, call.body
+    return await artifacts.set_alias(call.repo, p.name, p.alias, b.version, b.expect)
+
+
+async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dict[str, Any]:
+    p, q = call.path, call.query
+    return await downloads.reconstruction(
+        call.repo, p.name, version_ref(p.ref), p.index, q.start, q.length
     )
 
 
-async def list_versions(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await artifacts.list_versions(
-            gateway(request),
-            request.path_params["name"],
-            int_param(request, "cursor", 0),
-            int_param(request, "limit", 100, 1),
-        )
-    )
+async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) -> dict[str, Any]:
+    p = call.path
+    return await downloads.reconstructions(call.repo, p.name, version_ref(p.ref), call.body.files)
 
 
-async def show(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await artifacts.show(gateway(request), request.path_params["name"], _ref(request))
-    )
-
-
-async def set_tags(request: Request) -> JSONResponse:
-    body = await json_body(request, 1024 * 1024)
-    return JSONResponse(
-        await artifacts.set_tags(
-            gateway(request), request.path_params["name"], _ref(request), body.get("tags")
-        )
-    )
-
-
-async def set_alias(request: Request) -> JSONResponse:
-    body = await json_body(request, 64 * 1024)
-    return JSONResponse(
-        await artifacts.set_alias(
-            gateway(request),
-            request.path_params["name"],
-            request.path_params["alias"],
-            body.get("version"),
-            body.get("expect"),
-        )
-    )
-
-
-async def reconstruction(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await downloads.reconstruction(
-            gateway(request),
-            request.path_params["name"],
-            _ref(request),
-            request.path_params["index"],
-            int_param(request, "start", 0),
-            int_param(request, "length", None),
-        )
-    )
-
-
-async def reconstructions(request: Request) -> JSONResponse:
-    body = await json_body(request)
-    return JSONResponse(
-        await downloads.reconstructions(
-            gateway(request), request.path_params["name"], _ref(request), body.get("files")
-        )
-    )
-
-
-async def content(request: Request) -> Response:
+async def content(call: Call[m.VersionPath, m.ContentQuery, None]) -> Response:
     """Plain streaming download through the gateway, for curl and simple consumers."""
-    gw, name, ref = gateway(request), request.path_params["name"], _ref(request)
-    path = request.query_params.get("path")
-    async with gw.db.read() as conn:
-        _, f = await downloads.find_file(conn, name, ref, path=path)
-    rng = parse_range(request.headers.get("range"), f.size)
+    p = call.path
+    v, f = await downloads.open_content(call.repo, p.name, version_ref(p.ref), call.query.path)
+    rng = parse_range(call.request.headers.get("range"), f.size)
     start, end = rng or (0, f.size)
     headers = {"accept-ranges": "bytes", "content-length": str(end - start)}
     if f.digest:  # an unhashed reference has none
@@ -104,25 +63,97 @@ async def content(request: Request) -> Response:
     if rng:
         headers["content-range"] = f"bytes {start}-{end - 1}/{f.size}"
     return StreamingResponse(
-        downloads.stream(gw, name, ref, f.path, start, end),
+        downloads.stream(call.repo, v, f, start, end),
         status_code=206 if rng else 200,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-async def stats(request: Request) -> JSONResponse:
-    return JSONResponse(await artifacts.stats(gateway(request)))
+async def stats(call: Call[None, None, None]) -> dict[str, Any]:
+    return await artifacts.stats(call.repo)
 
 
-routes = [
-    Route("/v1/artifacts", list_artifacts, methods=["GET"]),
-    Route(V + "/versions", list_versions, methods=["GET"]),
-    Route(V + "/versions/{ref}", show, methods=["GET"]),
-    Route(V + "/versions/{ref}/tags", set_tags, methods=["POST"]),
-    Route(V + "/versions/{ref}/files/{index:int}/reconstruction", reconstruction, methods=["GET"]),
-    Route(V + "/versions/{ref}/reconstructions", reconstructions, methods=["POST"]),
-    Route(V + "/versions/{ref}/content", content, methods=["GET"]),
-    Route(V + "/aliases/{alias}", set_alias, methods=["PUT"]),
-    Route("/v1/stats", stats, methods=["GET"]),
+endpoints = [
+    Endpoint(
+        "GET",
+        "/v1/artifacts",
+        list_artifacts,
+        "list artifacts by name prefix, paged by a cursor",
+        query_model=m.ListArtifactsQuery,
+        response_model=m.ArtifactsPage,
+    ),
+    Endpoint(
+        "GET",
+        V + "/versions",
+        list_versions,
+        "list the versions of an artifact, paged by a cursor",
+        path_model=m.NamePath,
+        query_model=m.PageQuery,
+        response_model=m.VersionsPage,
+    ),
+    Endpoint(
+        "GET",
+        V + "/versions/{ref}",
+        show_version,
+        "show a version and its files",
+        path_model=m.VersionPath,
+        response_model=m.VersionSummary,
+    ),
+    Endpoint(
+        "POST",
+        V + "/versions/{ref}/tags",
+        add_tags,
+        "add write-once tags to a version",
+        path_model=m.VersionPath,
+        body_model=m.SetTags,
+        response_model=m.VersionSummary,
+        body_limit=2 * 1024 * 1024,
+    ),
+    Endpoint(
+        "GET",
+        V + "/versions/{ref}/files/{index}/reconstruction",
+        reconstruction,
+        "pack ranges and presigned URLs that rebuild a file (or a range of it), paged",
+        path_model=m.FileIndexPath,
+        query_model=m.RangeQuery,
+        response_model=m.Reconstruction,
+    ),
+    Endpoint(
+        "POST",
+        V + "/versions/{ref}/reconstructions",
+        reconstructions,
+        "whole small files of a version in one answer",
+        path_model=m.VersionPath,
+        body_model=m.Reconstructions,
+        response_model=m.BatchReconstruction,
+        body_limit=64 * 1024,
+    ),
+    Endpoint(
+        "GET",
+        V + "/versions/{ref}/content",
+        content,
+        "stream a file through the gateway, every chunk verified (Range supported)",
+        path_model=m.VersionPath,
+        query_model=m.ContentQuery,
+        response_model=Binary,
+        extra_status={206: "the requested range"},
+    ),
+    Endpoint(
+        "PUT",
+        V + "/aliases/{alias}",
+        set_alias,
+        "point an alias at a version (compare-and-set with expect; 0: must not exist)",
+        path_model=m.AliasPath,
+        body_model=m.SetAlias,
+        response_model=m.AliasMoved,
+        body_limit=64 * 1024,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/stats",
+        stats,
+        "logical and stored bytes, chunks, packs, dedup ratio",
+        response_model=m.Stats,
+    ),
 ]

@@ -28,10 +28,13 @@ async def chunkyard_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (no such route, method not allowed, with ``Allow``)."""
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
-        {"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code
+        {"error": {"code": code, "message": exc.detail}},
+        status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 

@@ -1,53 +1,70 @@
-"""Routes for reference versions; the logic is in ``chunkyard.gateway.references``."""
+"""Routes for reference versions; the logic is in ``chunkyard.repository.references``."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from typing import Any
 
-from ..gateway import artifacts, references
-from .http import gateway, int_param, json_body
+from starlette.responses import Response, StreamingResponse
+
+from ..names import version_ref
+from ..repository import verify as verify_mod
+from ..repository.references import reading, registration
+from . import models as m
+from .routing import JSON, Call, Endpoint
 
 NDJSON = "application/x-ndjson"
 
 
-async def register(request: Request) -> Response:
+async def register(call: Call[None, None, m.Register]) -> Response:
     """Registration without hashing answers at once. Hashing can take long: a client
     that accepts NDJSON gets progress lines while it runs (and the work stops if it
     goes away); any other client waits for the one JSON answer."""
-    gw = gateway(request)
-    reg = await references.prepare(gw, await json_body(request, 1024 * 1024))
-    if reg.hash and NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(references.register_events(gw, reg), media_type=NDJSON)
-    result = await references.register(gw, reg)
-    return JSONResponse(result, status_code=201 if result["created"] else 200)
+    b = call.body
+    reg = await registration.prepare(call.repo, b.name, b.uri, dict(b.tags), b.hash, b.index)
+    if reg.hash and NDJSON in call.request.headers.get("accept", ""):
+        return StreamingResponse(registration.register_events(call.repo, reg), media_type=NDJSON)
+    result = await registration.register(call.repo, reg)
+    return JSON(result, status_code=201 if result["created"] else 200)
 
 
-async def verify(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await references.verify(
-            gateway(request),
-            request.path_params["name"],
-            artifacts.parse_ref(request.path_params["ref"]),
-        )
-    )
+async def verify(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
+    return await verify_mod.verify(call.repo, call.path.name, version_ref(call.path.ref))
 
 
-async def sources(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await references.sources_page(
-            gateway(request),
-            request.path_params["name"],
-            artifacts.parse_ref(request.path_params["ref"]),
-            int_param(request, "cursor", 0),
-            int_param(request, "limit", 1000, 1),
-        )
-    )
+async def sources(call: Call[m.VersionPath, m.SourcesQuery, None]) -> dict[str, Any]:
+    p, q = call.path, call.query
+    return await reading.sources_page(call.repo, p.name, version_ref(p.ref), q.cursor, q.limit)
 
 
-routes = [
-    Route("/v1/references", register, methods=["POST"]),
-    Route("/v1/artifacts/{name:path}/-/versions/{ref}/verify", verify, methods=["POST"]),
-    Route("/v1/artifacts/{name:path}/-/versions/{ref}/sources", sources, methods=["GET"]),
+endpoints = [
+    Endpoint(
+        "POST",
+        "/v1/references",
+        register,
+        "register an external URI (s3/gs/az prefix or object, http(s) file) as a version, "
+        "pinned; with hash, a client accepting application/x-ndjson gets progress lines "
+        "and then a done or error line",
+        body_model=m.Register,
+        response_model=m.VersionSummary,
+        status=201,
+        body_limit=1024 * 1024,
+        extra_status={200: "the same objects at the same pins: the latest version"},
+    ),
+    Endpoint(
+        "POST",
+        "/v1/artifacts/{name:path}/-/versions/{ref}/verify",
+        verify,
+        "check a version against its sources and packs: drift per object",
+        path_model=m.VersionPath,
+        response_model=m.VerifyReport,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/artifacts/{name:path}/-/versions/{ref}/sources",
+        sources,
+        "pinned requests for the files of a reference version, paged",
+        path_model=m.VersionPath,
+        query_model=m.SourcesQuery,
+        response_model=m.SourcesPage,
+    ),
 ]

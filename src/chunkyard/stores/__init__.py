@@ -36,11 +36,11 @@ def _gcs_xml(url: str) -> Store:
     return store
 
 
-def open_store(url: str, *, public_url: str = "", secret: bytes = b"") -> Store:
+def open_store(url: str, *, blob_url: str = "", secret: bytes = b"") -> Store:
     """``file:///dir`` or a plain path → local; ``s3://``, ``gs://``, ``az://`` → cloud.
 
-    ``public_url`` and ``secret`` matter only to the local store, whose presigned URLs
-    point at the gateway's own blob endpoint.
+    ``blob_url`` and ``secret`` matter only to the local store, whose presigned URLs
+    point at the gateway's own blob endpoint (``blob_url``), signed with ``secret``.
     """
     scheme = urlparse(url).scheme.lower()
     if scheme == "s3":
@@ -72,4 +72,4 @@ def open_store(url: str, *, public_url: str = "", secret: bytes = b"") -> Store:
         )
     from .local import LocalStore
 
-    return LocalStore(root, public_url=public_url, secret=secret)
+    return LocalStore(root, blob_url=blob_url, secret=secret)

@@ -3,8 +3,8 @@
 Rules every implementation keeps (the shared contract suite in
 ``tests/stores/contract.py`` checks them against each store):
 
-- Objects are write-once: a key is written by ``put`` or by a completed multipart
-  upload, never modified afterwards. Only GC deletes.
+- Objects are write-once: a key is written by a completed multipart upload, never
+  modified afterwards. Only GC deletes.
 - ``get`` with ``start``/``end`` returns exactly bytes ``[start, end)``; reading a
   missing key raises :class:`~chunkyard.errors.StoreObjectMissing`.
 - ``stat`` returns ``None`` for a missing key; ``delete`` of a missing key is fine.
@@ -89,10 +89,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def check(self) -> None:
         """Fail fast at gateway start with a clear error if the store is unusable."""
-
-    @abc.abstractmethod
-    async def put(self, key: str, data: bytes) -> None:
-        """Write a small object whole (server side)."""
 
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:

@@ -1,0 +1,265 @@
+"""Names: artifacts, their numbered versions and files, tags and aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, and_, func, select
+
+from .db import batched, insert_ignoring_duplicates
+from .schema import aliases, artifacts, tags, version_files, versions
+
+#: a version reference: a number, an alias, or None for the latest
+Ref = int | str | None
+
+
+class VersionRow(NamedTuple):
+    id: int
+    artifact_id: int
+    number: int
+    kind: str  # stored | reference
+    layout: str  # file | tree
+    digest: str
+    size: int
+    file_count: int
+    created_at: float
+    source: str | None
+    digest_of: str  # content | pins
+
+
+class FileRow(NamedTuple):
+    version_id: int
+    idx: int
+    path: str
+    size: int
+    digest: str
+    manifest: str
+    ref_object: str | None
+
+
+_VERSION = [versions.c[f] for f in VersionRow._fields]
+_FILE = [version_files.c[f] for f in FileRow._fields]
+
+
+# -- artifacts ---------------------------------------------------------------------
+def artifact_id(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(artifacts.c.id).where(artifacts.c.name == name)).scalar()
+
+
+def ensure_artifact(conn: Connection, name: str, now: float) -> int:
+    """The artifact's id, created if new, and locked for the rest of the write
+    transaction: version numbers and alias moves of one artifact then happen one at a
+    time on PostgreSQL too (SQLite runs one writer at a time anyway)."""
+    conn.execute(insert_ignoring_duplicates(conn, artifacts).values(name=name, created_at=now))
+    q = select(artifacts.c.id).where(artifacts.c.name == name)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return conn.execute(q).scalar_one()
+
+
+def lock_artifact(conn: Connection, art_id: int) -> None:
+    """Hold the artifact's row until the write transaction ends (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(artifacts.c.id).where(artifacts.c.id == art_id).with_for_update())
+
+
+def list_artifacts(
+    conn: Connection, prefix: str, after: str, limit: int
+) -> list[tuple[str, int, int]]:
+    """(name, latest version, number of versions) of up to ``limit`` artifacts whose
+    name starts with ``prefix`` and sorts after ``after``, by name. A range over the
+    name index, then one grouped query over just that page's versions."""
+    q = select(artifacts.c.id, artifacts.c.name).order_by(artifacts.c.name).limit(limit)
+    if prefix:
+        q = q.where(artifacts.c.name >= prefix)
+        upper = _successor(prefix)
+        if upper is not None:
+            q = q.where(artifacts.c.name < upper)
+    if after:
+        q = q.where(artifacts.c.name > after)
+    page = conn.execute(q).all()
+    if not page:
+        return []
+    counts = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute(
+            select(versions.c.artifact_id, func.max(versions.c.number), func.count())
+            .where(versions.c.artifact_id.in_([r[0] for r in page]))
+            .group_by(versions.c.artifact_id)
+        )
+    }
+    return [(name, *counts[aid]) for aid, name in page if aid in counts]
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``."""
+    for i in range(len(prefix) - 1, -1, -1):
+        if ord(prefix[i]) < 0x10FFFF:
+            return prefix[:i] + chr(ord(prefix[i]) + 1)
+    return None
+
+
+# -- versions -------------------------------------------------------------------------
+def find_version(conn: Connection, art_id: int, ref: Ref) -> VersionRow | None:
+    q = select(*_VERSION).where(versions.c.artifact_id == art_id)
+    if ref is None:
+        q = q.order_by(versions.c.number.desc()).limit(1)
+    elif isinstance(ref, int):
+        q = q.where(versions.c.number == ref)
+    else:
+        q = q.join(
+            aliases,
+            and_(
+                aliases.c.version_id == versions.c.id,
+                aliases.c.artifact_id == art_id,
+                aliases.c.name == ref,
+            ),
+        )
+    row = conn.execute(q).first()
+    return None if row is None else VersionRow(*row)
+
+
+def version_by_id(conn: Connection, version_id: int) -> VersionRow:
+    return VersionRow(*conn.execute(select(*_VERSION).where(versions.c.id == version_id)).one())
+
+
+def add_version(conn: Connection, art_id: int, **values: Any) -> VersionRow:
+    """Insert the artifact's next version (latest + 1). Call with the artifact locked
+    (:func:`ensure_artifact`), so that concurrent commits take distinct numbers."""
+    latest = conn.execute(
+        select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
+    ).scalar()
+    result = conn.execute(
+        versions.insert().values(artifact_id=art_id, number=(latest or 0) + 1, **values)
+    )
+    return version_by_id(conn, result.inserted_primary_key[0])
+
+
+def list_versions(conn: Connection, art_id: int, after: int, limit: int) -> list[VersionRow]:
+    rows = conn.execute(
+        select(*_VERSION)
+        .where(versions.c.artifact_id == art_id, versions.c.number > after)
+        .order_by(versions.c.number)
+        .limit(limit)
+    )
+    return [VersionRow(*r) for r in rows]
+
+
+def totals(conn: Connection) -> dict[str, int]:
+    """Counts and logical sizes for ``stats``."""
+    stored = conn.execute(
+        select(func.coalesce(func.sum(versions.c.size), 0)).where(versions.c.kind == "stored")
+    ).scalar_one()
+    referenced = conn.execute(
+        select(func.coalesce(func.sum(versions.c.size), 0)).where(versions.c.kind == "reference")
+    ).scalar_one()
+    return {
+        "artifacts": conn.execute(select(func.count()).select_from(artifacts)).scalar_one(),
+        "versions": conn.execute(select(func.count()).select_from(versions)).scalar_one(),
+        "logical_bytes": int(stored),
+        "referenced_bytes": int(referenced),
+    }
+
+
+# -- files ------------------------------------------------------------------------------
+def insert_files(conn: Connection, version_id: int, rows: list[dict[str, Any]]) -> None:
+    """``rows``: idx, path, size, digest, manifest (and ref_object for references)."""
+    for batch in batched(rows, 5000):
+        conn.execute(version_files.insert(), [{"version_id": version_id, **r} for r in batch])
+
+
+def files_of(conn: Connection, version_id: int) -> list[FileRow]:
+    rows = conn.execute(
+        select(*_FILE).where(version_files.c.version_id == version_id).order_by(version_files.c.idx)
+    )
+    return [FileRow(*r) for r in rows]
+
+
+def file_of(
+    conn: Connection, version_id: int, index: int | None = None, path: str | None = None
+) -> FileRow | None:
+    q = select(*_FILE).where(version_files.c.version_id == version_id)
+    q = q.where(version_files.c.path == path) if path is not None else q
+    q = q.where(version_files.c.idx == index) if index is not None else q
+    row = conn.execute(q.limit(1)).first()
+    return None if row is None else FileRow(*row)
+
+
+def files_by_index(conn: Connection, version_id: int, indices: Iterable[int]) -> list[FileRow]:
+    out: list[FileRow] = []
+    for batch in batched(sorted(set(indices))):
+        rows = conn.execute(
+            select(*_FILE).where(
+                version_files.c.version_id == version_id, version_files.c.idx.in_(batch)
+            )
+        )
+        out += [FileRow(*r) for r in rows]
+    return out
+
+
+def manifests_by_content(conn: Connection, art_id: int, number: int) -> dict[tuple[str, int], str]:
+    """(digest, size) -> manifest of every file of version ``number`` of an artifact."""
+    rows = conn.execute(
+        select(version_files.c.digest, version_files.c.size, version_files.c.manifest)
+        .join(versions, versions.c.id == version_files.c.version_id)
+        .where(versions.c.artifact_id == art_id, versions.c.number == number)
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+# -- tags and aliases ----------------------------------------------------------------
+def tags_of(conn: Connection, version_ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    out: dict[int, dict[str, str]] = {}
+    for batch in batched(sorted(set(version_ids))):
+        rows = conn.execute(
+            select(tags.c.version_id, tags.c.key, tags.c.value).where(tags.c.version_id.in_(batch))
+        )
+        for vid, key, value in rows:
+            out.setdefault(vid, {})[key] = value
+    return out
+
+
+def insert_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
+    if new:
+        conn.execute(
+            tags.insert(),
+            [{"version_id": version_id, "key": k, "value": v} for k, v in new.items()],
+        )
+
+
+def aliases_of(conn: Connection, version_ids: Iterable[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for batch in batched(sorted(set(version_ids))):
+        rows = conn.execute(
+            select(aliases.c.version_id, aliases.c.name)
+            .where(aliases.c.version_id.in_(batch))
+            .order_by(aliases.c.name)
+        )
+        for vid, name in rows:
+            out.setdefault(vid, []).append(name)
+    return out
+
+
+def alias_target(conn: Connection, art_id: int, alias: str) -> int | None:
+    """The version number an alias points at, or None."""
+    return conn.execute(
+        select(versions.c.number)
+        .join(aliases, aliases.c.version_id == versions.c.id)
+        .where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
+    ).scalar()
+
+
+def point_alias(conn: Connection, art_id: int, alias: str, version_id: int, now: float) -> None:
+    """Create or move an alias (call with the artifact locked)."""
+    moved = conn.execute(
+        aliases.update()
+        .where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
+        .values(version_id=version_id, updated_at=now)
+    ).rowcount
+    if not moved:
+        conn.execute(
+            aliases.insert().values(
+                artifact_id=art_id, name=alias, version_id=version_id, updated_at=now
+            )
+        )

@@ -1,0 +1,59 @@
+"""The ``chunkyard`` program: the client's commands (``chunkyard.client.cli``) and the
+server's (``chunkyard.server.cli``) under one name.
+
+It catches only :class:`~chunkyard.errors.ChunkyardError`, prints it as one line (or as
+JSON with ``--json``) and exits non-zero: 2 for bad input, 3 for not found, 4 for a
+conflict, 5 for an integrity failure, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from .client import cli as client_cli
+from .errors import ChunkyardError, Conflict, IntegrityFailure, InvalidRequest, NotFound
+from .server import cli as server_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chunkyard", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    server_cli.add_commands(cmd)
+    client_cli.add_commands(cmd, sub)
+    return p
+
+
+def exit_code(exc: ChunkyardError) -> int:
+    for cls, code in ((InvalidRequest, 2), (NotFound, 3), (Conflict, 4), (IntegrityFailure, 5)):
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ChunkyardError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps(exc.to_json()), file=sys.stdout)
+        print(f"chunkyard: error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

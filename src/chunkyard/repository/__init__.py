@@ -1,0 +1,50 @@
+"""What a chunkyard repository does: its catalog and its store together, and the
+behaviour built on them (``uploads``, ``downloads``, ``artifacts``, ``references``,
+``verifier``, ``verify``). Typed arguments in, plain results out; no HTTP (that is
+``chunkyard.server``) and no SQL (that is ``chunkyard.catalog``).
+
+A :class:`Repository` holds no fact of its own beyond the catalog and the store, so
+any number of gateway processes can serve one repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..catalog import Database
+from ..config import Settings
+from ..stores import open_store
+from ..stores.base import Store
+from .sources import Sources
+
+VERIFY_MODES = ("inline", "background", "external")
+
+
+class Repository:
+    def __init__(self, settings: Settings, db: Database, store: Store) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        #: the buckets and servers reference versions point at
+        self.sources = Sources(settings)
+        self.verify_mode = settings.verify or (
+            "inline" if store.url.startswith("file:") else "background"
+        )
+        if self.verify_mode not in VERIFY_MODES:
+            raise ValueError("CHUNKYARD_VERIFY must be inline, background or external")
+        #: set when a pack awaits verification, for whoever verifies in the background
+        self.verify_wakeup = asyncio.Event()
+
+    @classmethod
+    async def open(cls, settings: Settings, store: Store | None = None) -> Repository:
+        """Check the store, bring the catalog's schema up to date."""
+        store = store or open_store(settings.store_url, secret=settings.secret)
+        await store.check()
+        db = Database(settings.db_url)
+        await db.migrate()
+        return cls(settings, db, store)
+
+    async def close(self) -> None:
+        await self.sources.close()
+        await self.store.close()
+        await self.db.close()

@@ -1,0 +1,181 @@
+"""Names: artifacts, versions, aliases, tags, listing and stats."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..catalog import packs as packs_q
+from ..catalog import references as refs_q
+from ..catalog import versions as q
+from ..catalog.versions import Ref, VersionRow
+from ..errors import AliasConflict, ArtifactNotFound, TagConflict, VersionNotFound
+from ..names import check_alias, check_name, check_tags
+from . import Repository
+
+MAX_PAGE = 1000
+
+
+def find_artifact(conn: Connection, name: str) -> int:
+    art_id = q.artifact_id(conn, check_name(name))
+    if art_id is None:
+        raise ArtifactNotFound(f"no artifact named {name!r}", name=name)
+    return art_id
+
+
+def find_version(conn: Connection, name: str, ref: Ref) -> VersionRow:
+    v = q.find_version(conn, find_artifact(conn, name), ref)
+    if v is None:
+        what = "no versions" if ref is None else f"no version {ref!r}"
+        raise VersionNotFound(f"artifact {name!r} has {what}", name=name, ref=ref)
+    return v
+
+
+def apply_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
+    """Tags are write-once: the same value again is a no-op, a different one a conflict."""
+    if not new:
+        return
+    have = q.tags_of(conn, [version_id]).get(version_id, {})
+    for key, value in new.items():
+        if key in have and have[key] != value:
+            raise TagConflict(
+                f"tag {key!r} is already set to a different value", key=key, value=have[key]
+            )
+    q.insert_tags(conn, version_id, {k: v for k, v in new.items() if k not in have})
+
+
+def summaries(conn: Connection, name: str, rows: list[VersionRow]) -> list[dict[str, Any]]:
+    """What the API says about versions (without their files)."""
+    ids = [v.id for v in rows]
+    tags, aliases = q.tags_of(conn, ids), q.aliases_of(conn, ids)
+    out = []
+    for v in rows:
+        s: dict[str, Any] = {
+            "name": name,
+            "version": v.number,
+            "kind": v.kind,
+            "layout": v.layout,
+            "digest": v.digest,
+            "size": v.size,
+            "files": v.file_count,
+            "created_at": v.created_at,
+            "digest_of": v.digest_of,  # "content", or "pins" for a reference never hashed
+            "tags": tags.get(v.id, {}),
+            "aliases": aliases.get(v.id, []),
+        }
+        if v.kind == "reference":
+            s["source"] = v.source
+        out.append(s)
+    return out
+
+
+def summary(conn: Connection, name: str, v: VersionRow, files: bool = False) -> dict[str, Any]:
+    out = summaries(conn, name, [v])[0]
+    if files and v.kind == "reference":
+        out["file_list"] = _reference_files(conn, v.id)
+    elif files:
+        out["file_list"] = [
+            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest}
+            for f in q.files_of(conn, v.id)
+        ]
+    return out
+
+
+def _reference_files(conn: Connection, version_id: int) -> list[dict[str, Any]]:
+    """The files of a reference version with their pins (and whether each object is
+    hashed, indexed as a chunk source, or found drifted by the last verify)."""
+    return [
+        {
+            "index": idx,
+            "path": path,
+            "size": size,
+            "digest": pin.digest,
+            "uri": pin.uri,
+            "pin": {
+                "etag": pin.etag,
+                "version_id": pin.source_version,
+                "last_modified": pin.last_modified,
+            },
+            "indexed": index_state in ("reference", "drifted"),
+            "state": pin.state,
+        }
+        for idx, path, size, pin, index_state in refs_q.files_with_pins(conn, version_id)
+    ]
+
+
+async def show(repo: Repository, name: str, ref: Ref) -> dict[str, Any]:
+    def tx(conn: Connection) -> dict[str, Any]:
+        return summary(conn, name, find_version(conn, name, ref), files=True)
+
+    return await repo.db.read(tx)
+
+
+async def list_artifacts(
+    repo: Repository, prefix: str = "", cursor: str = "", limit: int = 100
+) -> dict[str, Any]:
+    """Artifacts whose name starts with ``prefix``, by name, paged by a cursor."""
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await repo.db.read(q.list_artifacts, prefix, cursor, limit + 1)
+    items = [{"name": n, "latest": latest, "versions": c} for n, latest, c in rows[:limit]]
+    return {"artifacts": items, "next": items[-1]["name"] if len(rows) > limit else None}
+
+
+async def list_versions(
+    repo: Repository, name: str, cursor: int = 0, limit: int = 100
+) -> dict[str, Any]:
+    limit = max(1, min(limit, MAX_PAGE))
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        rows = q.list_versions(conn, find_artifact(conn, name), cursor, limit + 1)
+        items = summaries(conn, name, rows[:limit])
+        return {"versions": items, "next": items[-1]["version"] if len(rows) > limit else None}
+
+    return await repo.db.read(tx)
+
+
+async def set_alias(
+    repo: Repository, name: str, alias: str, number: int, expect: int | None = None
+) -> dict[str, Any]:
+    """Point ``alias`` at version ``number``; with ``expect``, only if it points there now
+    (compare-and-set; ``expect=0`` means the alias must not exist yet)."""
+    check_alias(alias)
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        v = find_version(conn, name, number)
+        q.lock_artifact(conn, v.artifact_id)
+        current = q.alias_target(conn, v.artifact_id, alias)
+        if expect is not None and (current or 0) != expect:
+            raise AliasConflict(
+                f"alias {alias!r} does not point at version {expect}", current=current
+            )
+        q.point_alias(conn, v.artifact_id, alias, v.id, time.time())
+        return {"name": name, "alias": alias, "version": number, "previous": current}
+
+    return await repo.db.write(tx)
+
+
+async def set_tags(repo: Repository, name: str, ref: Ref, new: dict[str, str]) -> dict[str, Any]:
+    new = check_tags(new)
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        v = find_version(conn, name, ref)
+        apply_tags(conn, v.id, new)
+        return summary(conn, name, v)
+
+    return await repo.db.write(tx)
+
+
+async def stats(repo: Repository) -> dict[str, Any]:
+    def tx(conn: Connection) -> dict[str, Any]:
+        out: dict[str, Any] = q.totals(conn)
+        stored, npacks, nchunks = packs_q.stored_totals(conn)
+        out.update(stored_bytes=stored, chunks=nchunks, packs=npacks)
+        return out
+
+    s = await repo.db.read(tx)
+    s["dedup_ratio"] = (
+        round(s["logical_bytes"] / s["stored_bytes"], 3) if s["stored_bytes"] else None
+    )
+    return s

@@ -1,0 +1,259 @@
+"""Reconstruction: which byte ranges of which packs rebuild a file (or a range of it).
+
+Clients fetch those ranges straight from the store with presigned GETs; the gateway's
+own streaming ``content`` endpoint uses the same plan and reads through the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import anyio
+import zstandard
+from sqlalchemy import Connection
+
+from .. import packs as packfmt
+from ..catalog import packs as packs_q
+from ..catalog import versions as versions_q
+from ..catalog.packs import EntryRow
+from ..catalog.versions import FileRow, Ref, VersionRow
+from ..errors import InvalidRequest, NotFound, PackCorrupt
+from ..manifest import loads
+from ..packs import pack_key
+from ..pins import Pin, drifted
+from . import Repository
+from .artifacts import find_version
+from .references import reading
+
+#: content bytes described by one reconstruction answer; clients page through the rest
+PAGE_BYTES = 512 * 1024 * 1024
+#: content bytes the streaming endpoint plans at a time
+STREAM_PAGE = 64 * 1024 * 1024
+#: files per batch reconstruction answer, and the largest file it may hold (larger
+#: files page through answers of their own)
+BATCH_FILES = 1024
+BATCH_FILE_MAX = 8 * 1024 * 1024
+
+
+def find_file(
+    conn: Connection, name: str, ref: Ref, index: int | None = None, path: str | None = None
+) -> tuple[VersionRow, FileRow]:
+    v = find_version(conn, name, ref)
+    if index is None and path is None:
+        if v.file_count != 1:
+            raise InvalidRequest(
+                f"version {v.number} of {name!r} holds {v.file_count} files: name one with ?path="
+            )
+        index = 0
+    f = versions_q.file_of(conn, v.id, index=index, path=path)
+    if f is None:
+        raise NotFound(f"version {v.number} of {name!r} has no such file", path=path, index=index)
+    return v, f
+
+
+def _term_json(pack: str, chosen: list[EntryRow], skip: int, take: int) -> dict[str, Any]:
+    return {
+        "pack": pack,
+        "range": [chosen[0].offset, chosen[-1].offset + chosen[-1].stored_len],
+        "chunks": [[r.chunk_id.hex(), r.stored_len, r.raw_len, r.scheme] for r in chosen],
+        "skip": skip,
+        "take": take,
+    }
+
+
+def plan(
+    conn: Connection, f: FileRow, start: int, end: int, page: int = PAGE_BYTES
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Terms covering content bytes ``[start, end)`` of file ``f`` (at most ``page``
+    bytes of it), and where the next page starts (None when done)."""
+    out: list[dict[str, Any]] = []
+    stop = min(end, start + page)
+    pos = 0
+    for t in loads(f.manifest):
+        t_start, pos = pos, pos + t.size
+        if pos <= start:
+            continue
+        if t_start >= stop:
+            break
+        cpos, chosen, skip, first_pos = t_start, [], 0, t_start
+        for r in packs_q.entries(conn, t.pack, t.first, t.end):
+            c_start, cpos = cpos, cpos + r.raw_len
+            if cpos <= start or c_start >= stop:
+                continue
+            if not chosen:
+                skip, first_pos = max(0, start - c_start), c_start
+            chosen.append(r)
+        if chosen:
+            last_pos = first_pos + sum(r.raw_len for r in chosen)
+            out.append(_term_json(t.pack, chosen, skip, min(last_pos, stop) - (first_pos + skip)))
+    refuse_unusable(conn, {t["pack"] for t in out}, f.path)
+    return out, (stop if stop < end else None)
+
+
+def refuse_unusable(conn: Connection, ids: Iterable[str], path: str) -> None:
+    """A clear error for a file that needs a pack that failed verification, or chunks
+    of a reference object that verify found drifted."""
+    for pack_id, state in packs_q.unusable(conn, ids):
+        if state == "drifted":
+            raise drifted(reading.pins_of(conn, [pack_id])[pack_id], "changed", path=path)
+        raise PackCorrupt(
+            f"{path} uses pack {pack_id}, which failed verification: this version's "
+            "uploader sent bytes that do not match their chunk ids",
+            pack=pack_id,
+        )
+
+
+async def reconstruction(
+    repo: Repository, name: str, ref: Ref, index: int, start: int = 0, length: int | None = None
+) -> dict[str, Any]:
+    def tx(conn: Connection) -> tuple[VersionRow, FileRow, list, int | None, int, dict]:
+        v, f = find_file(conn, name, ref, index=index)
+        if v.kind == "reference":
+            return v, f, [], None, f.size, {}
+        if start > f.size:
+            raise InvalidRequest(f"range starts outside the file's {f.size} bytes")
+        end = f.size if length is None else min(f.size, start + length)
+        terms, nxt = plan(conn, f, start, end)
+        return v, f, terms, nxt, end, reading.pins_of(conn, {t["pack"] for t in terms})
+
+    v, f, terms, nxt, end, sources = await repo.db.read(tx)
+    if v.kind == "reference":
+        return await reading.reconstruction(repo, name, v, f)
+    return {
+        "name": name,
+        "version": v.number,
+        "index": f.idx,
+        "path": f.path,
+        "size": f.size,
+        "digest": f.digest,
+        "start": start,
+        "end": end,
+        "next": nxt,
+        "terms": terms,
+        "urls": await _urls(repo, [t["pack"] for t in terms], sources),
+    }
+
+
+async def _urls(repo: Repository, pack_ids: list[str], sources: dict[str, Pin]) -> dict[str, dict]:
+    """One signed GET per pack: from the store, or pinned at a reference's source."""
+    urls: dict[str, dict] = {}
+    for pack_id in pack_ids:
+        if pack_id in urls:
+            continue
+        pin = sources.get(pack_id)
+        if pin is not None:  # chunks borrowed from an indexed reference object
+            req = await repo.sources.pinned_request(pin, check=False)
+            urls[pack_id] = {**req.to_json(), "reference": pin.uri}
+        else:
+            req = await repo.store.presign_get(pack_key(pack_id), repo.settings.url_expiry)
+            urls[pack_id] = req.to_json()
+    return urls
+
+
+async def reconstructions(
+    repo: Repository, name: str, ref: Ref, indices: list[int]
+) -> dict[str, Any]:
+    """Whole small files of a version in one answer: a pull of 10,000 small files
+    asking once per file spent most of the gateway's time on per-request work. The
+    pack entries of all files come from one query per pack; each pack gets one URL."""
+    if not 0 < len(indices) <= BATCH_FILES:
+        raise InvalidRequest(f"files must be a list of 1 to {BATCH_FILES} file indices")
+
+    def tx(conn: Connection) -> tuple[VersionRow, list[FileRow], list, dict[str, Pin]]:
+        v = find_version(conn, name, ref)
+        if v.kind == "reference":
+            raise InvalidRequest("a reference version is read from its sources, file by file")
+        by_idx = {f.idx: f for f in versions_q.files_by_index(conn, v.id, indices)}
+        missing = [i for i in indices if i not in by_idx]
+        if missing:
+            raise NotFound(f"version {v.number} of {name!r} has no file {missing[0]}")
+        large = [i for i in indices if by_idx[i].size > BATCH_FILE_MAX]
+        if large:
+            raise InvalidRequest(
+                f"file {large[0]} is larger than {BATCH_FILE_MAX} bytes: ask for its own "
+                "reconstruction"
+            )
+        files = [by_idx[i] for i in indices]
+        terms = _whole_file_terms(conn, files)
+        for f, file_terms in zip(files, terms, strict=True):  # names the first file hit
+            refuse_unusable(conn, {t["pack"] for t in file_terms}, f.path)
+        used = {t["pack"] for file_terms in terms for t in file_terms}
+        return v, files, terms, reading.pins_of(conn, used)
+
+    v, files, terms, sources = await repo.db.read(tx)
+    used = [t["pack"] for file_terms in terms for t in file_terms]
+    return {
+        "name": name,
+        "version": v.number,
+        "files": [
+            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "terms": ts}
+            for f, ts in zip(files, terms, strict=True)
+        ],
+        "urls": await _urls(repo, used, sources),
+    }
+
+
+def _whole_file_terms(conn: Connection, files: list[FileRow]) -> list[list[dict[str, Any]]]:
+    """Each file's terms with their pack ranges and chunks (as :func:`plan` gives them
+    for a whole file), from one query per pack for all files."""
+    manifests = [loads(f.manifest) for f in files]
+    spans: dict[str, list[int]] = {}
+    for terms in manifests:
+        for t in terms:
+            span = spans.setdefault(t.pack, [t.first, t.end])
+            span[0], span[1] = min(span[0], t.first), max(span[1], t.end)
+    entries = {
+        pack_id: {r.idx: r for r in packs_q.entries(conn, pack_id, lo, hi)}
+        for pack_id, (lo, hi) in spans.items()
+    }
+    out = []
+    for f, terms in zip(files, manifests, strict=True):
+        file_terms = []
+        for t in terms:
+            chosen = [entries[t.pack].get(i) for i in range(t.first, t.end)]
+            if any(r is None for r in chosen):
+                raise PackCorrupt(f"{f.path}: the catalog lacks entries of pack {t.pack}")
+            rows = [r for r in chosen if r is not None]
+            file_terms.append(_term_json(t.pack, rows, 0, sum(r.raw_len for r in rows)))
+        out.append(file_terms)
+    return out
+
+
+async def open_content(
+    repo: Repository, name: str, ref: Ref, path: str | None
+) -> tuple[VersionRow, FileRow]:
+    """The file a plain ``GET …/content`` names (checked before any byte is sent)."""
+    return await repo.db.read(lambda conn: find_file(conn, name, ref, path=path))
+
+
+async def stream(
+    repo: Repository, v: VersionRow, f: FileRow, start: int, end: int
+) -> AsyncIterator[bytes]:
+    """Content bytes ``[start, end)`` read through the gateway, every chunk verified on
+    the way. The version is the one :func:`open_content` resolved, so an alias moved
+    meanwhile does not switch files mid-stream."""
+    if v.kind == "reference":
+        async for piece in reading.stream(repo, f, start, end):
+            yield piece
+        return
+    dctx = zstandard.ZstdDecompressor()
+    pos: int | None = start
+    while pos is not None and pos < end:
+
+        def tx(conn: Connection, at: int) -> tuple[list, int | None, dict[str, Pin]]:
+            terms, nxt = plan(conn, f, at, end, page=STREAM_PAGE)
+            return terms, nxt, reading.pins_of(conn, {t["pack"] for t in terms})
+
+        terms, pos, sources = await repo.db.read(tx, pos)
+        for t in terms:
+            a, b = t["range"]
+            pin = sources.get(t["pack"])
+            if pin is not None:
+                data = b"".join([p async for p in repo.sources.read(pin, a, b, check=False)])
+            else:
+                data = await repo.store.get(pack_key(t["pack"]), a, b)
+            out = await anyio.to_thread.run_sync(
+                packfmt.decode_run, t["chunks"], data, t["skip"], t["take"], dctx
+            )
+            yield bytes(out)
