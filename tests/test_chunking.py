@@ -29,6 +29,40 @@ def test_windows_cut_exactly_like_the_whole_stream(read_ahead, pooled):
         assert got == whole
 
 
+class Trickle(io.RawIOBase):
+    """A stream that hands out at most ``most`` bytes per read (a pipe, a socket)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self.data, self.pos, self.most = data, 0, most
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(b), self.most, len(self.data) - self.pos)
+        b[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_stream_longer_than_its_hint_or_read_in_pieces_cuts_the_same(pooled):
+    """A file that grows while it is pushed, or a stream that answers short reads, must
+    not change the cut points (a hint too small once cut such a stream into 1-byte
+    chunks)."""
+    data = random_bytes(3 * 1024 * 1024 + 7, seed=9)
+    whole = whole_cuts(data)
+    pool = BufferPool(2 * MAX_SIZE + MAX_SIZE, keep=2) if pooled else None
+    kw = {"window_size": 2 * MAX_SIZE, "pool": pool}
+    assert window_cuts(data, size_hint=1024 * 1024, **kw) == whole
+    assert window_cuts(data, size_hint=0, **kw) == whole
+    out = []
+    for w in windows(Trickle(data, 100_000), **kw):
+        out += [(w.offset + o, n) for o, n in w.cuts]
+        w.release()
+    assert out == whole
+
+
 def test_windows_with_a_recycled_pool_give_the_same_bytes():
     data = random_bytes(3 * 1024 * 1024, seed=2)
     pool = BufferPool(2 * MAX_SIZE + MAX_SIZE, keep=2)

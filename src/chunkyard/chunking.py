@@ -107,8 +107,10 @@ def _blocks(
     done = 0
     while True:
         want = window_size
-        if size_hint is not None:  # +1 so that end-of-stream is seen without another read
-            want = max(1, min(window_size, size_hint - done + 1))
+        if size_hint is not None and done <= size_hint:
+            # +1 so that end-of-stream is seen without another read; a stream that turns
+            # out longer than its hint goes on in whole windows
+            want = min(window_size, size_hint - done + 1)
         if pool is not None and want == window_size:
             buf, front = pool.get(), MAX_SIZE
         else:
@@ -192,10 +194,14 @@ def windows(
                 pool.put(buf)
             return
         cuts = [(c.offset, c.length) for c in cdc.cut_buf(data)]
-        if not eof and len(cuts) > 1:
+        if not eof:  # the last chunk may not be whole yet: it starts the next window
             last_off, _ = cuts.pop()
             carry = bytes(data[last_off:])
             data = data[:last_off]
+            if not cuts:  # a short read: nothing whole yet
+                if pool is not None and len(buf) == pool.size:
+                    pool.put(buf)
+                continue
         else:
             carry = b""
         pooled = pool if (pool is not None and len(buf) == pool.size) else None
