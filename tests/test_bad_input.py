@@ -284,8 +284,43 @@ def test_a_forged_index_at_completion_is_caught(gateway, api, session):
     )
     assert r.status_code == 422 and error_code(r) == "pack_corrupt"
     assert gateway.snapshot() == before
+    part = begin(api, session, p.id, data)  # the pack was removed: upload it again
+    assert httpx.put(part["url"], content=data).status_code == 200
+    mid = gateway.snapshot()
     r = api.post(
         f"/v1/sessions/{session}/packs/{p.id}/complete",
         json={"parts": [{"number": 1}], "index": "not base64!"},
     )
-    assert r.status_code in (400, 404)
+    assert r.status_code == 400 and error_code(r) == "bad_request"
+    assert gateway.snapshot() == mid
+    r = api.post(f"/v1/sessions/{session}/packs/{p.id}/complete", json={"parts": [{"number": 1}]})
+    assert r.status_code == 200 and r.json()["state"] == "verified"
+
+
+def test_a_pack_without_records_is_refused(gateway, api, session):
+    """48 bytes of header and footer that describe zero records: well-formed otherwise,
+    but a pack holds at least one record (FORMAT.md)."""
+    import base64
+    import struct
+
+    index = b""
+    footer = struct.pack(
+        "<QIHH16s8s",
+        8,
+        0,
+        packs.FORMAT_VERSION,
+        0,
+        blake3.blake3(index).digest()[:16],
+        packs.FOOTER_MAGIC,
+    )
+    data = struct.pack("<4sHH", packs.MAGIC, packs.FORMAT_VERSION, 0) + footer
+    pack_id = blake3.blake3(data).hexdigest()
+    before = gateway.snapshot()
+    tail = base64.b64encode(footer).decode()
+    for body in ({"parts": [{"number": 1}]}, {"parts": [{"number": 1}], "index": tail}):
+        part = begin(api, session, pack_id, data)  # read from the store, then as sent
+        assert httpx.put(part["url"], content=data).status_code == 200
+        r = api.post(f"/v1/sessions/{session}/packs/{pack_id}/complete", json=body)
+        assert r.status_code == 422 and error_code(r) == "pack_corrupt", r.text
+        assert "at least one record" in r.json()["error"]["message"]
+        assert gateway.snapshot() == before

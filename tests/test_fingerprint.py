@@ -4,8 +4,8 @@ import io
 
 import blake3
 
-from chunkyard.client.packer import hash_file
 from chunkyard.fingerprint import fingerprint
+from chunkyard.hashing import chunk_ids
 from conftest import random_bytes
 
 
@@ -25,17 +25,17 @@ class Trickle(io.RawIOBase):
         return n
 
 
-def test_fingerprint_matches_hash_file(tmp_path):
+def test_fingerprint_matches_the_chunk_ids_of_a_push(tmp_path):
     data = random_bytes(20 * 1024 * 1024 + 12345, seed=5)
     path = tmp_path / "w.bin"
     path.write_bytes(data)
     entries: list = []
     seen: list[int] = []
     fp = fingerprint(Trickle(data), len(data), entries.extend, seen.append)
-    ref = hash_file(path)
-    assert fp.digest == ref.digest == blake3.blake3(data).hexdigest()
+    ref = chunk_ids(path)
+    assert fp.digest == blake3.blake3(data).hexdigest()
     assert fp.size == sum(seen) == len(data) and fp.chunks == len(entries)
-    assert [cid for cid, _, _ in entries] == ref.chunk_ids
+    assert entries == [(cid, offset, length) for offset, length, cid in ref]
     pos = 0
     for cid, offset, length in entries:  # contiguous, and each id is of its bytes
         assert offset == pos and blake3.blake3(data[offset : offset + length]).digest() == cid

@@ -7,11 +7,7 @@ from typing import BinaryIO
 
 import blake3
 
-from .errors import InvalidDigest
-
 DIGEST_SIZE = 32
-HEX_SIZE = 2 * DIGEST_SIZE
-_HEX = set("0123456789abcdef")
 
 
 def chunk_id(data: bytes | memoryview) -> bytes:
@@ -43,10 +39,3 @@ def tree_digest(files: Iterable[tuple[str, int, str]]) -> str:
     for path, size, digest in sorted(files, key=lambda f: f[0].encode()):
         h.update(f"{path}\0{size}\0{digest}\n".encode())
     return h.hexdigest()
-
-
-def check_hex(value: object, what: str = "digest") -> str:
-    """Validate a lower-case 64-hex-digit BLAKE3 digest."""
-    if not isinstance(value, str) or len(value) != HEX_SIZE or not set(value) <= _HEX:
-        raise InvalidDigest(f"{what} must be 64 lower-case hex digits", value=str(value)[:80])
-    return value

@@ -1,7 +1,7 @@
 """The digest and chunk ids of a stream, without storing it: what ``ref --hash`` and
 ``ref --index`` record about a source object.
 
-The cuts and ids are exactly those of a push (and of ``client.packer.hash_file``): the
+The cuts and ids are exactly those of a push (``chunkyard.hashing.chunk_ids``): the
 same FastCDC windows with the carried last chunk, and BLAKE3 per chunk. So a later push
 of the same bytes finds every chunk id already known. Memory stays at a few windows
 whatever the object size; chunk entries leave in batches through ``on_chunks``.

@@ -12,11 +12,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .digest import check_hex
-from .errors import InvalidManifest
-
-MANIFEST_VERSION = 1
-
 
 @dataclass(frozen=True)
 class Term:
@@ -27,22 +22,6 @@ class Term:
 
     def to_json(self) -> list:
         return [self.pack, self.first, self.end, self.size]
-
-
-def parse_terms(raw: object, limit: int = 10_000_000) -> list[Term]:
-    """Validate terms sent by a client (sizes are recomputed by the gateway)."""
-    if not isinstance(raw, list) or len(raw) > limit:
-        raise InvalidManifest("terms must be a list")
-    terms = []
-    for t in raw:
-        if not (isinstance(t, list) and len(t) in (3, 4)):
-            raise InvalidManifest("each term is [pack, first, end]")
-        pack, first, end = t[0], t[1], t[2]
-        check_hex(pack, "pack id")
-        if not (isinstance(first, int) and isinstance(end, int) and 0 <= first < end):
-            raise InvalidManifest("term chunk range must satisfy 0 <= first < end", term=t)
-        terms.append(Term(pack, first, end))
-    return terms
 
 
 def dumps(terms: Iterable[Term]) -> str:

@@ -173,6 +173,8 @@ def parse_footer(tail: bytes, pack_size: int) -> tuple[int, int]:
         raise PackCorrupt("pack footer magic is wrong")
     if version != FORMAT_VERSION:
         raise PackCorrupt(f"unsupported pack format version {version}")
+    if count == 0:
+        raise PackCorrupt("a pack holds at least one record")
     if index_offset + count * ENTRY.size + FOOTER_SIZE != pack_size:
         raise PackCorrupt("pack index does not fit the pack size")
     return index_offset, count
