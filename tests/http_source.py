@@ -14,6 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import blake3
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (keep-alive, as real servers do) and no log lines in test output."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 class Source:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -51,12 +60,7 @@ class Source:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         src = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
                 self.send_response(status)
                 for k, v in headers.items():

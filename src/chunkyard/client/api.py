@@ -7,15 +7,29 @@ from typing import Any
 
 from ..names import check_alias, check_name, check_tags, parse_ref
 from . import download, references, upload
-from .transport import Transport
+from .transport import OnWait, RetryPolicy, Transport, print_waits
 
 
 class Client:
     """A connection to one gateway (``url``, else ``CHUNKYARD_URL``, else
-    ``http://127.0.0.1:8080``). Thread-safe; close it, or use it as a context manager."""
+    ``http://127.0.0.1:8080``). Thread-safe; close it, or use it as a context manager.
 
-    def __init__(self, url: str | None = None, *, progress: bool = False) -> None:
-        self.transport = Transport(url)
+    Requests that fail for a reason that may pass (the gateway or store unreachable,
+    429, 5xx) are retried under ``retry`` (default :meth:`RetryPolicy.from_env`: about
+    two minutes, ``CHUNKYARD_RETRY_ATTEMPTS`` / ``CHUNKYARD_RETRY_DEADLINE``); each wait
+    is reported to ``on_wait``, which with ``progress`` prints a line to stderr."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        progress: bool = False,
+        retry: RetryPolicy | None = None,
+        on_wait: OnWait | None = None,
+    ) -> None:
+        if on_wait is None and progress:
+            on_wait = print_waits()
+        self.transport = Transport(url, retry=retry, on_wait=on_wait)
         self.url = self.transport.url
         self.show_progress = progress
 

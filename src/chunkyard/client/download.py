@@ -14,12 +14,11 @@ pinned (see :func:`fetch_reference`); drift there is a ``reference_drifted`` err
 from __future__ import annotations
 
 import os
-import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,13 @@ import blake3
 import zstandard
 
 from ..digest import new_file_hasher
-from ..errors import DigestMismatch, InvalidRequest, PackCorrupt, ReferenceDrifted, StoreError
+from ..errors import DigestMismatch, InvalidRequest, PackCorrupt, StoreError
 from ..names import check_path
 from ..packs import MAX_RECORD, decode_run
-from ..pins import Pin, drifted, response_drift
+from ..pins import Pin, response_drift
 from .packer import pipelined
-from .transport import RETRIES, RETRY_STATUS, Transport
+from .references import drifted, refusals_as_drift
+from .transport import Transport, with_fresh_url
 
 UNIT_BYTES = 8 * 1024 * 1024
 #: a unit closes once it passes UNIT_BYTES stored or raw, so one more record fits
@@ -41,6 +41,8 @@ DEPTH = 6
 #: reference objects fetched at once (each one streamed GET from its source): shards
 #: are large and a few streams fill a link; many small files need more in flight
 REF_PARALLEL = 8
+#: a reference download goes to its file in pieces of this size
+REF_PIECE = 1024 * 1024
 #: files up to this size are pulled many at a time (:meth:`Downloader.small_files`)
 SMALL_PULL = 1024 * 1024
 #: a batch of small files: one reconstruction answer
@@ -117,39 +119,39 @@ class Downloader:
             self._recycle(bufs)
             if "reference" not in url:
                 raise
-            raise ReferenceDrifted(  # chunks borrowed from a reference object that changed
-                f"reference drifted: {url['reference']} no longer holds the chunks "
-                f"{page['path']} borrows from it",
-                uri=url["reference"],
-                path=page["path"],
-                state="changed",
-            ) from exc
+            raise drifted(**_borrowed(url, page["path"]), state="changed") from exc
         except BaseException:
             self._recycle(bufs)
             raise
         return out, bufs
 
     def _read(self, page: dict, url: dict, unit: dict, buf: bytearray) -> memoryview:
-        """Fetch a unit's pack range; a URL that expired meanwhile is signed afresh."""
+        """Fetch a unit's pack range (the page is asked again for fresh URLs)."""
         a, b = unit["range"]
-        for attempt in range(3):
-            try:
-                return self.t.fetch_into(url, a, b, buf, what=f"read of pack range {a}-{b}")
-            except StoreError as exc:
-                status = exc.detail.get("status")
-                if "reference" in url and status in (404, 410, 412):
-                    raise ReferenceDrifted(
-                        f"reference drifted: {url['reference']}, which {page['path']} borrows "
-                        f"chunks from, changed or vanished (HTTP {status})",
-                        uri=url["reference"],
-                        path=page["path"],
-                        state="missing" if status != 412 else "changed",
-                    ) from exc
-                if attempt == 2 or status not in (401, 403):
-                    raise
-                fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
-                url = fresh["urls"][unit["pack"]]
-        raise AssertionError("unreachable")
+
+        def renew(exc: StoreError) -> dict:
+            fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
+            return fresh["urls"][unit["pack"]]
+
+        return self._pack_read(url, page["path"], a, b, buf, renew)
+
+    def _pack_read(
+        self,
+        url: dict,
+        path: str,
+        a: int,
+        b: int,
+        buf: bytearray,
+        renew: Callable[[StoreError], dict],
+    ) -> memoryview:
+        """Bytes ``[a, b)`` of a pack into ``buf``; a URL that expired meanwhile is signed
+        afresh, and a refused read of chunks borrowed from a reference object is drift."""
+        guard: AbstractContextManager = (
+            refusals_as_drift(**_borrowed(url, path)) if "reference" in url else nullcontext()
+        )
+        what = f"read of pack range {a}-{b}"
+        with guard:
+            return with_fresh_url(lambda u: self.t.fetch_into(u, a, b, buf, what=what), url, renew)
 
     def _recycle(self, bufs: tuple[bytearray, bytearray]) -> None:
         with self._lock:
@@ -248,19 +250,13 @@ class Downloader:
         of the batch within it, each chunk checked against its id."""
         pack, a, b, users = read
         url = answer["urls"][pack]
-        buf = bytearray(b - a)
-        for attempt in range(3):
-            try:
-                data = self.t.fetch_into(url, a, b, buf, what=f"read of pack range {a}-{b}")
-                break
-            except StoreError as exc:
-                status = exc.detail.get("status")
-                if "reference" in url and status in (404, 410, 412):
-                    raise _drifted(url, answer["files"][users[0][0]]["path"], status) from exc
-                if attempt == 2 or status not in (401, 403):
-                    raise
-                path, ask = answer["_ask"]  # URLs expired meanwhile: sign them afresh
-                url = self.t.call("POST", path, json=ask)["urls"][pack]
+
+        def renew(exc: StoreError) -> dict:
+            path, ask = answer["_ask"]
+            return self.t.call("POST", path, json=ask)["urls"][pack]
+
+        first = answer["files"][users[0][0]]["path"]
+        data = self._pack_read(url, first, a, b, bytearray(b - a), renew)
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
@@ -274,20 +270,16 @@ class Downloader:
             except PackCorrupt as exc:
                 if "reference" not in url:
                     raise
-                raise _drifted(url, answer["files"][fno]["path"], None) from exc
+                raise drifted(
+                    **_borrowed(url, answer["files"][fno]["path"]), state="changed"
+                ) from exc
             out[(fno, tno)] = bytes(raw)
         return out
 
 
-def _drifted(url: dict, path: str, status: int | None) -> ReferenceDrifted:
-    how = "changed" if status in (None, 412) else "missing"
-    return ReferenceDrifted(
-        f"reference drifted: {url['reference']}, which {path} borrows chunks from, "
-        f"{'changed' if how == 'changed' else 'vanished'}",
-        uri=url["reference"],
-        path=path,
-        state=how,
-    )
+def _borrowed(url: dict, path: str) -> dict[str, str]:
+    """Who drifted when ``path`` borrows chunks from a reference object (drift args)."""
+    return {"uri": url["reference"], "path": path, "why": f"{path} borrows chunks from it"}
 
 
 def _coalesced(answer: dict) -> list[list]:
@@ -379,13 +371,11 @@ def _pull_reference(
         bad = [o for o in report["objects"] if o["state"] != "ok"]
         if bad:
             o = bad[0]
-            what = "is gone" if o["state"] == "missing" else "changed"
-            raise ReferenceDrifted(
-                f"reference drifted: {o['uri']} {what} since it was registered "
-                f"({len(bad)} of {len(targets)} objects drifted)",
-                uri=o["uri"],
-                path=o.get("path"),
-                state=o["state"],
+            raise drifted(
+                o["uri"],
+                o["state"],
+                o.get("path"),
+                why=f"{len(bad)} of {len(targets)} objects drifted since registration",
                 drifted=[
                     {"path": b.get("path"), "uri": b["uri"], "state": b["state"]} for b in bad[:100]
                 ],
@@ -423,10 +413,6 @@ def _pull_reference(
                 fut.cancel()
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
-
-
 def fetch_reference(
     transport: Transport,
     base: str,
@@ -442,74 +428,56 @@ def fetch_reference(
     a Range, and a recorded digest is verified. Bytes land under a temporary name and
     are renamed into place only when all of that holds, so drift never leaves a file
     with other bytes behind."""
+    plan = f"{base}/files/{entry['index']}/reconstruction"
     if ref is None:  # the gateway HEADs the object first: drift fails here, by name
-        ref = transport.call("GET", f"{base}/files/{entry['index']}/reconstruction")["reference"]
+        ref = transport.call("GET", plan)["reference"]
     pin = Pin(ref["uri"], ref["size"], ref["etag"], ref["version_id"], ref["last_modified"])
-    req, path = ref["request"], entry["path"]
+    path = entry["path"]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
     hasher = new_file_hasher()
-    pos = attempt = renewed = 0
+    pos = 0
     try:
         with open(tmp, "wb") as out:
-            while True:
-                headers = {**req.get("headers", {}), "accept-encoding": "identity"}
-                if pos:
-                    headers["range"] = f"bytes={pos}-"
-                try:
-                    with transport.http.stream(req["method"], req["url"], headers=headers) as r:
-                        state = response_drift(pin, r.status_code, r.headers)
-                        if state:
-                            raise drifted(pin, state, path=path, status=r.status_code)
-                        if r.status_code in (401, 403) and renewed < 2:  # URL expired
-                            renewed += 1
-                            page = transport.call(
-                                "GET", f"{base}/files/{entry['index']}/reconstruction"
-                            )
-                            req = page["reference"]["request"]
-                            continue
-                        if r.status_code in RETRY_STATUS and attempt < RETRIES:
-                            attempt += 1
-                            _backoff(attempt)
-                            continue
-                        if r.status_code not in (200, 206):
-                            r.read()
-                            raise StoreError(
-                                f"reading {pin.uri} was refused: HTTP {r.status_code} "
-                                f"{r.text[:300]}",
-                                status=r.status_code,
-                                uri=pin.uri,
-                            )
-                        if pos and r.status_code == 200:  # Range ignored: start over
-                            out.seek(0)
-                            out.truncate()
-                            hasher, pos = new_file_hasher(), 0
-                        for piece in r.iter_raw():
-                            pos += len(piece)
-                            if pos > pin.size:
-                                raise drifted(pin, "changed", path=path)
-                            out.write(piece)
-                            hasher.update(piece)
-                            if progress:
-                                progress(len(piece))
-                except _transport_errors() as exc:
-                    if attempt >= RETRIES:
-                        raise StoreError(f"reading {pin.uri} failed: {exc}", uri=pin.uri) from exc
-                    attempt += 1
-                    _backoff(attempt)
-                    continue
-                break
+
+            def headers() -> dict[str, str]:  # asked on every try: resume where it broke
+                return {
+                    "accept-encoding": "identity",
+                    **({"range": f"bytes={pos}-"} if pos else {}),
+                }
+
+            def write(resp: Any) -> None:
+                nonlocal hasher, pos
+                state = response_drift(pin, resp.status, resp.headers)
+                if state:
+                    raise drifted(pin.uri, state, path, pin=pin, status=resp.status)
+                if pos and resp.status == 200:  # Range ignored: start over
+                    out.seek(0)
+                    out.truncate()
+                    hasher, pos = new_file_hasher(), 0
+                for piece in resp.stream(REF_PIECE, decode_content=False):
+                    pos += len(piece)
+                    if pos > pin.size:
+                        raise drifted(pin.uri, "changed", path, pin=pin)
+                    out.write(piece)
+                    hasher.update(piece)
+                    if progress:
+                        progress(len(piece))
+
+            def get(req: dict) -> None:
+                what = f"reading {pin.uri}"
+                transport.read(req, write, headers=headers, what=what, party="source")
+
+            def renew(exc: StoreError) -> dict:
+                return transport.call("GET", plan)["reference"]["request"]
+
+            with refusals_as_drift(pin.uri, path, pin=pin):
+                with_fresh_url(get, ref["request"], renew)
         if pos != pin.size:
-            raise drifted(pin, "changed", path=path, received=pos)
+            raise drifted(pin.uri, "changed", path, pin=pin, received=pos)
         if entry.get("digest") and hasher.hexdigest() != entry["digest"]:
-            raise drifted(pin, "content", path=path, digest=hasher.hexdigest())
+            raise drifted(pin.uri, "content", path, pin=pin, digest=hasher.hexdigest())
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _transport_errors() -> type[Exception]:
-    import httpx  # only the reference paths use httpx: keep it off the CLI's start-up
-
-    return httpx.TransportError

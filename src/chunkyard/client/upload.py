@@ -22,10 +22,18 @@ from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
 from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
-from .transport import Transport
+from .transport import Transport, with_fresh_url
 
-#: a refused part is re-sent with a fresh URL this many times
-PART_ATTEMPTS = 3
+#: a part the store refuses with one of these is sent again with a fresh URL
+PART_REFUSED = frozenset(
+    {
+        400,  # S3/Azure: BadDigest, Md5Mismatch (damaged in transit)
+        401,
+        403,  # expired URL
+        404,  # the upload was completed (by another push of the same pack)
+        422,  # local store: checksum mismatch
+    }
+)
 
 
 class _AlreadyStored(Exception):
@@ -99,30 +107,23 @@ class Uploader:
         view = memoryview(pack.data)
 
         def send(part: dict) -> dict:
+            number = part["number"]
             data = view[part["offset"] : part["offset"] + part["size"]]
-            for attempt in range(PART_ATTEMPTS):
-                try:
-                    what = f"upload of pack {pack.id[:12]} part {part['number']}"
-                    resp = self.t.send(part, content=data, what=what)
-                    done = {"number": part["number"], "etag": resp.headers.get("etag", "")}
-                    if body.get("checksums"):
-                        done["checksum"] = body["checksums"][part["number"] - 1]
-                    return done
-                except StoreError as exc:
-                    # an expired or refused URL: ask for fresh ones and send this part again
-                    if attempt == PART_ATTEMPTS - 1 or exc.detail.get("status") not in (
-                        400,  # S3/Azure: BadDigest, Md5Mismatch
-                        401,
-                        403,  # expired URL
-                        404,  # the upload was completed (by another push of the same pack)
-                        422,  # local store: checksum mismatch
-                    ):
-                        raise
-                    fresh = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
-                    if fresh["state"] != "uploading":
-                        raise _AlreadyStored from exc
-                    part = next(p for p in fresh["parts"] if p["number"] == part["number"])
-            raise AssertionError("unreachable")
+            what = f"upload of pack {pack.id[:12]} part {number}"
+
+            def renew(exc: StoreError) -> dict:
+                fresh = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
+                if fresh["state"] != "uploading":
+                    raise _AlreadyStored from exc
+                return next(p for p in fresh["parts"] if p["number"] == number)
+
+            resp = with_fresh_url(
+                lambda p: self.t.send(p, content=data, what=what), part, renew, PART_REFUSED
+            )
+            done = {"number": number, "etag": resp.headers.get("etag", "")}
+            if body.get("checksums"):
+                done["checksum"] = body["checksums"][number - 1]
+            return done
 
         if self.sequential or len(parts) == 1:
             return [send(p) for p in parts]

@@ -1,0 +1,190 @@
+"""A push and a pull ride out a gateway that is briefly unreachable or answers 503.
+
+All traffic, gateway API and presigned store requests alike (the local store's URLs
+point at ``CHUNKYARD_PUBLIC_URL``), goes through a TCP proxy on 127.0.0.1 that can go
+dark: refuse new connections and drop the open ones. A middleware in the gateway fails
+the first requests to chosen routes, with a 503 or by taking the proxy dark for a
+moment, so each step of a push and a pull meets a fault at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import selectors
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import conftest
+from chunkyard import Client
+from chunkyard.client.transport import RetryPolicy, Wait
+from conftest import random_bytes, start_gateway
+
+MiB = 1024 * 1024
+
+
+class Proxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``; :meth:`outage` makes it
+    refuse connections (nothing listens) and drop the open ones for a while."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self._lock = threading.Lock()
+        self._generation = 0  # open connections of an older generation are dropped
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
+        self._closed = False
+        self._open()
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._closed or self._listener is not None:
+                return
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", self.port))
+            s.listen(128)
+            s.settimeout(0.02)
+            self._listener = s
+            self._accepting = threading.Thread(target=self._accept, args=(s,), daemon=True)
+            self._accepting.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            while self._listener is listener:
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                conn.settimeout(None)
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                args = (conn, upstream, self._generation)
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
+        finally:
+            listener.close()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, generation: int) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while self._generation == generation:
+                for key, _ in sel.select(timeout=0.02):
+                    data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            sel.close()
+            a.close()
+            b.close()
+
+    def outage(self, seconds: float) -> None:
+        """Go dark now, for ``seconds``."""
+        with self._lock:
+            self._generation += 1
+            self._listener, accepting = None, self._accepting
+        if accepting is not None:
+            accepting.join()  # the listener is closed: connecting is refused
+        threading.Timer(seconds, self._open).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+            self._listener = None
+
+
+class Faults:
+    """ASGI middleware: the first ``times`` requests matching ``METHOD path-regex``
+    answer 503 (``"503"``) or find the gateway gone (``"dark"``: the proxy drops the
+    connection and refuses new ones for a moment)."""
+
+    def __init__(self, proxy: Proxy, rules: dict[str, tuple[str, int]]) -> None:
+        self.proxy = proxy
+        self.rules = {re.compile(k): list(v) for k, v in rules.items()}
+        self.fired: Counter[str] = Counter()
+
+    def wrap(self, app: Any) -> Any:
+        async def faulty(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                for pattern, rule in self.rules.items():
+                    if rule[1] and pattern.fullmatch(f"{scope['method']} {scope['path']}"):
+                        rule[1] -= 1
+                        self.fired[pattern.pattern] += 1
+                        return await self._fail(rule[0], receive, send)
+            await app(scope, receive, send)
+
+        return faulty
+
+    async def _fail(self, how: str, receive: Any, send: Any) -> None:
+        more = True
+        while more:  # read the body first, as a real server would
+            more = (await receive()).get("more_body", False)
+        if how == "dark":
+            self.proxy.outage(0.3)
+            await asyncio.sleep(0.1)  # the answer below goes nowhere
+        body = b'{"error": {"code": "gateway_unavailable", "message": "injected"}}'
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"0")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+SESSION = r"POST /v1/sessions/[^/]+"
+VERSION = r"/v1/artifacts/outage/w/-/versions/[^/]+"
+RULES = {
+    # push
+    r"GET /v1/artifacts/outage/w/-/versions/latest": ("503", 1),
+    r"POST /v1/sessions": ("503", 2),
+    SESSION + "/missing": ("dark", 1),
+    SESSION + "/packs": ("503", 1),
+    r"PUT /v1/blobs/.*": ("503", 2),  # the store, through presigned URLs
+    SESSION + r"/packs/[^/]+/complete": ("dark", 1),
+    SESSION + "/commit": ("dark", 1),
+    # pull
+    "GET " + VERSION + r"/files/\d+/reconstruction": ("dark", 1),
+    r"GET /v1/blobs/.*": ("503", 2),
+}
+
+
+@pytest.fixture
+def faulty_gateway(tmp_path, monkeypatch):
+    proxy = Proxy()
+    faults = Faults(proxy, RULES)
+    real = conftest.create_app
+    monkeypatch.setattr(conftest, "create_app", lambda settings: faults.wrap(real(settings)))
+    gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_PUBLIC_URL=proxy.url)
+    proxy.target = int(gw.url.rsplit(":", 1)[1])
+    yield proxy, faults
+    proxy.close()
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_push_and_pull_ride_out_outages(faulty_gateway, tmp_path):
+    proxy, faults = faulty_gateway
+    data = random_bytes(3 * MiB, seed=77)
+    src = tmp_path / "w.bin"
+    src.write_bytes(data)
+    waits: list[Wait] = []
+    policy = RetryPolicy(attempts=200, deadline=60.0, base=0.02, cap=0.2)
+    proxy.outage(0.5)  # the gateway is down when the push starts
+    with Client(proxy.url, retry=policy, on_wait=waits.append) as c:
+        pushed = c.push(src, "outage/w")
+        c.pull("outage/w", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert pushed["created"] and pushed["version"] == 1
+    assert faults.fired == {k: v[1] for k, v in RULES.items()}  # every fault was met
+    reasons = {w.reason for w in waits}
+    assert "unreachable (ConnectionRefused)" in reasons and "answered HTTP 503" in reasons
+    assert any(r.startswith("connection lost") for r in reasons)
+    assert {w.what for w in waits} == {f"gateway at {proxy.url}", f"store at {proxy.url}"}
