@@ -1,5 +1,5 @@
 from chunkyard import hashing
-from chunkyard.client.packer import hash_file
+from chunkyard.fingerprint import fingerprint
 from conftest import random_bytes
 
 
@@ -7,7 +7,10 @@ def test_parallel_chunk_ids_equal_the_sequential_cut(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     path.write_bytes(random_bytes(12 * 1024 * 1024 + 7, seed=95))
     sequential = hashing.chunk_ids(path, parallel=False)
-    assert [c[2] for c in sequential] == hash_file(path).chunk_ids
+    entries: list = []
+    with open(path, "rb") as f:
+        fingerprint(f, path.stat().st_size, entries.extend)
+    assert sequential == [(offset, n, cid) for cid, offset, n in entries]
     assert hashing.chunk_ids(path, parallel=True) == sequential
     for split in (0.01, 0.25, 0.9):  # the helper may start anywhere
         assert hashing.start_chunk_ids(path, parallel=True, split=split).result() == sequential
