@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.responses import Response
 
-from .. import __version__
 from ..config import Settings
 from ..repository import Repository, verifier
 from ..stores import open_store
+from ..version import __version__
 from . import artifacts, blobs, references, uploads
 from . import models as m
 from .errors import handlers
