@@ -38,8 +38,8 @@ DEPTH = 3
 SIMILAR_MIN = 64 * 1024 * 1024
 #: where the helper process starts cutting while this process hashes the whole file
 #: and then cuts the head: the digest costs about as much as cutting 0.45 of the file,
-#: and starting the helper (a CLI push) about 0.25 of it. Balanced, both finish together:
-#: a 1%-changed 1 GiB push took ~1.3 s instead of ~1.45 s with 0.25 (alternating runs).
+#: and starting the helper (a CLI push) about 0.25 of it. Balanced, both finish together
+#: (a 1%-changed 1 GiB push: ~1.3 s at 0.4, ~1.45 s at 0.25, alternating runs).
 HEAD_SPLIT = 0.4
 #: the same when the helper is already running (pushes from a long-lived process)
 HEAD_SPLIT_WARM = 0.3
@@ -55,8 +55,8 @@ SMALL_MAX = 1024 * 1024
 #: missing-chunk query
 SMALL_BATCH_CHUNKS = 16384
 #: chunk locations remembered within one push (~250 B each, the last ~4 GiB of new
-#: chunks): dedups repeats inside a push. 200,000 let a push's memory grow by 40 MiB
-#: between 4 and 16 GiB files (measured); repeats further apart are found by the
+#: chunks): dedups repeats inside a push while its memory stays flat (at 200,000 it
+#: grows by 40 MiB between 4 and 16 GiB files); repeats further apart are found by the
 #: missing-chunk query once their packs are verified.
 RECENT_LIMIT = 50_000
 

@@ -52,6 +52,18 @@ def find_file(
     return v, f
 
 
+def file_header(name: str, v: VersionRow, f: FileRow) -> dict[str, Any]:
+    """What every reconstruction answer says first: which file of which version."""
+    return {
+        "name": name,
+        "version": v.number,
+        "index": f.idx,
+        "path": f.path,
+        "size": f.size,
+        "digest": f.digest,
+    }
+
+
 def _term_json(pack: str, chosen: list[EntryRow], skip: int, take: int) -> dict[str, Any]:
     return {
         "pack": pack,
@@ -109,7 +121,7 @@ async def reconstruction(
 ) -> dict[str, Any]:
     def tx(conn: Connection) -> tuple[VersionRow, FileRow, list, int | None, int, dict]:
         v, f = find_file(conn, name, ref, index=index)
-        if v.kind == "reference":
+        if v.kind == "reference":  # read whole from its source
             return v, f, [], None, f.size, {}
         if start > f.size:
             raise InvalidRequest(f"range starts outside the file's {f.size} bytes")
@@ -118,21 +130,11 @@ async def reconstruction(
         return v, f, terms, nxt, end, reading.pins_of(conn, {t["pack"] for t in terms})
 
     v, f, terms, nxt, end, sources = await repo.db.read(tx)
-    if v.kind == "reference":
-        return await reading.reconstruction(repo, name, v, f)
-    return {
-        "name": name,
-        "version": v.number,
-        "index": f.idx,
-        "path": f.path,
-        "size": f.size,
-        "digest": f.digest,
-        "start": start,
-        "end": end,
-        "next": nxt,
-        "terms": terms,
-        "urls": await _urls(repo, [t["pack"] for t in terms], sources),
-    }
+    if v.kind == "reference":  # the whole file, from its source
+        head = {**file_header(name, v, f), "start": 0, "end": f.size, "next": None, "terms": []}
+        return {**head, "urls": {}, "reference": await reading.pinned_source(repo, f)}
+    out = {**file_header(name, v, f), "start": start, "end": end, "next": nxt, "terms": terms}
+    return {**out, "urls": await _urls(repo, [t["pack"] for t in terms], sources)}
 
 
 async def _urls(repo: Repository, pack_ids: list[str], sources: dict[str, Pin]) -> dict[str, dict]:
@@ -154,9 +156,10 @@ async def _urls(repo: Repository, pack_ids: list[str], sources: dict[str, Pin]) 
 async def reconstructions(
     repo: Repository, name: str, ref: Ref, indices: list[int]
 ) -> dict[str, Any]:
-    """Whole small files of a version in one answer: a pull of 10,000 small files
-    asking once per file spent most of the gateway's time on per-request work. The
-    pack entries of all files come from one query per pack; each pack gets one URL."""
+    """Whole small files of a version in one answer: for small files the work per
+    request outweighs the work per byte, so a pull of 10,000 of them asks ten times, not
+    10,000. The pack entries of all files come from one query per pack; each pack gets
+    one URL."""
     if not 0 < len(indices) <= BATCH_FILES:
         raise InvalidRequest(f"files must be a list of 1 to {BATCH_FILES} file indices")
 

@@ -30,11 +30,11 @@ TRIM_THRESHOLD, MMAP_THRESHOLD = 64 * 1024 * 1024, 4 * 1024 * 1024
 def fixed_mmap_threshold() -> None:
     """Serve allocations above 4 MiB from their own mappings, returned on free. glibc
     otherwise raises the threshold to 32 MiB after the first large free, and its
-    per-thread arenas then keep freed multi-MiB buffers: the gateway's peak RSS grew
-    1.7x from a 256 MiB to a 4 GiB push. Large buffers that recur (pack reads for
-    verification) are recycled instead, so fresh mappings stay rare. Fixing one
-    threshold also fixes the trim threshold at 128 KiB, and arenas that shrink and
-    regrow that often cost a quarter of push throughput: it is set to 64 MiB."""
+    per-thread arenas then keep freed multi-MiB buffers, so the gateway's peak RSS
+    would grow with the size of a push (1.7x from 256 MiB to 4 GiB). Large buffers that
+    recur (pack reads for verification) are recycled instead, so fresh mappings stay
+    rare. Fixing one threshold also fixes the trim threshold at 128 KiB, and arenas that
+    shrink and regrow that often cost a quarter of push throughput: it is set to 64 MiB."""
     name = ctypes.util.find_library("c")
     if name is None:
         return
@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> Starlette:
         if repo.verify_mode == "background":
             task = asyncio.create_task(verifier.run(repo))
         # Requests allocate many short-lived objects (rows, dicts) and few cycles: the
-        # default thresholds ran the cycle collector for ~9% of the gateway's CPU.
+        # default thresholds run the cycle collector for ~9% of the gateway's CPU.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         fixed_mmap_threshold()

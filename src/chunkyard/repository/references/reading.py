@@ -38,7 +38,7 @@ def file_pin(conn: Connection, f: FileRow) -> Pin:
     return pin_of(row)
 
 
-async def reconstruction(repo: Repository, name: str, v: VersionRow, f: FileRow) -> dict[str, Any]:
+async def pinned_source(repo: Repository, f: FileRow) -> dict[str, Any]:
     """Where a client reads a reference file: the source itself, through a GET pinned
     to the recorded version (or If-Match on the ETag), after a HEAD shows the pin
     still holds; a drifted object fails here, by name."""
@@ -48,20 +48,7 @@ async def reconstruction(repo: Repository, name: str, v: VersionRow, f: FileRow)
     except ChunkyardError as exc:
         exc.detail.setdefault("path", f.path)
         raise
-    return {
-        "name": name,
-        "version": v.number,
-        "index": f.idx,
-        "path": f.path,
-        "size": f.size,
-        "digest": f.digest,
-        "start": 0,
-        "end": f.size,
-        "next": None,
-        "terms": [],
-        "urls": {},
-        "reference": {**pin.to_json(), "request": req.to_json()},
-    }
+    return {**pin.to_json(), "request": req.to_json()}
 
 
 async def sources_page(
