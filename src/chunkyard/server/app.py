@@ -20,7 +20,7 @@ from ..version import __version__
 from . import artifacts, blobs, references, uploads
 from . import models as m
 from .errors import handlers
-from .routing import JSON, Call, Endpoint, document, routes
+from .routing import JSON, Call, Endpoint, Endpoints, document, routes
 
 #: glibc's mallopt parameters and the values the gateway fixes them at
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -44,22 +44,20 @@ def fixed_mmap_threshold() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
+api = Endpoints()
+
+
+@api.get("/v1/health", "liveness", response=m.Health)
 async def health(call: Call[None, None, None]) -> dict[str, str]:
     return {"status": "ok", "catalog": call.repo.db.dialect}
 
 
+@api.get("/openapi.json", "this document")
 async def openapi(call: Call[None, None, None]) -> Response:
     return JSON(call.request.app.state.openapi)
 
 
-ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/v1/health", health, "liveness", response_model=m.Health),
-    Endpoint("GET", "/openapi.json", openapi, "this document"),
-    *uploads.endpoints,
-    *references.endpoints,
-    *artifacts.endpoints,
-    *blobs.endpoints,
-]
+ENDPOINTS: list[Endpoint] = [*api, *uploads.api, *references.api, *artifacts.api, *blobs.api]
 
 
 def open_repository_store(settings: Settings):  # type: ignore[no-untyped-def]

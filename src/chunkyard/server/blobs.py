@@ -10,10 +10,11 @@ from ..errors import NotFound
 from ..repository import Repository
 from ..stores.local import LocalStore
 from . import models as m
-from .routing import Binary, Call, Endpoint
+from .routing import Binary, Call, Endpoints
 
 #: where the gateway serves the local store's objects
 BLOB_ROUTE = "/v1/blobs"
+api = Endpoints()
 
 
 class _BigChunkFileResponse(FileResponse):
@@ -26,6 +27,14 @@ def _local_store(repo: Repository) -> LocalStore:
     return repo.store
 
 
+@api.put(
+    BLOB_ROUTE + "/{key:path}",
+    "local store: upload one part of a pack (a signed URL the gateway handed out)",
+    params=m.BlobPath,
+    query=m.BlobPutQuery,
+    body=Binary,
+    streams_body=True,
+)
 async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Response:
     request = call.request
     etag = await _local_store(call.repo).receive_part(
@@ -37,30 +46,14 @@ async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Respons
     return Response(status_code=200, headers={"etag": etag})
 
 
+@api.get(
+    BLOB_ROUTE + "/{key:path}",
+    "local store: read a pack (a signed URL; Range supported)",
+    params=m.BlobPath,
+    query=m.BlobGetQuery,
+    response=Binary,
+    extra_status={206: "the requested range"},
+)
 async def get_blob(call: Call[m.BlobPath, m.BlobGetQuery, None]) -> Response:
     path = _local_store(call.repo).open_signed(call.path.key, dict(call.request.query_params))
     return _BigChunkFileResponse(path, media_type="application/octet-stream")
-
-
-endpoints = [
-    Endpoint(
-        "PUT",
-        BLOB_ROUTE + "/{key:path}",
-        put_blob_part,
-        "local store: upload one part of a pack (a signed URL the gateway handed out)",
-        path_model=m.BlobPath,
-        query_model=m.BlobPutQuery,
-        body_model=Binary,
-        streams_body=True,
-    ),
-    Endpoint(
-        "GET",
-        BLOB_ROUTE + "/{key:path}",
-        get_blob,
-        "local store: read a pack (a signed URL; Range supported)",
-        path_model=m.BlobPath,
-        query_model=m.BlobGetQuery,
-        response_model=Binary,
-        extra_status={206: "the requested range"},
-    ),
-]

@@ -7,14 +7,27 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from ..names import version_ref
-from ..repository import verify as verify_mod
+from ..repository import verify as verifying
 from ..repository.references import reading, registration
 from . import models as m
-from .routing import JSON, Call, Endpoint
+from .routing import JSON, Call, Endpoints
 
 NDJSON = "application/x-ndjson"
+V = "/v1/artifacts/{name:path}/-/versions/{ref}"
+api = Endpoints()
 
 
+@api.post(
+    "/v1/references",
+    "register an external URI (s3/gs/az prefix or object, http(s) file) as a version, "
+    "pinned; with hash, a client accepting application/x-ndjson gets progress lines and "
+    "then a done or error line",
+    body=m.Register,
+    response=m.VersionSummary,
+    status=201,
+    body_limit=1024 * 1024,
+    extra_status={200: "the same objects at the same pins: the latest version"},
+)
 async def register(call: Call[None, None, m.Register]) -> Response:
     """Registration without hashing answers at once. Hashing can take long: a client
     that accepts NDJSON gets progress lines while it runs (and the work stops if it
@@ -27,44 +40,23 @@ async def register(call: Call[None, None, m.Register]) -> Response:
     return JSON(result, status_code=201 if result["created"] else 200)
 
 
+@api.post(
+    V + "/verify",
+    "check a version against its sources and packs: drift per object",
+    params=m.VersionPath,
+    response=m.VerifyReport,
+)
 async def verify(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
-    return await verify_mod.verify(call.repo, call.path.name, version_ref(call.path.ref))
+    return await verifying.verify(call.repo, call.path.name, version_ref(call.path.ref))
 
 
+@api.get(
+    V + "/sources",
+    "pinned requests for the files of a reference version, paged",
+    params=m.VersionPath,
+    query=m.SourcesQuery,
+    response=m.SourcesPage,
+)
 async def sources(call: Call[m.VersionPath, m.SourcesQuery, None]) -> dict[str, Any]:
     p, q = call.path, call.query
     return await reading.sources_page(call.repo, p.name, version_ref(p.ref), q.cursor, q.limit)
-
-
-endpoints = [
-    Endpoint(
-        "POST",
-        "/v1/references",
-        register,
-        "register an external URI (s3/gs/az prefix or object, http(s) file) as a version, "
-        "pinned; with hash, a client accepting application/x-ndjson gets progress lines "
-        "and then a done or error line",
-        body_model=m.Register,
-        response_model=m.VersionSummary,
-        status=201,
-        body_limit=1024 * 1024,
-        extra_status={200: "the same objects at the same pins: the latest version"},
-    ),
-    Endpoint(
-        "POST",
-        "/v1/artifacts/{name:path}/-/versions/{ref}/verify",
-        verify,
-        "check a version against its sources and packs: drift per object",
-        path_model=m.VersionPath,
-        response_model=m.VerifyReport,
-    ),
-    Endpoint(
-        "GET",
-        "/v1/artifacts/{name:path}/-/versions/{ref}/sources",
-        sources,
-        "pinned requests for the files of a reference version, paged",
-        path_model=m.VersionPath,
-        query_model=m.SourcesQuery,
-        response_model=m.SourcesPage,
-    ),
-]

@@ -71,6 +71,45 @@ class Endpoint:
     extra_status: dict[int, str] = field(default_factory=dict)
 
 
+class Endpoints(list[Endpoint]):
+    """A module's endpoints, declared beside their handlers::
+
+    api = Endpoints()
+
+    @api.get("/v1/stats", "storage statistics", response=m.Stats)
+    async def stats(call: Call[None, None, None]) -> dict: ...
+    """
+
+    def add(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        params: type | None = None,
+        query: type | None = None,
+        body: type | None = None,
+        response: type | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[[Call], Awaitable[Any]]], Callable[[Call], Awaitable[Any]]]:
+        def register(handler: Callable[[Call], Awaitable[Any]]) -> Callable[[Call], Awaitable[Any]]:
+            self.append(
+                Endpoint(method, path, handler, summary, params, query, body, response, **options)
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, summary: str, **kw: Any) -> Callable:
+        return self.add("GET", path, summary, **kw)
+
+    def post(self, path: str, summary: str, **kw: Any) -> Callable:
+        return self.add("POST", path, summary, **kw)
+
+    def put(self, path: str, summary: str, **kw: Any) -> Callable:
+        return self.add("PUT", path, summary, **kw)
+
+
 class JSON(Response):
     media_type = "application/json"
 

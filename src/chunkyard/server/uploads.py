@@ -11,22 +11,56 @@ from ..manifest import Term
 from ..repository import uploads
 from ..stores.base import CompletedPart
 from . import models as m
-from .routing import JSON, Binary, Call, Endpoint
+from .routing import JSON, Binary, Call, Endpoints
+
+api = Endpoints()
 
 
+@api.post(
+    "/v1/sessions",
+    "open an upload session for an artifact",
+    body=m.CreateSession,
+    response=m.Session,
+    status=201,
+    body_limit=64 * 1024,
+)
 async def create_session(call: Call[None, None, m.CreateSession]) -> dict[str, Any]:
     return await uploads.create_session(call.repo, call.body.name)
 
 
+@api.post(
+    "/v1/sessions/{sid}/missing",
+    "which chunk ids (a body of concatenated 32-byte ids) are stored, and where",
+    params=m.SessionPath,
+    body=Binary,
+    response=m.Missing,
+    body_limit=uploads.MAX_QUERY_IDS * 32,
+)
 async def find_missing(call: Call[m.SessionPath, None, bytes]) -> dict[str, Any]:
     return await uploads.find_chunks(call.repo, call.path.sid, call.body)
 
 
+@api.post(
+    "/v1/sessions/{sid}/packs",
+    "begin or resume a pack upload; returns presigned part requests",
+    params=m.SessionPath,
+    body=m.BeginPack,
+    response=m.PackPlan,
+    body_limit=4 * 1024 * 1024,
+)
 async def begin_pack(call: Call[m.SessionPath, None, m.BeginPack]) -> dict[str, Any]:
     b = call.body
     return await uploads.begin_pack(call.repo, call.path.sid, b.pack, b.size, b.checksums)
 
 
+@api.post(
+    "/v1/sessions/{sid}/packs/{pack}/complete",
+    "assemble, index and verify an uploaded pack",
+    params=m.PackPath,
+    body=m.CompletePack,
+    response=m.PackState,
+    body_limit=16 * 1024 * 1024,
+)
 async def complete_pack(call: Call[m.PackPath, None, m.CompletePack]) -> dict[str, Any]:
     tail = None
     if call.body.index is not None:
@@ -38,79 +72,22 @@ async def complete_pack(call: Call[m.PackPath, None, m.CompletePack]) -> dict[st
     return await uploads.complete_pack(call.repo, call.path.sid, call.path.pack, parts, tail)
 
 
+@api.post(
+    "/v1/sessions/{sid}/commit",
+    "create the version from file manifests, atomically (200: unchanged content)",
+    params=m.SessionPath,
+    body=m.Commit,
+    response=m.VersionSummary,
+    status=201,
+    extra_status={200: "the content equals the latest version, which is answered"},
+)
 async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
     files = []
     for f in call.body.files:
-        for _, first, end in f.terms:
-            if first >= end:
-                raise InvalidRequest(
-                    f"file {f.path!r}: a term's chunk range must satisfy first < end"
-                )
-        files.append(
-            uploads.FileEntry(
-                f.path,
-                f.size,
-                f.digest,
-                tuple(Term(*t) for t in f.terms),
-                f.from_version,
-            )
-        )
-    result = await uploads.commit(
-        call.repo, call.path.sid, call.body.layout, files, dict(call.body.tags)
-    )
+        if any(first >= end for _, first, end in f.terms):
+            raise InvalidRequest(f"file {f.path!r}: a term's chunk range must satisfy first < end")
+        terms = tuple(Term(*t) for t in f.terms)
+        files.append(uploads.FileEntry(f.path, f.size, f.digest, terms, f.from_version))
+    body = call.body
+    result = await uploads.commit(call.repo, call.path.sid, body.layout, files, dict(body.tags))
     return JSON(result, status_code=201 if result["created"] else 200)
-
-
-endpoints = [
-    Endpoint(
-        "POST",
-        "/v1/sessions",
-        create_session,
-        "open an upload session for an artifact",
-        body_model=m.CreateSession,
-        response_model=m.Session,
-        status=201,
-        body_limit=64 * 1024,
-    ),
-    Endpoint(
-        "POST",
-        "/v1/sessions/{sid}/missing",
-        find_missing,
-        "which chunk ids (a body of concatenated 32-byte ids) are stored, and where",
-        path_model=m.SessionPath,
-        body_model=Binary,
-        response_model=m.Missing,
-        body_limit=uploads.MAX_QUERY_IDS * 32,
-    ),
-    Endpoint(
-        "POST",
-        "/v1/sessions/{sid}/packs",
-        begin_pack,
-        "begin or resume a pack upload; returns presigned part requests",
-        path_model=m.SessionPath,
-        body_model=m.BeginPack,
-        response_model=m.PackPlan,
-        body_limit=4 * 1024 * 1024,
-    ),
-    Endpoint(
-        "POST",
-        "/v1/sessions/{sid}/packs/{pack}/complete",
-        complete_pack,
-        "assemble, index and verify an uploaded pack",
-        path_model=m.PackPath,
-        body_model=m.CompletePack,
-        response_model=m.PackState,
-        body_limit=16 * 1024 * 1024,
-    ),
-    Endpoint(
-        "POST",
-        "/v1/sessions/{sid}/commit",
-        commit,
-        "create the version from file manifests, atomically (200: unchanged content)",
-        path_model=m.SessionPath,
-        body_model=m.Commit,
-        response_model=m.VersionSummary,
-        status=201,
-        extra_status={200: "the content equals the latest version, which is answered"},
-    ),
-]
