@@ -296,3 +296,28 @@ def test_similar_large_file_sends_only_new_chunks(client, tmp_path, monkeypatch,
     write(src, bytes(data))
     again = client.push(src, f"team/similar/{grow}")
     assert not again["created"] and again["bytes_uploaded"] == 0
+
+
+def test_a_version_in_a_newer_format_is_refused_clearly(gateway, client, tmp_path):
+    """Each version records the repository format it was written in; a reader that does
+    not know that format says so instead of misreading it."""
+    import sqlite3
+
+    from chunkyard.errors import InvalidRequest
+    from chunkyard.version import FORMAT_VERSION
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(random_bytes(100_000, seed=77))
+    v = client.push(src, "fmt/future")
+    conn = sqlite3.connect(gateway.data / "catalog.db")
+    try:
+        assert conn.execute("select format from versions order by id desc").fetchone() == (
+            FORMAT_VERSION,
+        )
+        conn.execute("update versions set format = 99 where id = (select max(id) from versions)")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(InvalidRequest, match="repository format 99"):
+        client.pull(f"fmt/future@{v['version']}", tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()

@@ -100,6 +100,8 @@ versions = Table(
     # references: the registered URI, and whether ``digest`` is of content or of pins
     Column("source", Text, nullable=True),
     Column("digest_of", String(8), nullable=False, server_default="content"),
+    # the repository format (FORMAT.md) the version's manifests and digests follow
+    Column("format", SmallInteger, nullable=False, server_default="2"),
     UniqueConstraint("artifact_id", "number", name="uq_versions_artifact_number"),
 )
 

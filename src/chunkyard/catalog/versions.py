@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, select
 
+from ..version import FORMAT_VERSION
 from .db import batched, insert_ignoring_duplicates
 from .schema import aliases, artifacts, tags, version_files, versions
 
@@ -26,6 +27,7 @@ class VersionRow(NamedTuple):
     created_at: float
     source: str | None
     digest_of: str  # content | pins
+    format: int  # the repository format its manifests and digests follow
 
 
 class FileRow(NamedTuple):
@@ -130,8 +132,9 @@ def add_version(conn: Connection, art_id: int, **values: Any) -> VersionRow:
     latest = conn.execute(
         select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
     ).scalar()
+    number = (latest or 0) + 1
     result = conn.execute(
-        versions.insert().values(artifact_id=art_id, number=(latest or 0) + 1, **values)
+        versions.insert().values(artifact_id=art_id, number=number, format=FORMAT_VERSION, **values)
     )
     return version_by_id(conn, result.inserted_primary_key[0])
 

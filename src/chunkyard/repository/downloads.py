@@ -22,6 +22,7 @@ from ..errors import InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
 from ..packs import pack_key
 from ..pins import Pin, drifted
+from ..version import FORMAT_VERSION
 from . import Repository
 from .artifacts import find_version
 from .references import reading
@@ -40,6 +41,11 @@ def find_file(
     conn: Connection, name: str, ref: Ref, index: int | None = None, path: str | None = None
 ) -> tuple[VersionRow, FileRow]:
     v = find_version(conn, name, ref)
+    if v.format > FORMAT_VERSION:
+        raise InvalidRequest(
+            f"version {v.number} of {name!r} is in repository format {v.format}; this gateway "
+            f"reads formats up to {FORMAT_VERSION}: upgrade it to read this version"
+        )
     if index is None and path is None:
         if v.file_count != 1:
             raise InvalidRequest(
