@@ -26,6 +26,9 @@ class Settings:
     ref_allow: tuple[str, ...] = ()
     #: let http(s) references reach private networks (CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS)
     ref_allow_private: bool = False
+    #: every request must carry a bearer token the catalog knows (CHUNKYARD_AUTH, or
+    #: ``serve --auth``)
+    auth: bool = False
 
     @classmethod
     def load(
@@ -47,9 +50,13 @@ class Settings:
             url_expiry=int(env.get("CHUNKYARD_URL_EXPIRY", "900")),
             verify=env.get("CHUNKYARD_VERIFY", ""),
             ref_allow=parse_ref_allow(env.get("CHUNKYARD_REF_ALLOW", "")),
-            ref_allow_private=env.get("CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS", "").lower()
-            in ("1", "true", "yes"),
+            ref_allow_private=_flag(env.get("CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS")),
+            auth=_flag(env.get("CHUNKYARD_AUTH")),
         )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_ref_allow(text: str) -> tuple[str, ...]:
