@@ -159,3 +159,16 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", sync_connect)
     monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", async_connect)
+
+
+def file_id(data: bytes) -> str:
+    """The file id of content (FORMAT.md, "Digests"): from its chunks' ids and sizes."""
+    from chunkyard.chunking import new_chunker
+    from chunkyard.digest import chunk_id, chunk_key
+    from chunkyard.digest import file_id as from_chunks
+
+    cuts = new_chunker().cut_buf(data) if data else []
+    view = memoryview(data)
+    return from_chunks(
+        (chunk_id(chunk_key(view[c.offset : c.offset + c.length])), c.length) for c in cuts
+    )

@@ -1,17 +1,69 @@
-"""BLAKE3 digests: chunk ids, file digests (same as ``b3sum``) and tree digests."""
+"""BLAKE3 digests (FORMAT.md, "Digests"): chunk keys and chunk ids, file ids, tree
+digests, possession proofs, and the ``b3sum`` digest of a whole file.
+
+A chunk's *key* is BLAKE3 of its bytes: only whoever holds the bytes can compute it,
+so it is what a client shows to prove it holds a chunk, and the gateway never hands
+keys out. A chunk's *id* is a hash of its key: public, written in pack indexes and
+reconstruction answers, and enough to verify the bytes (hash them to the key, hash the
+key to the id) but not to claim them. A *file id* is a hash over a file's chunk ids and
+sizes, so the gateway can compute it from chunks it verified without reading a byte.
+"""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
 import blake3
 
 DIGEST_SIZE = 32
+#: BLAKE3 ``derive_key`` contexts: each kind of hash gets its own, so that no value of
+#: one kind can ever be passed off as another
+CHUNK_ID_CONTEXT = "chunkyard 2026-11-30 chunk id from chunk key"
+FILE_ID_CONTEXT = "chunkyard 2026-11-30 file id from chunk ids"
+_SIZE = struct.Struct("<Q")
 
 
-def chunk_id(data: bytes | memoryview) -> bytes:
+def chunk_key(data: bytes | memoryview) -> bytes:
+    """BLAKE3-256 of a chunk's bytes (what ``b3sum`` prints for a file of just them)."""
     return blake3.blake3(data).digest()
+
+
+def chunk_id(key: bytes) -> bytes:
+    """The public id of the chunk whose key is ``key``."""
+    return blake3.blake3(key, derive_key_context=CHUNK_ID_CONTEXT).digest()
+
+
+class FileIdHasher:
+    """A file id computed as chunks go by, in constant memory."""
+
+    def __init__(self) -> None:
+        self._h = blake3.blake3(derive_key_context=FILE_ID_CONTEXT)
+
+    def update(self, cid: bytes, length: int) -> None:
+        self._h.update(cid)
+        self._h.update(_SIZE.pack(length))
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def file_id(chunks: Iterable[tuple[bytes, int]]) -> str:
+    """The id of a file from ``(chunk id, raw length)`` of its chunks, in order (hex)."""
+    h = FileIdHasher()
+    for cid, length in chunks:
+        h.update(cid, length)
+    return h.hexdigest()
+
+
+def term_proof(session_key: bytes, keys: Iterable[bytes]) -> str:
+    """Proof that the caller holds chunks: BLAKE3 keyed with the upload session's proof
+    key over the chunks' keys, in order (hex)."""
+    h = blake3.blake3(key=session_key)
+    for k in keys:
+        h.update(k)
+    return h.hexdigest()
 
 
 def new_file_hasher() -> blake3.blake3:
@@ -33,8 +85,8 @@ def file_digest(stream: BinaryIO, block: int = 16 * 1024 * 1024) -> str:
 
 
 def tree_digest(files: Iterable[tuple[str, int, str]]) -> str:
-    """Digest of a directory: BLAKE3 of ``path \\0 size \\0 digest \\n`` per file,
-    sorted by path (UTF-8 bytes). Paths and sizes count, so a rename is a new tree."""
+    """Digest of a directory: BLAKE3 of ``path \\0 size \\0 id \\n`` per file, sorted
+    by path (UTF-8 bytes). Paths and sizes count, so a rename is a new tree."""
     h = blake3.blake3()
     for path, size, digest in sorted(files, key=lambda f: f[0].encode()):
         h.update(f"{path}\0{size}\0{digest}\n".encode())

@@ -18,6 +18,7 @@
     │   ├── TagConflict            409  tag_conflict
     │   └── AliasConflict          409  alias_conflict
     ├── PreconditionFailed         412  precondition_failed
+    ├── Unauthorized               401  unauthorized
     ├── Forbidden                  403  forbidden
     │   ├── BadSignature           403  bad_signature
     │   ├── UrlExpired             403  url_expired
@@ -131,6 +132,12 @@ class PreconditionFailed(ChunkyardError):
     """A conditional read whose object changed (a pinned local-store URL)."""
 
     code, status = "precondition_failed", 412
+
+
+class Unauthorized(ChunkyardError):
+    """No bearer token, or one the gateway does not know (or revoked, or expired)."""
+
+    code, status = "unauthorized", 401
 
 
 class Forbidden(ChunkyardError):

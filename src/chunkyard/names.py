@@ -101,6 +101,13 @@ def parse_ref(ref: str) -> tuple[str, str | int | None]:
     return check_name(ref), None
 
 
+def domain_of(name: str, depth: int) -> str:
+    """The dedup domain of an artifact: the first ``depth`` segments of its name (all
+    artifacts share the domain "" at depth 0). Chunks are deduplicated within a domain,
+    never across two (FORMAT.md, "Dedup domains")."""
+    return "/".join(name.split("/")[:depth]) if depth > 0 else ""
+
+
 def check_path(path: object) -> str:
     """A relative POSIX path of a file inside a tree version."""
     if not isinstance(path, str) or not path or len(path) > MAX_PATH:

@@ -8,9 +8,10 @@
     footer = index_offset:u64 count:u32 version:u16 reserved:u16
              index_check:16 magic:"CYPKIDX\\0"                       (40 bytes)
 
-All integers little-endian. A pack's id is the BLAKE3 of all its bytes. FORMAT.md
-specifies it in prose; this module is the only code that knows the byte layout and
-does no I/O beyond bytes.
+All integers little-endian. A pack's id is the BLAKE3 of all its bytes. In layout
+version 2 an entry holds the chunk's public id (``digest.chunk_id`` of its key); in
+version 1 it held the key itself. FORMAT.md specifies it in prose; this module is the
+only code that knows the byte layout and does no I/O beyond bytes.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import NamedTuple
 import blake3
 import zstandard
 
-from .digest import chunk_id
+from .digest import chunk_id, chunk_key
 from .errors import PackCorrupt
 
-FORMAT_VERSION = 1
+#: the layout this code writes, and those it reads
+FORMAT_VERSION = 2
+READABLE = (1, 2)
 MAGIC = b"CYPK"
 FOOTER_MAGIC = b"CYPKIDX\0"
 HEADER = struct.Struct("<4sHH")
@@ -130,12 +133,13 @@ class PackWriter:
         projected = self._pos + stored_len + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
         return not self.entries or projected <= self.target_size
 
-    def add(self, cid: bytes, raw_len: int, scheme: int, stored: bytes | memoryview) -> int:
+    def add(self, key: bytes, raw_len: int, scheme: int, stored: bytes | memoryview) -> int:
+        """Append a chunk's record; ``key`` is its chunk key (the index gets its id)."""
         n = len(stored)
         if n > MAX_RECORD:
             raise ValueError("record larger than a maximal chunk")
         index = len(self.entries)
-        self.entries.append(Entry(cid, self._pos, n, raw_len, scheme))
+        self.entries.append(Entry(chunk_id(key), self._pos, n, raw_len, scheme))
         self.buffer[self._pos : self._pos + n] = stored
         self._pos += n
         return index
@@ -171,7 +175,7 @@ def parse_footer(tail: bytes, pack_size: int) -> tuple[int, int]:
     index_offset, count, version, _, _, magic = FOOTER.unpack(tail)
     if magic != FOOTER_MAGIC:
         raise PackCorrupt("pack footer magic is wrong")
-    if version != FORMAT_VERSION:
+    if version not in READABLE:
         raise PackCorrupt(f"unsupported pack format version {version}")
     if count == 0:
         raise PackCorrupt("a pack holds at least one record")
@@ -216,22 +220,33 @@ def index_from_tail(tail: bytes | memoryview, pack_size: int) -> list[Entry] | i
     return entries
 
 
-def read_index(data: bytes | memoryview) -> list[Entry]:
-    """Parse the index of a whole pack held in memory, checking its structure."""
+def layout_version(data: bytes | memoryview) -> int:
+    """The layout version of a whole pack held in memory, header and footer agreeing."""
     if len(data) < HEADER_SIZE + FOOTER_SIZE:
         raise PackCorrupt("pack is too short")
     magic, version, _ = HEADER.unpack_from(data)
-    if magic != MAGIC or version != FORMAT_VERSION:
+    footer_version = FOOTER.unpack_from(data, len(data) - FOOTER_SIZE)[2]
+    if magic != MAGIC or version not in READABLE or footer_version != version:
         raise PackCorrupt("pack header is not a chunkyard pack of a known version")
+    return version
+
+
+def read_index(data: bytes | memoryview) -> list[Entry]:
+    """Parse the index of a whole pack held in memory, checking its structure."""
+    layout_version(data)
     entries = index_from_tail(data, len(data))
     assert not isinstance(entries, int)
     return entries
 
 
 def decode(
-    entry: Entry, stored: bytes | memoryview, dctx: zstandard.ZstdDecompressor | None = None
-) -> bytes | memoryview:
-    """Raw chunk bytes of one record, verified against its chunk id."""
+    entry: Entry,
+    stored: bytes | memoryview,
+    dctx: zstandard.ZstdDecompressor | None = None,
+    layout: int = FORMAT_VERSION,
+) -> tuple[bytes | memoryview, bytes]:
+    """Raw chunk bytes of one record and their chunk key, verified against the entry's
+    id (``layout`` 1: the entry holds the key itself)."""
     if entry.scheme == SCHEME_ZSTD:
         try:
             raw = (dctx or zstandard.ZstdDecompressor()).decompress(
@@ -241,23 +256,28 @@ def decode(
             raise PackCorrupt(f"chunk {entry.chunk_id.hex()} does not decompress") from exc
     else:
         raw = stored
-    if len(raw) != entry.raw_len or chunk_id(raw) != entry.chunk_id:
+    key = chunk_key(raw) if len(raw) == entry.raw_len else b""
+    if not key or (chunk_id(key) if layout >= 2 else key) != entry.chunk_id:
         raise PackCorrupt(
             f"chunk {entry.chunk_id.hex()} does not match its id", chunk=entry.chunk_id.hex()
         )
-    return raw
+    return raw, key
 
 
-def verify(pack_id: str, data: bytes | memoryview) -> list[Entry]:
-    """Check a whole pack: its id, its structure and every chunk id. Returns the index."""
+def verify(pack_id: str, data: bytes | memoryview) -> list[tuple[Entry, bytes]]:
+    """Check a whole pack: its id, its structure and every chunk. Returns the index in
+    the current layout (entries holding chunk ids), each entry with its chunk key."""
     if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != pack_id:
         raise PackCorrupt(f"pack {pack_id} does not hash to its id", pack=pack_id)
+    layout = layout_version(data)
     entries = read_index(data)
     dctx = zstandard.ZstdDecompressor()
     view = memoryview(data)
+    out = []
     for e in entries:
-        decode(e, view[e.offset : e.offset + e.stored_len], dctx)
-    return entries
+        _, key = decode(e, view[e.offset : e.offset + e.stored_len], dctx, layout)
+        out.append((e._replace(chunk_id=chunk_id(key)), key))
+    return out
 
 
 def decode_run(
@@ -269,7 +289,8 @@ def decode_run(
     out: bytearray | None = None,
 ) -> memoryview:
     """Raw bytes ``[skip, skip+take)`` of consecutive records ``data``, each described
-    by ``[chunk_id_hex, stored_len, raw_len, scheme]`` and verified against its id.
+    by ``[chunk_id_hex, stored_len, raw_len, scheme]`` and verified against its id
+    (the ids of reconstruction answers are always chunk ids, whatever the layout).
     Decodes into ``out`` when it is large enough (callers recycle buffers)."""
     total = sum(c[2] for c in chunks)
     if out is None or len(out) < total:
@@ -279,7 +300,7 @@ def decode_run(
     dctx = dctx or zstandard.ZstdDecompressor()
     for cid, stored_len, raw_len, scheme in chunks:
         entry = Entry(bytes.fromhex(cid), pos, stored_len, raw_len, scheme)
-        dest[rpos : rpos + raw_len] = decode(entry, view[pos : pos + stored_len], dctx)
+        dest[rpos : rpos + raw_len] = decode(entry, view[pos : pos + stored_len], dctx)[0]
         pos += stored_len
         rpos += raw_len
     if pos != len(data):

@@ -1,21 +1,23 @@
-"""Packs, their index rows, and the dedup index (chunk id -> one verified location).
+"""Uploads, verified packs, their index rows, and the dedup index.
 
-A pack's ``state`` goes ``uploading`` -> ``complete`` (its parts are one object and
-its index is recorded) -> ``verified`` (read back, every chunk id checked: only now do
-its chunks enter ``chunks``) or ``corrupt``. Indexed reference objects are packs too
-(``indexing`` -> ``reference``, ``drifted`` while their source does not match the
-pin): see :mod:`chunkyard.catalog.references`.
+An upload (one session sending one pack to a store key of its own) goes ``uploading``
+-> ``complete``; verification then either makes its copy the pack's live copy (a
+``packs`` row with the verified index, the chunks entering the uploader's dedup domain),
+drops it as redundant (another copy won), or marks it ``corrupt``. A pack found damaged
+later is marked ``corrupt``. Indexed reference objects are packs too (``indexing`` ->
+``reference``, ``drifted`` while their source does not match the pin): see
+:mod:`chunkyard.catalog.references`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy import Connection, func, select
 
 from .db import batched, insert_ignoring_duplicates, raw_sqlite
-from .schema import chunks, pack_entries, packs
+from .schema import chunks, pack_entries, packs, uploads
 
 #: packs whose chunks a commit or a read may use as they are
 USABLE = ("verified", "reference")
@@ -28,15 +30,27 @@ class PackRow(NamedTuple):
     size: int
     chunk_count: int
     state: str
-    session_id: str | None
-    upload_id: str | None
     created_at: float
     verified_at: float | None
+    key: str | None  # the store key of the live copy (None: a reference object)
+    artifact: str | None  # reference objects: who registered it
+
+
+class UploadRow(NamedTuple):
+    id: str
+    session_id: str
+    pack_id: str
+    size: int
+    store_upload_id: str
+    key: str
+    state: str
+    created_at: float
 
 
 class EntryRow(NamedTuple):
     idx: int
     chunk_id: bytes
+    chunk_key: bytes
     offset: int
     stored_len: int
     raw_len: int
@@ -44,163 +58,208 @@ class EntryRow(NamedTuple):
 
 
 _PACK = [packs.c[f] for f in PackRow._fields]
+_UPLOAD = [uploads.c[f] for f in UploadRow._fields]
 _ENTRY = [pack_entries.c[f] for f in EntryRow._fields]
 
 
-def pack_row(conn: Connection, pack_id: str) -> PackRow | None:
-    row = conn.execute(select(*_PACK).where(packs.c.id == pack_id)).first()
-    return None if row is None else PackRow(*row)
+def _entry(r: Sequence) -> EntryRow:
+    return EntryRow(r[0], bytes(r[1]), bytes(r[2]), r[3], r[4], r[5], r[6])
 
 
-def insert_uploading(
-    conn: Connection, pack_id: str, size: int, sid: str, upload_id: str, now: float
-) -> PackRow | None:
-    """Record a pack upload that just began; if another session began the same pack
-    first, change nothing and return its row (the caller joins that upload)."""
-    existing = pack_row(conn, pack_id)
+# -- uploads ----------------------------------------------------------------------------
+def upload_of(conn: Connection, sid: str, pack_id: str) -> UploadRow | None:
+    row = conn.execute(
+        select(*_UPLOAD).where(uploads.c.session_id == sid, uploads.c.pack_id == pack_id)
+    ).first()
+    return None if row is None else UploadRow(*row)
+
+
+def upload_by_id(conn: Connection, upload_id: str) -> UploadRow | None:
+    row = conn.execute(select(*_UPLOAD).where(uploads.c.id == upload_id)).first()
+    return None if row is None else UploadRow(*row)
+
+
+def insert_upload(conn: Connection, row: UploadRow) -> UploadRow | None:
+    """Record an upload that just began. If the session began this pack before, change
+    nothing and return that upload (the caller resumes or replaces it)."""
+    existing = upload_of(conn, row.session_id, row.pack_id)
     if existing is None:
-        conn.execute(
-            packs.insert().values(
-                id=pack_id,
-                size=size,
-                chunk_count=0,
-                state="uploading",
-                session_id=sid,
-                upload_id=upload_id,
-                created_at=now,
-            )
-        )
+        conn.execute(uploads.insert().values(**row._asdict()))
     return existing
 
 
-def mark_complete(conn: Connection, pack_id: str, entries: Sequence[Any]) -> str | None:
-    """An uploaded pack is whole: record its index (``entries``:
-    :class:`chunkyard.packs.Entry`). Returns None, or the state it was already in when
-    another completion of the same pack got there first (then nothing changes)."""
-    state = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
-    if state != "uploading":
-        return state
-    conn.execute(
-        packs.update()
-        .where(packs.c.id == pack_id)
-        .values(state="complete", chunk_count=len(entries))
-    )
-    rows = [
-        (pack_id, i, e.chunk_id, e.offset, e.stored_len, e.raw_len, e.scheme)
-        for i, e in enumerate(entries)
-    ]
-    raw = raw_sqlite(conn)
-    if raw is not None:  # a push runs this once per pack: the sqlite3 fast path
-        raw.executemany(
-            'INSERT INTO pack_entries (pack_id, idx, chunk_id, "offset", stored_len,'
-            " raw_len, scheme) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-    elif rows:
-        names = ("pack_id", "idx", "chunk_id", "offset", "stored_len", "raw_len", "scheme")
-        conn.execute(pack_entries.insert(), [dict(zip(names, r, strict=True)) for r in rows])
-    return None
+def drop_upload(conn: Connection, upload_id: str) -> None:
+    conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
 
-def mark_verified(conn: Connection, pack_id: str, now: float) -> str:
-    """A complete pack passed verification: its chunks become dedup targets (where no
-    other copy is one already). Returns the state it ends in."""
-    state = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
-    if state != "complete":
-        return state or "missing"
-    conn.execute(
-        packs.update().where(packs.c.id == pack_id).values(state="verified", verified_at=now)
-    )
-    index_chunks(conn, pack_id)
-    return "verified"
+def mark_upload(conn: Connection, upload_id: str, state: str) -> None:
+    conn.execute(uploads.update().where(uploads.c.id == upload_id).values(state=state))
 
 
-def mark_corrupt(conn: Connection, pack_id: str) -> None:
-    """A pack found damaged after versions may have named it: they fail loudly."""
-    conn.execute(packs.update().where(packs.c.id == pack_id).values(state="corrupt"))
-
-
-def forget_unverified(conn: Connection, pack_id: str) -> None:
-    """Remove a pack that never became usable: its index rows and its row."""
-    conn.execute(pack_entries.delete().where(pack_entries.c.pack_id == pack_id))
-    conn.execute(packs.delete().where(packs.c.id == pack_id, packs.c.state != "verified"))
-
-
-def index_chunks(conn: Connection, pack_id: str) -> None:
-    """Every chunk of the pack becomes a dedup target, where no other copy is one."""
-    conn.execute(
-        insert_ignoring_duplicates(conn, chunks).from_select(
-            ["id", "pack_id", "idx"],
-            select(pack_entries.c.chunk_id, pack_entries.c.pack_id, pack_entries.c.idx).where(
-                pack_entries.c.pack_id == pack_id
-            ),
-        )
-    )
-
-
-def awaiting_verification(conn: Connection, limit: int) -> list[str]:
-    """Complete packs, oldest first."""
+def uploads_awaiting_verification(conn: Connection, limit: int) -> list[str]:
+    """Complete uploads, oldest first."""
     return list(
         conn.execute(
-            select(packs.c.id)
-            .where(packs.c.state == "complete")
-            .order_by(packs.c.created_at)
+            select(uploads.c.id)
+            .where(uploads.c.state == "complete")
+            .order_by(uploads.c.created_at)
             .limit(limit)
         ).scalars()
     )
 
 
-def index_of(conn: Connection, pack_id: str) -> list[tuple[bytes, int, int, int, int]]:
-    """The recorded index of a pack: (chunk id, offset, stored_len, raw_len, scheme)."""
-    rows = conn.execute(
-        select(*_ENTRY[1:]).where(pack_entries.c.pack_id == pack_id).order_by(pack_entries.c.idx)
-    )
-    return [(bytes(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+def session_uploads(conn: Connection, sid: str, pack_ids: Iterable[str]) -> dict[str, UploadRow]:
+    """The session's uploads of those packs."""
+    out: dict[str, UploadRow] = {}
+    for batch in batched(sorted(set(pack_ids))):
+        rows = conn.execute(
+            select(*_UPLOAD).where(uploads.c.session_id == sid, uploads.c.pack_id.in_(batch))
+        )
+        out.update((r[2], UploadRow(*r)) for r in rows)
+    return out
 
 
-def chunk_locations(conn: Connection, ids: Iterable[bytes]) -> dict[bytes, tuple[str, int]]:
-    """Chunk id -> (pack id, index in pack) for the ids the dedup index knows. Run on
-    every missing-chunk query: the sqlite3 fast path where there is one."""
-    found: dict[bytes, tuple[str, int]] = {}
-    raw = raw_sqlite(conn)
-    for batch in batched(set(ids)):
-        if raw is not None:
-            marks = ",".join("?" * len(batch))
-            rows = raw.execute(
-                f"SELECT id, pack_id, idx FROM chunks WHERE id IN ({marks})", batch
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                select(chunks.c.id, chunks.c.pack_id, chunks.c.idx).where(chunks.c.id.in_(batch))
-            ).all()
-        for cid, pack_id, idx in rows:
-            found[bytes(cid)] = (pack_id, idx)
-    return found
+# -- verified packs ---------------------------------------------------------------------
+def pack_row(conn: Connection, pack_id: str) -> PackRow | None:
+    row = conn.execute(select(*_PACK).where(packs.c.id == pack_id)).first()
+    return None if row is None else PackRow(*row)
 
 
 def pack_rows(conn: Connection, ids: Iterable[str]) -> dict[str, PackRow]:
     out: dict[str, PackRow] = {}
     for batch in batched(sorted(set(ids))):
-        out.update(
-            (r[0], PackRow(*r)) for r in conn.execute(select(*_PACK).where(packs.c.id.in_(batch)))
-        )
+        rows = conn.execute(select(*_PACK).where(packs.c.id.in_(batch)))
+        out.update((r[0], PackRow(*r)) for r in rows)
     return out
 
 
-def chunk_ends(conn: Connection, ids: Iterable[str]) -> dict[str, list[int]]:
-    """Pack id -> raw bytes before each chunk and after the last (``[0, n0, n0+n1, ...]``),
-    for the packs that have recorded entries."""
-    ends: dict[str, list[int]] = {}
-    for batch in batched(sorted(set(ids))):
-        rows = conn.execute(
-            select(pack_entries.c.pack_id, pack_entries.c.raw_len)
-            .where(pack_entries.c.pack_id.in_(batch))
-            .order_by(pack_entries.c.pack_id, pack_entries.c.idx)
+def promote(
+    conn: Connection,
+    upload: UploadRow,
+    entries: Sequence[tuple[bytes, bytes, int, int, int, int]],
+    domain: str,
+    now: float,
+) -> bool:
+    """A verified upload becomes the pack's live copy, unless the pack has one already.
+    ``entries``: (chunk id, chunk key, offset, stored_len, raw_len, scheme) in order.
+    Either way the upload row goes and the pack's chunks enter ``domain``'s index.
+    Returns whether this copy became the live one (otherwise it is redundant)."""
+    live = conn.execute(select(packs.c.state).where(packs.c.id == upload.pack_id)).scalar()
+    promoted = live in (None, "corrupt")
+    if live == "corrupt":  # a good copy replaces one found damaged
+        conn.execute(
+            packs.update()
+            .where(packs.c.id == upload.pack_id)
+            .values(state="verified", key=upload.key, verified_at=now)
         )
-        for pack_id, raw_len in rows:
-            run = ends.setdefault(pack_id, [0])
-            run.append(run[-1] + raw_len)
-    return ends
+    elif live is None:
+        conn.execute(
+            packs.insert().values(
+                id=upload.pack_id,
+                size=upload.size,
+                chunk_count=len(entries),
+                state="verified",
+                created_at=upload.created_at,
+                verified_at=now,
+                key=upload.key,
+            )
+        )
+        insert_entries(conn, upload.pack_id, entries)
+    drop_upload(conn, upload.id)
+    index_chunks(conn, upload.pack_id, domain)
+    return promoted
+
+
+def insert_entries(
+    conn: Connection,
+    pack_id: str,
+    entries: Sequence[tuple[bytes, bytes, int, int, int, int]],
+) -> None:
+    """The index rows of one pack: (chunk id, chunk key, offset, stored_len, raw_len,
+    scheme) each. Once per pack a push uploads: the sqlite3 fast path where there is
+    one."""
+    rows = [(pack_id, i, *e) for i, e in enumerate(entries)]
+    raw = raw_sqlite(conn)
+    if raw is not None:
+        raw.executemany(
+            'INSERT INTO pack_entries (pack_id, idx, chunk_id, chunk_key, "offset",'
+            " stored_len, raw_len, scheme) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return
+    names = ("pack_id", "idx", "chunk_id", "chunk_key", "offset", "stored_len", "raw_len", "scheme")
+    for batch in batched(rows):
+        conn.execute(
+            insert_ignoring_duplicates(conn, pack_entries),
+            [dict(zip(names, r, strict=True)) for r in batch],
+        )
+
+
+def mark_corrupt(conn: Connection, pack_id: str) -> None:
+    """A pack found damaged after versions may have named it: they fail loudly, and its
+    chunks stop being dedup targets."""
+    conn.execute(packs.update().where(packs.c.id == pack_id).values(state="corrupt"))
+    conn.execute(chunks.delete().where(chunks.c.pack_id == pack_id))
+
+
+def index_chunks(
+    conn: Connection, pack_id: str, domain: str, first: int = 0, end: int | None = None
+) -> None:
+    """Chunks ``first .. end-1`` of the pack become dedup targets in ``domain``, where
+    no other copy is one there already."""
+    q = select(pack_entries.c.chunk_key, pack_entries.c.pack_id, pack_entries.c.idx).where(
+        pack_entries.c.pack_id == pack_id, pack_entries.c.idx >= first
+    )
+    if end is not None:
+        q = q.where(pack_entries.c.idx < end)
+    conn.execute(
+        insert_ignoring_duplicates(conn, chunks).from_select(
+            ["key", "pack_id", "idx", "domain"], q.add_columns(_literal(domain))
+        )
+    )
+
+
+def _literal(value: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import literal
+
+    return literal(value).label("domain")
+
+
+def chunk_locations(
+    conn: Connection, domain: str, keys: Iterable[bytes]
+) -> dict[bytes, tuple[str, int]]:
+    """Chunk key -> (pack id, index in pack) for the keys ``domain``'s index holds. Run on
+    every missing-chunk query: the sqlite3 fast path where there is one."""
+    found: dict[bytes, tuple[str, int]] = {}
+    raw = raw_sqlite(conn)
+    for batch in batched(set(keys)):
+        if raw is not None:
+            marks = ",".join("?" * len(batch))
+            rows = raw.execute(
+                f"SELECT key, pack_id, idx FROM chunks WHERE domain = ? AND key IN ({marks})",
+                [domain, *batch],
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                select(chunks.c.key, chunks.c.pack_id, chunks.c.idx).where(
+                    chunks.c.domain == domain, chunks.c.key.in_(batch)
+                )
+            ).all()
+        for key, pack_id, idx in rows:
+            found[bytes(key)] = (pack_id, idx)
+    return found
+
+
+def held_in_domain(conn: Connection, domain: str, pack_id: str) -> bool:
+    """Whether ``domain``'s index holds any chunk of the pack."""
+    return (
+        conn.execute(
+            select(chunks.c.idx)
+            .where(chunks.c.pack_id == pack_id, chunks.c.domain == domain)
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def entries(conn: Connection, pack_id: str, first: int, end: int) -> list[EntryRow]:
@@ -214,7 +273,21 @@ def entries(conn: Connection, pack_id: str, first: int, end: int) -> list[EntryR
         )
         .order_by(pack_entries.c.idx)
     )
-    return [EntryRow(r[0], bytes(r[1]), *r[2:]) for r in rows]
+    return [_entry(r) for r in rows]
+
+
+def all_entries(conn: Connection, ids: Iterable[str]) -> dict[str, list[EntryRow]]:
+    """Every index row of those packs, in order, for a commit's checks."""
+    out: dict[str, list[EntryRow]] = {}
+    for batch in batched(sorted(set(ids))):
+        rows = conn.execute(
+            select(pack_entries.c.pack_id, *_ENTRY)
+            .where(pack_entries.c.pack_id.in_(batch))
+            .order_by(pack_entries.c.pack_id, pack_entries.c.idx)
+        )
+        for r in rows:
+            out.setdefault(r[0], []).append(_entry(r[1:]))
+    return out
 
 
 def unusable(conn: Connection, ids: Iterable[str]) -> list[tuple[str, str]]:
@@ -230,17 +303,8 @@ def unusable(conn: Connection, ids: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-def with_state(conn: Connection, ids: Iterable[str], state: str) -> list[PackRow]:
-    """Those of ``ids`` whose pack is in ``state``."""
-    out: list[PackRow] = []
-    for batch in batched(sorted(set(ids))):
-        rows = conn.execute(select(*_PACK).where(packs.c.id.in_(batch), packs.c.state == state))
-        out += [PackRow(*r) for r in rows]
-    return out
-
-
 def stored_totals(conn: Connection) -> tuple[int, int, int]:
-    """(bytes, packs) of verified packs, and the number of chunks in the dedup index."""
+    """(bytes, packs) of verified packs, and the number of entries in the dedup index."""
     size, count = conn.execute(
         select(func.coalesce(func.sum(packs.c.size), 0), func.count()).where(
             packs.c.state == "verified"

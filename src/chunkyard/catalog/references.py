@@ -26,23 +26,30 @@ class PinRow(NamedTuple):
     source_version: str | None
     last_modified: str | None
     weak_etag: bool
-    digest: str  # "" until hashed
+    digest: str  # BLAKE3 of the content, "" until hashed
+    file_id: str  # "" until hashed
     state: str  # pinned | drifted
 
 
 _PIN = [ref_objects.c[f] for f in PinRow._fields]
 
 
-def known(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """Pin id -> (digest, whether indexed as a chunk source) for pins recorded before."""
-    out: dict[str, tuple[str, bool]] = {}
+class Known(NamedTuple):
+    digest: str  # BLAKE3 of the content ("" until hashed)
+    file_id: str  # "" until hashed
+    indexed: bool  # a chunk source
+
+
+def known(conn: Connection, ids: Iterable[str]) -> dict[str, Known]:
+    """What was recorded before about these pins."""
+    out: dict[str, Known] = {}
     for batch in batched(ids):
         rows = conn.execute(
-            select(ref_objects.c.id, ref_objects.c.digest, packs.c.state)
+            select(ref_objects.c.id, ref_objects.c.digest, ref_objects.c.file_id, packs.c.state)
             .select_from(ref_objects.outerjoin(packs, packs.c.id == ref_objects.c.id))
             .where(ref_objects.c.id.in_(batch))
         )
-        out.update((r[0], (r[1], r[2] == "reference")) for r in rows)
+        out.update((r[0], Known(r[1], r[2], r[3] == "reference")) for r in rows)
     return out
 
 
@@ -52,14 +59,14 @@ def insert_pins(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(insert_ignoring_duplicates(conn, ref_objects), batch)
 
 
-def set_digests(conn: Connection, digests: list[tuple[str, str]]) -> None:
-    """(pin id, digest) for pins recorded without one."""
+def set_digests(conn: Connection, digests: list[tuple[str, str, str]]) -> None:
+    """(pin id, digest, file id) for pins recorded without them."""
     if digests:
         conn.execute(
             ref_objects.update()
             .where(ref_objects.c.id == bindparam("pid"), ref_objects.c.digest == "")
-            .values(digest=bindparam("d")),
-            [{"pid": pid, "d": d} for pid, d in digests],
+            .values(digest=bindparam("d"), file_id=bindparam("f")),
+            [{"pid": pid, "d": d, "f": f} for pid, d, f in digests],
         )
 
 
@@ -80,9 +87,12 @@ def begin_index(conn: Connection, pin_row: dict[str, Any], now: float) -> None:
     )
 
 
-def insert_index_entries(conn: Connection, rows: list[tuple[str, int, bytes, int, int]]) -> None:
-    """Index entries of objects being indexed: (pin id, idx, chunk id, offset, length)."""
-    names = ("pack_id", "idx", "chunk_id", "offset", "raw_len")
+def insert_index_entries(
+    conn: Connection, rows: list[tuple[str, int, bytes, bytes, int, int]]
+) -> None:
+    """Index entries of objects being indexed: (pin id, idx, chunk id, chunk key, offset,
+    length); records are the raw bytes of the source."""
+    names = ("pack_id", "idx", "chunk_id", "chunk_key", "offset", "raw_len")
     for batch in batched(rows):
         values = [dict(zip(names, r, strict=True)) for r in batch]
         for v in values:
@@ -96,17 +106,30 @@ def count_entries(conn: Connection, pin_id: str) -> int:
     ).scalar_one()
 
 
-def finish_index(conn: Connection, pin_id: str, chunk_count: int, digest: str, now: float) -> None:
-    """An object was hashed whole into its index: it becomes a chunk source."""
+def finish_index(
+    conn: Connection,
+    pin_id: str,
+    chunk_count: int,
+    digests: tuple[str, str],
+    artifact: str,
+    domain: str,
+    now: float,
+) -> None:
+    """An object was hashed whole into its index: it becomes a chunk source for
+    ``domain``, usable by those who may read ``artifact`` (which registered it).
+    ``digests``: its BLAKE3 and its file id."""
     conn.execute(
         packs.update()
         .where(packs.c.id == pin_id)
-        .values(state="reference", chunk_count=chunk_count, verified_at=now)
+        .values(state="reference", chunk_count=chunk_count, verified_at=now, artifact=artifact)
     )
+    digest, fid = digests
     conn.execute(
-        ref_objects.update().where(ref_objects.c.id == pin_id).values(digest=digest, state="pinned")
+        ref_objects.update()
+        .where(ref_objects.c.id == pin_id)
+        .values(digest=digest, file_id=fid, state="pinned")
     )
-    index_chunks(conn, pin_id)
+    index_chunks(conn, pin_id, domain)
 
 
 def pins(conn: Connection, ids: Iterable[str]) -> dict[str, PinRow]:
@@ -154,9 +177,12 @@ def files_page(
     return [(r[0], r[1], r[2], PinRow(*r[3:])) for r in rows]
 
 
-def record_checks(conn: Connection, drifted: list[str], intact: list[str], now: float) -> list[str]:
+def record_checks(
+    conn: Connection, drifted: list[str], intact: list[str], now: float, domain: str
+) -> list[str]:
     """Store what ``verify`` found. Drifted indexed objects leave the dedup index,
-    restored ones come back. Returns the indexed objects that just drifted."""
+    restored ones come back (to ``domain``). Returns the indexed objects that just
+    drifted."""
     for ids, state in ((drifted, "drifted"), (intact, "pinned")):
         for batch in batched(ids):
             conn.execute(
@@ -181,5 +207,5 @@ def record_checks(conn: Connection, drifted: list[str], intact: list[str], now: 
         ).scalars()
         for pid in list(back):
             conn.execute(packs.update().where(packs.c.id == pid).values(state="reference"))
-            index_chunks(conn, pid)
+            index_chunks(conn, pid, domain)
     return hit

@@ -1,14 +1,21 @@
 """The catalog's tables (SQLAlchemy Core), portable between SQLite and PostgreSQL.
 
 Facts and who writes them:
-- ``packs``: one row per pack object; ``state`` goes ``uploading`` → ``verified``
-  (the gateway read it back and checked every chunk id). Only verified packs feed
-  the dedup index.
-- ``pack_entries``: the index of every verified pack (a copy of its footer), used to
-  build reconstructions without touching the store.
-- ``chunks``: the dedup index, chunk id → one verified location.
+- ``uploads``: one row per pack a session is uploading, each to a store key of its own
+  (``packs/ab/<pack id>.<upload>``), so that no upload can block or spoil another's;
+  ``state`` goes ``uploading`` → ``complete`` (the parts are one object) and the row
+  goes once the upload is verified (or stays ``corrupt`` for its session to see).
+- ``packs``: one row per pack the gateway has verified (read back, every chunk checked):
+  ``key`` is where its live copy is. ``corrupt`` marks one found damaged later.
+- ``pack_entries``: the index of every verified pack, with each chunk's id and its key
+  (the secret that proves possession), used to build reconstructions and check proofs
+  without touching the store.
+- ``chunks``: the dedup index per dedup domain, chunk key → one verified location.
 - ``artifacts`` / ``versions`` / ``version_files`` / ``tags`` / ``aliases``: names.
-- ``sessions``: uploads in progress, so a push can resume.
+- ``sessions``: pushes in progress (who, which artifact, the proof key), so a push can
+  resume.
+- ``tokens``: bearer tokens, by the hash of the secret only; ``catalog_settings``:
+  facts fixed when the catalog was made (the dedup domain depth).
 - ``ref_objects``: pinned source objects of reference versions (uri, size, ETag,
   version id, last-modified; digest once hashed), keyed by pin id. An *indexed* one
   also has a ``packs`` row under the same id with ``state = 'reference'``, whose
@@ -47,14 +54,29 @@ packs = Table(
     Column("id", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("chunk_count", Integer, nullable=False, default=0),
-    # uploading | complete | verified | corrupt; reference objects: indexing | reference
-    # | drifted
+    # verified | corrupt; reference objects: indexing | reference | drifted
     Column("state", String(16), nullable=False),
-    Column("session_id", String(32), nullable=True),
-    Column("upload_id", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("verified_at", Float, nullable=True),
+    Column("key", Text, nullable=True),  # the store key of the live copy
+    # an indexed reference object: the artifact that registered it (who may use it)
+    Column("artifact", String(256), nullable=True),
     Index("ix_packs_state", "state"),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session_id", String(64), nullable=False),
+    Column("pack_id", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("store_upload_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # uploading | complete | corrupt
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("session_id", "pack_id", name="uq_uploads_session_pack"),
+    Index("ix_uploads_state", "state"),
 )
 
 pack_entries = Table(
@@ -63,6 +85,7 @@ pack_entries = Table(
     Column("pack_id", String(64), ForeignKey("packs.id"), primary_key=True),
     Column("idx", Integer, primary_key=True, autoincrement=False),
     Column("chunk_id", LargeBinary(32), nullable=False),
+    Column("chunk_key", LargeBinary(32), nullable=False),
     Column("offset", BigInteger, nullable=False),
     Column("stored_len", Integer, nullable=False),
     Column("raw_len", Integer, nullable=False),
@@ -72,9 +95,11 @@ pack_entries = Table(
 chunks = Table(
     "chunks",
     metadata,
-    Column("id", LargeBinary(32), primary_key=True),
+    Column("domain", String(256), primary_key=True),
+    Column("key", LargeBinary(32), primary_key=True),
     Column("pack_id", String(64), ForeignKey("packs.id"), nullable=False),
     Column("idx", Integer, nullable=False),
+    Index("ix_chunks_pack", "pack_id"),
 )
 
 artifacts = Table(
@@ -112,7 +137,11 @@ version_files = Table(
     Column("idx", Integer, primary_key=True, autoincrement=False),
     Column("path", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("digest", String(64), nullable=False),  # "" for an unhashed reference
+    # format 3: the file id, computed by the gateway from verified chunks ("" for an
+    # unhashed reference); format 2: the uploader's BLAKE3 of the content
+    Column("digest", String(64), nullable=False),
+    # BLAKE3 of the whole content as the uploader declared it ("" if none)
+    Column("b3sum", String(64), nullable=False, server_default=""),
     Column("manifest", Text, nullable=False),  # "[]" for a reference file
     Column("ref_object", String(64), nullable=True),  # ref_objects.id (references)
 )
@@ -143,6 +172,28 @@ sessions = Table(
     Column("version_id", Integer, nullable=True),  # set on commit: retries answer it
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("token_id", String(16), nullable=True),  # who opened it (None: no auth)
+    Column("proof_key", String(64), nullable=True),  # hex, keys the possession proofs
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),  # public: shown by ``token ls``
+    Column("hash", String(64), nullable=False, unique=True),  # SHA-256 of the token
+    Column("scopes", Text, nullable=False),  # space-separated
+    Column("label", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(16), nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+catalog_settings = Table(
+    "catalog_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 ref_objects = Table(
@@ -155,7 +206,8 @@ ref_objects = Table(
     Column("source_version", Text, nullable=True),
     Column("last_modified", String(64), nullable=True),
     Column("weak_etag", Boolean, nullable=False, default=False),
-    Column("digest", String(64), nullable=False),  # "" until hashed
+    Column("digest", String(64), nullable=False),  # BLAKE3 of the content, "" until hashed
+    Column("file_id", String(64), nullable=False, server_default=""),  # "" until hashed
     Column("state", String(16), nullable=False),  # pinned | drifted
     Column("created_at", Float, nullable=False),
     Column("checked_at", Float, nullable=True),

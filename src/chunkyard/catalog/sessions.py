@@ -17,17 +17,15 @@ class SessionRow(NamedTuple):
     version_id: int | None  # set on commit: a retried commit answers it
     created_at: float
     expires_at: float
+    token_id: str | None  # who opened it (None: a gateway without auth)
+    proof_key: str | None  # hex: keys the possession proofs of its commit
 
 
-_COLUMNS = "id, artifact_name, state, version_id, created_at, expires_at"
+_COLUMNS = "id, artifact_name, state, version_id, created_at, expires_at, token_id, proof_key"
 
 
-def insert_session(conn: Connection, sid: str, name: str, now: float, expires_at: float) -> None:
-    conn.execute(
-        sessions.insert().values(
-            id=sid, artifact_name=name, state="open", created_at=now, expires_at=expires_at
-        )
-    )
+def insert_session(conn: Connection, row: SessionRow) -> None:
+    conn.execute(sessions.insert().values(**row._asdict()))
 
 
 def session_row(conn: Connection, sid: str) -> SessionRow | None:

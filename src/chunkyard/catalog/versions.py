@@ -35,7 +35,8 @@ class FileRow(NamedTuple):
     idx: int
     path: str
     size: int
-    digest: str
+    digest: str  # format 3: the file id; format 2: the uploader's BLAKE3
+    b3sum: str  # the uploader's BLAKE3 of the content ("" if none)
     manifest: str
     ref_object: str | None
 
@@ -201,14 +202,22 @@ def files_by_index(conn: Connection, version_id: int, indices: Iterable[int]) ->
     return out
 
 
-def manifests_by_content(conn: Connection, art_id: int, number: int) -> dict[tuple[str, int], str]:
-    """(digest, size) -> manifest of every file of version ``number`` of an artifact."""
+def stored_files_by_id(
+    conn: Connection, art_id: int, number: int
+) -> dict[tuple[str, int], FileRow]:
+    """(file id, size) -> file, for every stored file of version ``number`` of an
+    artifact whose file ids the gateway computed (format 3 and later)."""
     rows = conn.execute(
-        select(version_files.c.digest, version_files.c.size, version_files.c.manifest)
+        select(*_FILE)
         .join(versions, versions.c.id == version_files.c.version_id)
-        .where(versions.c.artifact_id == art_id, versions.c.number == number)
+        .where(
+            versions.c.artifact_id == art_id,
+            versions.c.number == number,
+            versions.c.kind == "stored",
+            versions.c.format >= 3,
+        )
     )
-    return {(r[0], r[1]): r[2] for r in rows}
+    return {(r.digest, r.size): FileRow(*r) for r in rows}
 
 
 # -- tags and aliases ----------------------------------------------------------------

@@ -17,19 +17,21 @@ class Client:
     Requests that fail for a reason that may pass (the gateway or store unreachable,
     429, 5xx) are retried under ``retry`` (default :meth:`RetryPolicy.from_env`: about
     two minutes, ``CHUNKYARD_RETRY_ATTEMPTS`` / ``CHUNKYARD_RETRY_DEADLINE``); each wait
-    is reported to ``on_wait``, which with ``progress`` prints a line to stderr."""
+    is reported to ``on_wait``, which with ``progress`` prints a line to stderr. A gateway
+    that runs with auth wants ``token`` (else ``CHUNKYARD_TOKEN``)."""
 
     def __init__(
         self,
         url: str | None = None,
         *,
+        token: str | None = None,
         progress: bool = False,
         retry: RetryPolicy | None = None,
         on_wait: OnWait | None = None,
     ) -> None:
         if on_wait is None and progress:
             on_wait = print_waits()
-        self.transport = Transport(url, retry=retry, on_wait=on_wait)
+        self.transport = Transport(url, retry=retry, on_wait=on_wait, token=token)
         self.url = self.transport.url
         self.show_progress = progress
 

@@ -1,11 +1,12 @@
 """Pull: fetch pack ranges straight from the store, verify, write in order.
 
-Reconstruction pages (≤512 MiB of content each) are cut into fetch units of at most
-``UNIT_BYTES`` of pack data; ``DEPTH`` units are in flight, each fetched and decoded
-(every chunk id checked) on a worker thread, then written in order while the whole
-file's BLAKE3 is computed. Memory is bounded by ``DEPTH × UNIT_BYTES``, not file size.
-The file is written under a temporary name and renamed into place only once its
-digest matches, so a failed pull never leaves a wrong file behind.
+Reconstruction pages (≤512 MiB of content each) come as terms of at most 8 MiB of
+pack data, each with a GET signed for its bytes; ``DEPTH`` of them are in flight, each
+fetched and decoded (every chunk checked against its id) on a worker thread, then
+written in order while the file's id (from the chunk ids) and its BLAKE3 are computed.
+Memory is bounded by ``DEPTH × UNIT_BYTES``, not file size. The file is written under a
+temporary name and renamed into place only once it matches its file id and the
+uploader's BLAKE3, so a failed pull never leaves a wrong file behind.
 
 Reference versions are read from their sources instead, through requests the gateway
 pinned (see :func:`fetch_reference`); drift there is a ``reference_drifted`` error.
@@ -22,10 +23,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import blake3
 import zstandard
 
-from ..digest import new_file_hasher
+from ..digest import FileIdHasher, new_file_hasher
 from ..errors import DigestMismatch, InvalidRequest, PackCorrupt, StoreError
 from ..names import check_path
 from ..packs import MAX_RECORD, decode_run
@@ -48,14 +48,16 @@ SMALL_PULL = 1024 * 1024
 #: a batch of small files: one reconstruction answer
 SMALL_BATCH_FILES = 512
 SMALL_BATCH_BYTES = 32 * 1024 * 1024
-#: ranges of one pack closer than this are read with one GET
-COALESCE_GAP = 256 * 1024
 
 
 def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
-    """Split each term of a page into fetch units at chunk boundaries."""
+    """Each term of a page as a fetch unit. A term whose GET is signed for its range
+    is one unit as it is; others are split at chunk boundaries."""
     for term in page["terms"]:
-        url = page["urls"][term["pack"]]
+        url = term["url"]
+        if "reference" not in url:  # signed for exactly this range
+            yield page, url, term
+            continue
         lo, hi = term["skip"], term["skip"] + term["take"]  # raw bytes wanted of the term
         group: list = []
         raw_start = raw_pos = stored = 0
@@ -85,8 +87,15 @@ def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
 
 
 class Downloader:
-    def __init__(self, transport: Transport, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        progress: Callable[[int], None] | None = None,
+        fmt: int = 3,
+    ) -> None:
         self.t = transport
+        #: the repository format of the version being pulled (how its files are checked)
+        self.format = fmt
         self.progress = progress or (lambda n: None)
         self.pool = ThreadPoolExecutor(DEPTH, thread_name_prefix="cy-get")
         self._local = threading.local()
@@ -98,7 +107,7 @@ class Downloader:
 
     def _fetch(
         self, job: tuple[dict, dict, dict]
-    ) -> tuple[memoryview, tuple[bytearray, bytearray]]:
+    ) -> tuple[memoryview, tuple[bytearray, bytearray], dict]:
         """On a worker: read one unit into a recycled buffer, decode and verify it."""
         page, url, unit = job
         a, b = unit["range"]
@@ -123,7 +132,7 @@ class Downloader:
         except BaseException:
             self._recycle(bufs)
             raise
-        return out, bufs
+        return out, bufs, unit
 
     def _read(self, page: dict, url: dict, unit: dict, buf: bytearray) -> memoryview:
         """Fetch a unit's pack range (the page is asked again for fresh URLs)."""
@@ -131,7 +140,11 @@ class Downloader:
 
         def renew(exc: StoreError) -> dict:
             fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
-            return fresh["urls"][unit["pack"]]
+            return next(
+                t["url"]
+                for t in fresh["terms"]
+                if t["pack"] == unit["pack"] and t["range"][0] <= a and b <= t["range"][1]
+            )
 
         return self._pack_read(url, page["path"], a, b, buf, renew)
 
@@ -171,25 +184,19 @@ class Downloader:
         cache runs on both cores); this thread hashes them in order, then renames."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-        hasher = new_file_hasher()
+        check = FileCheck(entry, self.format)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, entry["size"])
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
-            for data, bufs in pipelined(self.pool, self._fetch, _placed(units, fd), DEPTH):
-                hasher.update(data)
+            for data, bufs, unit in pipelined(self.pool, self._fetch, _placed(units, fd), DEPTH):
+                check.update(unit["chunks"], data)
                 self.progress(len(data))
                 data.release()
                 self._recycle(bufs)
             os.close(fd)
             fd = -1
-            if hasher.hexdigest() != entry["digest"]:
-                raise DigestMismatch(
-                    f"{entry['path']}: content does not match its digest",
-                    path=entry["path"],
-                    expected=entry["digest"],
-                    got=hasher.hexdigest(),
-                )
+            check.done()
             os.replace(tmp, dest)
         finally:
             if fd >= 0:
@@ -220,20 +227,22 @@ class Downloader:
         answer = self.t.call("POST", f"{base}/reconstructions", json=ask)
         answer["_ask"] = (f"{base}/reconstructions", ask)
         pieces: dict[tuple[int, int], bytes] = {}
-        for done in self.pool.map(lambda r: self._read_and_decode(answer, r), _coalesced(answer)):
+        users: dict[int, list] = {}
+        for fno, f in enumerate(answer["files"]):
+            for tno, term in enumerate(f["terms"]):
+                users.setdefault(term["read"], []).append((fno, tno, term))
+        jobs = [(n, read, users.get(n, [])) for n, read in enumerate(answer["reads"])]
+        for done in self.pool.map(lambda job: self._read_and_decode(answer, *job), jobs):
             pieces.update(done)
         made: set[Path] = set()
         for fno, (entry, target) in enumerate(batch):
             terms = answer["files"][fno]["terms"]
+            check = FileCheck(entry, self.format)
             data = b"".join(pieces[(fno, tno)] for tno in range(len(terms)))
-            got = blake3.blake3(data).hexdigest()
-            if len(data) != entry["size"] or got != entry["digest"]:
-                raise DigestMismatch(
-                    f"{entry['path']}: content does not match its digest",
-                    path=entry["path"],
-                    expected=entry["digest"],
-                    got=got,
-                )
+            for term in terms:
+                check.update(term["chunks"], b"")
+            check.update([], data)
+            check.done()
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
@@ -245,17 +254,19 @@ class Downloader:
                 tmp.unlink(missing_ok=True)
             self.progress(len(data))
 
-    def _read_and_decode(self, answer: dict, read: list) -> dict[tuple[int, int], bytes]:
-        """On a worker: one coalesced range of a pack, and the raw bytes of every term
-        of the batch within it, each chunk checked against its id."""
-        pack, a, b, users = read
-        url = answer["urls"][pack]
+    def _read_and_decode(
+        self, answer: dict, n: int, read: dict, users: list
+    ) -> dict[tuple[int, int], bytes]:
+        """On a worker: one read of the batch (back-to-back records of one pack), and
+        the raw bytes of every term within it, each chunk checked against its id."""
+        a, b = read["range"]
+        url = read["url"]
 
         def renew(exc: StoreError) -> dict:
             path, ask = answer["_ask"]
-            return self.t.call("POST", path, json=ask)["urls"][pack]
+            return self.t.call("POST", path, json=ask)["reads"][n]["url"]
 
-        first = answer["files"][users[0][0]]["path"]
+        first = answer["files"][users[0][0]]["path"] if users else read["pack"]
         data = self._pack_read(url, first, a, b, bytearray(b - a), renew)
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
@@ -277,34 +288,45 @@ class Downloader:
         return out
 
 
+class FileCheck:
+    """What a pulled file must match: its file id, from the ids of the chunks its terms
+    list (format 3; every chunk is checked against its id as it is decoded), and the
+    BLAKE3 its uploader declared, over the bytes written (format 2: the only check)."""
+
+    def __init__(self, entry: dict, fmt: int) -> None:
+        self.entry = entry
+        self.ids = FileIdHasher() if fmt >= 3 else None
+        self.want_b3 = entry.get("b3sum", "") if fmt >= 3 else entry["digest"]
+        self.b3 = new_file_hasher() if self.want_b3 else None
+        self.size = 0
+
+    def update(self, chunks: list, data: bytes | memoryview) -> None:
+        if self.ids is not None:
+            for cid, _, raw_len, _ in chunks:
+                self.ids.update(bytes.fromhex(cid), raw_len)
+        if self.b3 is not None:
+            self.b3.update(data)
+        self.size += len(data)
+
+    def done(self) -> None:
+        e, problem = self.entry, ""
+        if self.size != e["size"]:
+            problem = f"{self.size} bytes instead of {e['size']}"
+        elif self.ids is not None and self.ids.hexdigest() != e["digest"]:
+            problem = "its chunks do not make the file the version names"
+        elif self.b3 is not None and self.b3.hexdigest() != self.want_b3:
+            problem = "its BLAKE3 is not the one its uploader declared"
+        if problem:
+            raise DigestMismatch(
+                f"{e['path']}: content does not match its digest: {problem}",
+                path=e["path"],
+                expected=self.want_b3 or e["digest"],
+            )
+
+
 def _borrowed(url: dict, path: str) -> dict[str, str]:
     """Who drifted when ``path`` borrows chunks from a reference object (drift args)."""
     return {"uri": url["reference"], "path": path, "why": f"{path} borrows chunks from it"}
-
-
-def _coalesced(answer: dict) -> list[list]:
-    """The pack ranges a batch needs, merged per pack where they lie close together:
-    [pack, start, end, [(file no, term no, term), ...]]."""
-    by_pack: dict[str, list] = {}
-    for fno, f in enumerate(answer["files"]):
-        for tno, t in enumerate(f["terms"]):
-            by_pack.setdefault(t["pack"], []).append((t["range"][0], t["range"][1], fno, tno, t))
-    reads: list[list] = []
-    for pack, ranges in by_pack.items():
-        ranges.sort(key=lambda r: r[0])
-        cur: list | None = None
-        for a, b, fno, tno, t in ranges:
-            if (
-                cur is not None
-                and a - cur[2] <= COALESCE_GAP
-                and max(b, cur[2]) - cur[1] <= UNIT_BYTES
-            ):
-                cur[2] = max(cur[2], b)
-                cur[3].append((fno, tno, t))
-            else:
-                cur = [pack, a, b, [(fno, tno, t)]]
-                reads.append(cur)
-    return reads
 
 
 def _placed(units: Iterator[tuple], fd: int) -> Iterator[tuple]:
@@ -341,7 +363,7 @@ def pull(
     if v["kind"] == "reference":
         _pull_reference(transport, base, targets, progress)
     else:
-        d = Downloader(transport, progress)
+        d = Downloader(transport, progress, v.get("format", 2))
         small = [(e, t) for e, t in targets if e["size"] <= SMALL_PULL]
         try:
             if len(small) > 1:
@@ -475,7 +497,7 @@ def fetch_reference(
                 with_fresh_url(get, ref["request"], renew)
         if pos != pin.size:
             raise drifted(pin.uri, "changed", path, pin=pin, received=pos)
-        if entry.get("digest") and hasher.hexdigest() != entry["digest"]:
+        if entry.get("b3sum") and hasher.hexdigest() != entry["b3sum"]:
             raise drifted(pin.uri, "content", path, pin=pin, digest=hasher.hexdigest())
         os.replace(tmp, dest)
     finally:

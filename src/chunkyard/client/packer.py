@@ -28,21 +28,14 @@ import blake3
 
 from .. import packs as packfmt
 from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, new_chunker, windows
-from ..digest import file_digest, new_file_hasher
+from ..digest import chunk_id, chunk_key, file_digest, file_id, new_file_hasher
 from ..errors import InvalidRequest
-from ..hashing import helper_running, start_chunk_ids
+from ..hashing import chunk_ids, start_chunk_ids
 
 DEPTH = 3
 #: files at least this large that resemble a file of the latest version take the
 #: hash-everything-first path (:meth:`Packer.add_similar_file`)
 SIMILAR_MIN = 64 * 1024 * 1024
-#: where the helper process starts cutting while this process hashes the whole file
-#: and then cuts the head: the digest costs about as much as cutting 0.45 of the file,
-#: and starting the helper (a CLI push) about 0.25 of it. Balanced, both finish together
-#: (a 1%-changed 1 GiB push: ~1.3 s at 0.4, ~1.45 s at 0.25, alternating runs).
-HEAD_SPLIT = 0.4
-#: the same when the helper is already running (pushes from a long-lived process)
-HEAD_SPLIT_WARM = 0.3
 #: chunk ids per missing-chunk query on that path (the gateway takes up to 65,536)
 LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
@@ -60,7 +53,7 @@ SMALL_BATCH_CHUNKS = 16384
 #: missing-chunk query once their packs are verified.
 RECENT_LIMIT = 50_000
 
-#: lookup(ids) -> {"packs": [pack ids], "locations": [None | [pack index, chunk index]]}
+#: lookup(chunk keys) -> {"packs": [pack ids], "locations": [None | [pack, chunk index]]}
 Lookup = Callable[[list[bytes]], dict]
 Ship = Callable[[packfmt.Pack], None]
 
@@ -99,19 +92,38 @@ class PackSlot:
 class FileResult:
     path: str
     size: int
-    digest: str
-    terms: list[list] = field(default_factory=list)  # [pack id or PackSlot, first, end]
+    b3sum: str  # BLAKE3 of the content, as b3sum prints it
+    #: [pack id or PackSlot, first, end, proof hasher]
+    terms: list[list] = field(default_factory=list)
     from_version: int | None = None
+    file_id: str = ""  # with from_version: the file of that version it equals
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "b3sum": self.b3sum}
         if self.from_version is not None:
-            out["from_version"] = self.from_version
+            out.update(from_version=self.from_version, file_id=self.file_id)
         else:
             out["terms"] = [
-                [p.id if isinstance(p, PackSlot) else p, a, b] for p, a, b in self.terms
+                [p.id if isinstance(p, PackSlot) else p, a, b, proof.hexdigest()]
+                for p, a, b, proof in self.terms
             ]
         return out
+
+
+def reused(rel: str, size: int, known: dict) -> FileResult:
+    """A file equal to one of the latest version: named, not sent."""
+    return FileResult(
+        rel,
+        size,
+        known.get("b3sum", ""),
+        from_version=known["version"],
+        file_id=known["digest"],
+    )
+
+
+def file_id_of(cuts: Iterable[tuple[int, int, bytes]]) -> str:
+    """The file id of ``(offset, length, chunk key)`` cuts, as the gateway computes it."""
+    return file_id((chunk_id(key), n) for _, n, key in cuts)
 
 
 @dataclass
@@ -132,8 +144,11 @@ class Packer:
         ship: Ship,
         target_size: int = packfmt.TARGET_SIZE,
         progress: Callable[[int], None] | None = None,
+        proof_key: bytes = bytes(32),
     ) -> None:
         self.lookup, self.ship = lookup, ship
+        #: keys the possession proofs of the terms (the upload session's)
+        self.proof_key = proof_key
         self.target_size = target_size
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
@@ -212,11 +227,11 @@ class Packer:
             cid, entry = ids[i], plan[i]
             self.stats.chunks_total += 1
             if entry[0] == "known":
-                _add_term(terms, entry[1], entry[2])
+                self._add_term(terms, entry[1], entry[2], cid)
                 continue
             loc = self.recent.get(cid)
             if loc is not None:  # already placed earlier in this push
-                _add_term(terms, *loc)
+                self._add_term(terms, *loc, cid)
                 continue
             if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
                 entry = packfmt.compress(self._compressor(), w.chunk(i))
@@ -228,7 +243,20 @@ class Packer:
             self.recent[cid] = (self.slot, idx)
             if len(self.recent) > RECENT_LIMIT:
                 self.recent.popitem(last=False)
-            _add_term(terms, self.slot, idx)
+            self._add_term(terms, self.slot, idx, cid)
+
+    def _add_term(self, terms: list[list], pack: PackSlot | str, idx: int, key: bytes) -> None:
+        """Append chunk ``idx`` of ``pack`` (whose key is ``key``), joining the last term
+        when consecutive; each term's proof covers the keys of its chunks."""
+        if terms:
+            last = terms[-1]
+            if last[0] is pack and last[2] == idx:
+                last[2] = idx + 1
+                last[3].update(key)
+                return
+        proof = blake3.blake3(key=self.proof_key)
+        proof.update(key)
+        terms.append([pack, idx, idx + 1, proof])
 
     # -- packs -------------------------------------------------------------
     def _new_writer(self) -> packfmt.PackWriter:
@@ -263,44 +291,27 @@ class Packer:
 
     # -- files -------------------------------------------------------------
     def _same_as_known(
-        self, path: Path, rel: str, size: int, known: dict | None
-    ) -> tuple[str | None, FileResult | None]:
-        """A file as large as the latest version's is hashed first (one read at BLAKE3
-        speed): if the digest matches, it is reused without chunking. Returns the digest
-        (when computed) and the reused result (when it matched)."""
-        if known is None or known["size"] != size:
-            return None, None
-        digest = _digest_of(path)
-        if digest != known["digest"]:
-            return digest, None
+        self, rel: str, size: int, known: dict | None, cuts: list[tuple[int, int, bytes]]
+    ) -> FileResult | None:
+        """The file as a reuse of the latest version's, when its file id (from its chunk
+        keys) equals that file's."""
+        if known is None or known["size"] != size or file_id_of(cuts) != known["digest"]:
+            return None
         self.progress(size)
-        return digest, FileResult(rel, size, digest, from_version=known["version"])
+        return reused(rel, size, known)
 
     def add_similar_file(self, path: Path, rel: str, known: dict) -> FileResult:
         """A large file that resembles one of the latest version (a new checkpoint of
         the same model): cut and hash all of it first on two processes
-        (:func:`chunkyard.hashing.start_chunk_ids`), ask the gateway about every chunk at
-        once, then read, compress and send only the runs that hold new chunks."""
-        st = path.stat()
-        size = st.st_size
-        digest_job: Future | None = None
-        job = None
-        if known["size"] != size:
-            job = start_chunk_ids(path)
-        elif st.st_mtime > known.get("created_at", st.st_mtime):
-            # written since that version was pushed: most likely a new checkpoint, so
-            # the helper process starts cutting the tail while this one hashes the
-            # whole file (abandoned if the digest says unchanged after all; an
-            # untouched file is hashed alone, at full speed)
-            job = start_chunk_ids(path, split=HEAD_SPLIT_WARM if helper_running() else HEAD_SPLIT)
-        digest, same = self._same_as_known(path, rel, size, known)
+        (:func:`chunkyard.hashing.start_chunk_ids`); unchanged, it is named, not sent;
+        otherwise ask the gateway about every chunk at once, then read, compress and
+        send only the runs that hold new chunks, while its BLAKE3 is computed beside."""
+        size = path.stat().st_size
+        cuts = start_chunk_ids(path).result()
+        same = self._same_as_known(rel, size, known, cuts)
         if same is not None:
-            if job is not None:
-                job.abandon()
             return same
-        if digest is None:
-            digest_job = self.digest_pool.submit(_digest_of, path)
-        cuts = (job or start_chunk_ids(path)).result()
+        digest_job = self.digest_pool.submit(_digest_of, path)
         packs_: list[str] = []
         where: dict[str, int] = {}
         locations: list = []
@@ -341,8 +352,7 @@ class Packer:
                 self.progress(sum(n for _, n in w.cuts))
         finally:
             os.close(fd)
-        digest = digest_job.result() if digest_job else digest
-        return FileResult(rel, size, digest, terms=terms)
+        return FileResult(rel, size, digest_job.result(), terms=terms)
 
     def add_small_files(self, files: list[tuple[Path, str, dict | None]]) -> list[FileResult]:
         """Files of at most :data:`SMALL_MAX` bytes, many at a time, results in order.
@@ -388,17 +398,20 @@ class Packer:
                 data = f.read(SMALL_MAX + 1)
             if len(data) > SMALL_MAX:
                 raise InvalidRequest(f"{path} changed while it was being pushed")
-            digest = blake3.blake3(data).hexdigest()
-            if known is not None and known["size"] == len(data) and known["digest"] == digest:
-                result = FileResult(rel, len(data), digest, from_version=known["version"])
-                records.append((result, len(ids), len(ids)))
+            mine = [
+                (c.offset, c.length, chunk_key(memoryview(data)[c.offset : c.offset + c.length]))
+                for c in (cdc.cut_buf(data) if data else ())
+            ]
+            same = self._same_as_known(rel, len(data), known, mine)
+            if same is not None:
+                records.append((same, len(ids), len(ids)))
                 continue
             first, base = len(ids), len(buf)
             buf += data
-            for c in cdc.cut_buf(data) if data else ():
-                cuts.append((base + c.offset, c.length))
-                ids.append(blake3.blake3(memoryview(data)[c.offset : c.offset + c.length]).digest())
-            records.append((FileResult(rel, len(data), digest), first, len(ids)))
+            cuts += [(base + off, n) for off, n, _ in mine]
+            ids += [key for _, _, key in mine]
+            b3sum = blake3.blake3(data).hexdigest()
+            records.append((FileResult(rel, len(data), b3sum), first, len(ids)))
             if len(buf) >= WINDOW_SIZE or len(ids) >= SMALL_BATCH_CHUNKS:
                 yield records, Window(memoryview(buf), cuts, 0), ids
                 records, buf, cuts, ids = [], bytearray(), [], []
@@ -407,19 +420,20 @@ class Packer:
 
     def add_file(self, path: Path, rel: str, known: dict | None = None) -> FileResult:
         """Chunk one file into the packs. ``known``: the same path's entry in the latest
-        version ({size, digest, version}); if the digest matches, the file is reused
-        without chunking it."""
+        version ({size, digest (its file id), b3sum, version}); a file of that size is
+        cut and hashed first, and reused if its file id matches."""
         size = path.stat().st_size
-        digest, same = self._same_as_known(path, rel, size, known)
-        if same is not None:
-            return same
+        if known is not None and known["size"] == size:
+            same = self._same_as_known(rel, size, known, chunk_ids(path, parallel=False))
+            if same is not None:
+                return same
         terms: list[list] = []
-        hasher = None if digest else new_file_hasher()
+        hasher = new_file_hasher()
         digests: deque[Future] = deque()
 
         def update_digest(w: Window) -> None:
             try:
-                hasher.update(w.data)  # type: ignore[union-attr]
+                hasher.update(w.data)
             finally:
                 w.release()
 
@@ -427,11 +441,10 @@ class Packer:
 
             def windows_with_digest() -> Iterator[Window]:
                 for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=2):
-                    if hasher is not None:
-                        w.hold()
-                        digests.append(self.digest_pool.submit(update_digest, w))
-                        while len(digests) > DEPTH + 2:
-                            digests.popleft().result()
+                    w.hold()
+                    digests.append(self.digest_pool.submit(update_digest, w))
+                    while len(digests) > DEPTH + 2:
+                        digests.popleft().result()
                     yield w
 
             hashed = pipelined(self.cpu, self._hash, windows_with_digest(), 2)
@@ -443,9 +456,7 @@ class Packer:
                 self.progress(n)
         for d in digests:
             d.result()
-        if hasher is not None:
-            digest = hasher.hexdigest()
-        return FileResult(rel, size, digest or "", terms=terms)
+        return FileResult(rel, size, hasher.hexdigest(), terms=terms)
 
 
 def _groups(cuts: list, limit: int) -> Iterator[list]:
@@ -458,13 +469,3 @@ def _groups(cuts: list, limit: int) -> Iterator[list]:
         group.append(c)
     if group:
         yield group
-
-
-def _add_term(terms: list[list], pack: PackSlot | str, idx: int) -> None:
-    """Append chunk ``idx`` of ``pack``, merging with the last term when consecutive."""
-    if terms:
-        last = terms[-1]
-        if last[0] is pack and last[2] == idx:
-            last[2] = idx + 1
-            return
-    terms.append([pack, idx, idx + 1])

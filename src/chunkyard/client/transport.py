@@ -270,8 +270,11 @@ class Transport:
         timeout: float = 300.0,
         retry: RetryPolicy | None = None,
         on_wait: OnWait | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = (url or os.environ.get("CHUNKYARD_URL") or DEFAULT_URL).rstrip("/")
+        #: the bearer token gateway calls carry (CHUNKYARD_TOKEN); never sent to stores
+        self.token = token or os.environ.get("CHUNKYARD_TOKEN") or None
         self.retry = retry or RetryPolicy.from_env()
         self.on_wait = on_wait
         self.raw = urllib3.PoolManager(maxsize=32, block=False)
@@ -377,6 +380,8 @@ class Transport:
             body, sent = content, {"content-type": "application/octet-stream"}
         else:
             body, sent = None, {}
+        if self.token:
+            sent["authorization"] = f"Bearer {self.token}"
         sent.update(headers or {})
 
         def lost(exc: Exception) -> ChunkyardError:
@@ -424,7 +429,9 @@ class Transport:
 
         def once() -> Any:
             extra = headers() if callable(headers) else headers
-            sent = {**req.get("headers", {}), **(extra or {})}
+            sent = urllib3.HTTPHeaderDict(req.get("headers", {}))
+            for name, value in (extra or {}).items():  # replaces, whatever the case
+                sent[name] = value
             return self._attempt(
                 req["method"],
                 req["url"],

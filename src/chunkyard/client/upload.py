@@ -18,7 +18,6 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..digest import tree_digest
 from ..errors import InvalidRequest, NotFound, StoreError
 from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
@@ -30,7 +29,7 @@ PART_REFUSED = frozenset(
         400,  # S3/Azure: BadDigest, Md5Mismatch (damaged in transit)
         401,
         403,  # expired URL
-        404,  # the upload was completed (by another push of the same pack)
+        404,  # the upload is gone (completed by an earlier try of this push)
         422,  # local store: checksum mismatch
     }
 )
@@ -56,14 +55,15 @@ class Uploader:
             self._ship,
             self.session.get("pack_target_size", packfmt.TARGET_SIZE),
             progress,
+            proof_key=bytes.fromhex(self.session["proof_key"]),
         )
 
     def close(self) -> None:
         self.packer.close()
         self.parts.shutdown(wait=True, cancel_futures=True)
 
-    def _lookup(self, ids: list[bytes]) -> dict:
-        return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(ids))
+    def _lookup(self, keys: list[bytes]) -> dict:
+        return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(keys))
 
     def _checksums(self, kind: str, pack: packfmt.Pack, parts: list[dict]) -> list[str]:
         if kind == "blake3" and len(parts) == 1:  # one part: its BLAKE3 is the pack id
@@ -92,14 +92,10 @@ class Uploader:
             return
         try:
             etags = self._send_parts(pack, body, plan["parts"])
-        except _AlreadyStored:  # another push completed the same pack meanwhile
+        except _AlreadyStored:  # this session's upload of it is complete already
             return
-        # the pack's tail (index + footer): the gateway need not read it back from the store
-        tail = pack.data[pack.entries[-1].offset + pack.entries[-1].stored_len :]
         self.t.call(
-            "POST",
-            f"/v1/sessions/{self.sid}/packs/{pack.id}/complete",
-            json={"parts": etags, "index": base64.b64encode(tail).decode()},
+            "POST", f"/v1/sessions/{self.sid}/packs/{pack.id}/complete", json={"parts": etags}
         )
         self.packer.stats.bytes_uploaded += pack.size
 
@@ -187,9 +183,9 @@ def push(
 ) -> dict[str, Any]:
     """Push a file or a directory as a new version of ``name``; returns its summary.
 
-    Files whose path and size match the latest version are hashed first; if the digest
-    matches too, they are reused without chunking (a re-push of unchanged weights costs
-    one read at BLAKE3 speed)."""
+    Files whose path and size match the latest version are cut and hashed first; if
+    their file id (from the chunk ids) matches that file's, which the gateway computed
+    from verified chunks, they are reused without reading them again."""
     root = Path(path)
     if not root.exists():
         raise InvalidRequest(f"{root} does not exist")
@@ -198,7 +194,8 @@ def push(
     total = sum(p.stat().st_size for p, _ in entries)
     latest = _latest(transport, name)
     known: dict[str, dict] = {}
-    if latest is not None and latest["layout"] == layout:
+    # file ids exist from format 3 on: older versions' digests are only their uploaders'
+    if latest is not None and latest["layout"] == layout and latest.get("format", 2) >= 3:
         files = latest["file_list"]
         seen = {"version": latest["version"], "created_at": latest.get("created_at", 0.0)}
         if layout == "file" and files:  # one file: compare content whatever its name
@@ -213,14 +210,8 @@ def push(
     finally:
         up.close()
     stats = up.packer.stats
-    digest = (
-        results[0].digest
-        if layout == "file"
-        else tree_digest((r.path, r.size, r.digest) for r in results)
-    )
     return {
         **version,
-        "digest": digest,
         "size": total,
         "files": len(results),
         "chunks_total": stats.chunks_total,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 
 from ..catalog import Database
+from ..catalog.settings import DEDUP_DOMAIN_DEPTH, setting
 from ..config import Settings
+from ..names import domain_of
 from ..stores import open_store
 from ..stores.base import Store
 from .sources import Sources
@@ -21,10 +23,16 @@ VERIFY_MODES = ("inline", "background", "external")
 
 
 class Repository:
-    def __init__(self, settings: Settings, db: Database, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, store: Store, domain_depth: int = 1
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        #: how many leading name segments make a dedup domain (fixed in the catalog)
+        self.domain_depth = domain_depth
+        #: verifications running in this process, so that two callers share one
+        self.verifying: dict[str, asyncio.Future] = {}
         #: the buckets and servers reference versions point at
         self.sources = Sources(settings)
         self.verify_mode = settings.verify or (
@@ -42,7 +50,12 @@ class Repository:
         await store.check()
         db = Database(settings.db_url)
         await db.migrate()
-        return cls(settings, db, store)
+        depth = await db.read(setting, DEDUP_DOMAIN_DEPTH)
+        return cls(settings, db, store, int(depth or 1))
+
+    def domain(self, name: str) -> str:
+        """The dedup domain of an artifact name."""
+        return domain_of(name, self.domain_depth)
 
     async def close(self) -> None:
         await self.sources.close()

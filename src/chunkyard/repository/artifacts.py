@@ -14,6 +14,7 @@ from ..catalog.versions import Ref, VersionRow
 from ..errors import AliasConflict, ArtifactNotFound, TagConflict, VersionNotFound
 from ..names import check_alias, check_name, check_tags
 from . import Repository
+from .access import Principal
 
 MAX_PAGE = 1000
 
@@ -62,6 +63,7 @@ def summaries(conn: Connection, name: str, rows: list[VersionRow]) -> list[dict[
             "files": v.file_count,
             "created_at": v.created_at,
             "digest_of": v.digest_of,  # "content", or "pins" for a reference never hashed
+            "format": v.format,  # the repository format: how the digests were made
             "tags": tags.get(v.id, {}),
             "aliases": aliases.get(v.id, []),
         }
@@ -77,7 +79,7 @@ def summary(conn: Connection, name: str, v: VersionRow, files: bool = False) -> 
         out["file_list"] = _reference_files(conn, v.id)
     elif files:
         out["file_list"] = [
-            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest}
+            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "b3sum": f.b3sum}
             for f in q.files_of(conn, v.id)
         ]
     return out
@@ -91,7 +93,8 @@ def _reference_files(conn: Connection, version_id: int) -> list[dict[str, Any]]:
             "index": idx,
             "path": path,
             "size": size,
-            "digest": pin.digest,
+            "digest": pin.file_id,
+            "b3sum": pin.digest,
             "uri": pin.uri,
             "pin": {
                 "etag": pin.etag,
@@ -105,26 +108,45 @@ def _reference_files(conn: Connection, version_id: int) -> list[dict[str, Any]]:
     ]
 
 
-async def show(repo: Repository, name: str, ref: Ref) -> dict[str, Any]:
+async def show(repo: Repository, who: Principal, name: str, ref: Ref) -> dict[str, Any]:
+    who.require("read", name)
+
     def tx(conn: Connection) -> dict[str, Any]:
         return summary(conn, name, find_version(conn, name, ref), files=True)
 
     return await repo.db.read(tx)
 
 
+#: names looked at per listing request at most, readable or not (a token that may read
+#: little of a large catalog gets short pages with a cursor, not a long scan)
+MAX_SCAN = 10_000
+
+
 async def list_artifacts(
-    repo: Repository, prefix: str = "", cursor: str = "", limit: int = 100
+    repo: Repository, who: Principal, prefix: str = "", cursor: str = "", limit: int = 100
 ) -> dict[str, Any]:
-    """Artifacts whose name starts with ``prefix``, by name, paged by a cursor."""
+    """Artifacts whose name starts with ``prefix`` and that ``who`` may read, by name,
+    paged by a cursor (the last name looked at)."""
     limit = max(1, min(limit, MAX_PAGE))
-    rows = await repo.db.read(q.list_artifacts, prefix, cursor, limit + 1)
-    items = [{"name": n, "latest": latest, "versions": c} for n, latest, c in rows[:limit]]
-    return {"artifacts": items, "next": items[-1]["name"] if len(rows) > limit else None}
+    items: list[dict[str, Any]] = []
+    scanned, after, more = 0, cursor, True
+    while len(items) < limit and scanned < MAX_SCAN and more:
+        want = limit - len(items)
+        rows = await repo.db.read(q.list_artifacts, prefix, after, want + 1)
+        more = len(rows) > want
+        for n, latest, c in rows[:want]:
+            if who.can("read", n):
+                items.append({"name": n, "latest": latest, "versions": c})
+        scanned += len(rows[:want])
+        if rows[:want]:
+            after = rows[:want][-1][0]
+    return {"artifacts": items, "next": after if more else None}
 
 
 async def list_versions(
-    repo: Repository, name: str, cursor: int = 0, limit: int = 100
+    repo: Repository, who: Principal, name: str, cursor: int = 0, limit: int = 100
 ) -> dict[str, Any]:
+    who.require("read", name)
     limit = max(1, min(limit, MAX_PAGE))
 
     def tx(conn: Connection) -> dict[str, Any]:
@@ -136,11 +158,17 @@ async def list_versions(
 
 
 async def set_alias(
-    repo: Repository, name: str, alias: str, number: int, expect: int | None = None
+    repo: Repository,
+    who: Principal,
+    name: str,
+    alias: str,
+    number: int,
+    expect: int | None = None,
 ) -> dict[str, Any]:
     """Point ``alias`` at version ``number``; with ``expect``, only if it points there now
     (compare-and-set; ``expect=0`` means the alias must not exist yet)."""
     check_alias(alias)
+    who.require("write", name)
 
     def tx(conn: Connection) -> dict[str, Any]:
         v = find_version(conn, name, number)
@@ -156,8 +184,11 @@ async def set_alias(
     return await repo.db.write(tx)
 
 
-async def set_tags(repo: Repository, name: str, ref: Ref, new: dict[str, str]) -> dict[str, Any]:
+async def set_tags(
+    repo: Repository, who: Principal, name: str, ref: Ref, new: dict[str, str]
+) -> dict[str, Any]:
     new = check_tags(new)
+    who.require("write", name)
 
     def tx(conn: Connection) -> dict[str, Any]:
         v = find_version(conn, name, ref)
@@ -167,7 +198,10 @@ async def set_tags(repo: Repository, name: str, ref: Ref, new: dict[str, str]) -
     return await repo.db.write(tx)
 
 
-async def stats(repo: Repository) -> dict[str, Any]:
+async def stats(repo: Repository, who: Principal) -> dict[str, Any]:
+    """Totals over the whole catalog: for admins (they count what others may not see)."""
+    who.require("admin")
+
     def tx(conn: Connection) -> dict[str, Any]:
         out: dict[str, Any] = q.totals(conn)
         stored, npacks, nchunks = packs_q.stored_totals(conn)

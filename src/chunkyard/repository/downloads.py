@@ -1,7 +1,10 @@
 """Reconstruction: which byte ranges of which packs rebuild a file (or a range of it).
 
-Clients fetch those ranges straight from the store with presigned GETs; the gateway's
-own streaming ``content`` endpoint uses the same plan and reads through the store.
+Clients fetch those ranges straight from the store. Each range comes with a GET of its
+own, signed for exactly those bytes where the store can sign a range (the local store,
+S3, GCS), so a reader gets the chunks of what it may read and no others of the same
+pack. The gateway's own streaming ``content`` endpoint uses the same plan and reads
+through the store.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from sqlalchemy import Connection
 from .. import packs as packfmt
 from ..catalog import packs as packs_q
 from ..catalog import versions as versions_q
-from ..catalog.packs import EntryRow
+from ..catalog.packs import EntryRow, PackRow
 from ..catalog.versions import FileRow, Ref, VersionRow
 from ..errors import InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
-from ..packs import pack_key
 from ..pins import Pin, drifted
 from ..version import FORMAT_VERSION
 from . import Repository
+from .access import Principal
 from .artifacts import find_version
 from .references import reading
 
@@ -31,6 +34,9 @@ from .references import reading
 PAGE_BYTES = 512 * 1024 * 1024
 #: content bytes the streaming endpoint plans at a time
 STREAM_PAGE = 64 * 1024 * 1024
+#: the most stored (and raw) bytes one signed read covers: the unit a client fetches
+#: and decodes at once, so its memory stays bounded
+READ_BYTES = 8 * 1024 * 1024
 #: files per batch reconstruction answer, and the largest file it may hold (larger
 #: files page through answers of their own)
 BATCH_FILES = 1024
@@ -67,6 +73,7 @@ def file_header(name: str, v: VersionRow, f: FileRow) -> dict[str, Any]:
         "path": f.path,
         "size": f.size,
         "digest": f.digest,
+        "b3sum": f.b3sum,
     }
 
 
@@ -80,11 +87,28 @@ def _term_json(pack: str, chosen: list[EntryRow], skip: int, take: int) -> dict[
     }
 
 
+def _pieces(rows: list[tuple[int, EntryRow]]) -> Iterable[list[tuple[int, EntryRow]]]:
+    """Consecutive records (each with where its bytes start in the file) cut into
+    reads of at most READ_BYTES stored and raw."""
+    piece: list[tuple[int, EntryRow]] = []
+    stored = raw = 0
+    for item in rows:
+        r = item[1]
+        if piece and (stored + r.stored_len > READ_BYTES or raw + r.raw_len > READ_BYTES):
+            yield piece
+            piece, stored, raw = [], 0, 0
+        piece.append(item)
+        stored += r.stored_len
+        raw += r.raw_len
+    if piece:
+        yield piece
+
+
 def plan(
     conn: Connection, f: FileRow, start: int, end: int, page: int = PAGE_BYTES
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Terms covering content bytes ``[start, end)`` of file ``f`` (at most ``page``
-    bytes of it), and where the next page starts (None when done)."""
+    bytes of it), each at most one read, and where the next page starts (None: done)."""
     out: list[dict[str, Any]] = []
     stop = min(end, start + page)
     pos = 0
@@ -94,17 +118,18 @@ def plan(
             continue
         if t_start >= stop:
             break
-        cpos, chosen, skip, first_pos = t_start, [], 0, t_start
+        cpos, chosen = t_start, []
         for r in packs_q.entries(conn, t.pack, t.first, t.end):
             c_start, cpos = cpos, cpos + r.raw_len
-            if cpos <= start or c_start >= stop:
-                continue
-            if not chosen:
-                skip, first_pos = max(0, start - c_start), c_start
-            chosen.append(r)
-        if chosen:
-            last_pos = first_pos + sum(r.raw_len for r in chosen)
-            out.append(_term_json(t.pack, chosen, skip, min(last_pos, stop) - (first_pos + skip)))
+            if cpos > start and c_start < stop:
+                chosen.append((c_start, r))
+        for piece in _pieces(chosen):
+            rows = [r for _, r in piece]
+            first_pos = piece[0][0]
+            last_pos = first_pos + sum(r.raw_len for r in rows)
+            skip = max(0, start - first_pos)
+            take = min(last_pos, stop) - (first_pos + skip)
+            out.append(_term_json(t.pack, rows, skip, take))
     refuse_unusable(conn, {t["pack"] for t in out}, f.path)
     return out, (stop if stop < end else None)
 
@@ -122,54 +147,75 @@ def refuse_unusable(conn: Connection, ids: Iterable[str], path: str) -> None:
         )
 
 
+def _where(
+    conn: Connection, terms: list[dict[str, Any]]
+) -> tuple[dict[str, Pin], dict[str, PackRow]]:
+    """Where each term's pack is: a reference's source, or a store key."""
+    ids = {t["pack"] for t in terms}
+    return reading.pins_of(conn, ids), packs_q.pack_rows(conn, ids)
+
+
+async def _sign(
+    repo: Repository, terms: list[dict[str, Any]], pins: dict[str, Pin], rows: dict[str, PackRow]
+) -> None:
+    """Give every term its GET: signed for its byte range in the store, or pinned at a
+    reference's source (where the client adds the range)."""
+    pinned: dict[str, dict[str, Any]] = {}
+    for t in terms:
+        pin = pins.get(t["pack"])
+        if pin is not None:  # chunks borrowed from an indexed reference object
+            if t["pack"] not in pinned:
+                req = await repo.sources.pinned_request(pin, check=False)
+                pinned[t["pack"]] = {**req.to_json(), "reference": pin.uri}
+            t["url"] = pinned[t["pack"]]
+            continue
+        a, b = t["range"]
+        key = rows[t["pack"]].key or packfmt.pack_key(t["pack"])
+        req = await repo.store.presign_get(key, repo.settings.url_expiry, byte_range=(a, b))
+        t["url"] = req.to_json()
+
+
 async def reconstruction(
-    repo: Repository, name: str, ref: Ref, index: int, start: int = 0, length: int | None = None
+    repo: Repository,
+    who: Principal,
+    name: str,
+    ref: Ref,
+    index: int,
+    start: int = 0,
+    length: int | None = None,
 ) -> dict[str, Any]:
-    def tx(conn: Connection) -> tuple[VersionRow, FileRow, list, int | None, int, dict]:
+    who.require("read", name)
+
+    def tx(conn: Connection) -> tuple:
         v, f = find_file(conn, name, ref, index=index)
         if v.kind == "reference":  # read whole from its source
-            return v, f, [], None, f.size, {}
+            return v, f, [], None, f.size, {}, {}
         if start > f.size:
             raise InvalidRequest(f"range starts outside the file's {f.size} bytes")
         end = f.size if length is None else min(f.size, start + length)
         terms, nxt = plan(conn, f, start, end)
-        return v, f, terms, nxt, end, reading.pins_of(conn, {t["pack"] for t in terms})
+        return (v, f, terms, nxt, end, *_where(conn, terms))
 
-    v, f, terms, nxt, end, sources = await repo.db.read(tx)
+    v, f, terms, nxt, end, pins, rows = await repo.db.read(tx)
     if v.kind == "reference":  # the whole file, from its source
         head = {**file_header(name, v, f), "start": 0, "end": f.size, "next": None, "terms": []}
-        return {**head, "urls": {}, "reference": await reading.pinned_source(repo, f)}
-    out = {**file_header(name, v, f), "start": start, "end": end, "next": nxt, "terms": terms}
-    return {**out, "urls": await _urls(repo, [t["pack"] for t in terms], sources)}
-
-
-async def _urls(repo: Repository, pack_ids: list[str], sources: dict[str, Pin]) -> dict[str, dict]:
-    """One signed GET per pack: from the store, or pinned at a reference's source."""
-    urls: dict[str, dict] = {}
-    for pack_id in pack_ids:
-        if pack_id in urls:
-            continue
-        pin = sources.get(pack_id)
-        if pin is not None:  # chunks borrowed from an indexed reference object
-            req = await repo.sources.pinned_request(pin, check=False)
-            urls[pack_id] = {**req.to_json(), "reference": pin.uri}
-        else:
-            req = await repo.store.presign_get(pack_key(pack_id), repo.settings.url_expiry)
-            urls[pack_id] = req.to_json()
-    return urls
+        return {**head, "reference": await reading.pinned_source(repo, f)}
+    await _sign(repo, terms, pins, rows)
+    return {**file_header(name, v, f), "start": start, "end": end, "next": nxt, "terms": terms}
 
 
 async def reconstructions(
-    repo: Repository, name: str, ref: Ref, indices: list[int]
+    repo: Repository, who: Principal, name: str, ref: Ref, indices: list[int]
 ) -> dict[str, Any]:
     """Whole small files of a version in one answer: for small files the work per
     request outweighs the work per byte, so a pull of 10,000 of them asks ten times, not
-    10,000. The pack entries of all files come from one query per pack; each pack gets
-    one URL."""
+    10,000. The pack entries of all files come from one query per pack, and the terms
+    of consecutive records are joined into one read."""
+    who.require("read", name)
     if not 0 < len(indices) <= BATCH_FILES:
         raise InvalidRequest(f"files must be a list of 1 to {BATCH_FILES} file indices")
 
-    def tx(conn: Connection) -> tuple[VersionRow, list[FileRow], list, dict[str, Pin]]:
+    def tx(conn: Connection) -> tuple:
         v = find_version(conn, name, ref)
         if v.kind == "reference":
             raise InvalidRequest("a reference version is read from its sources, file by file")
@@ -187,20 +233,51 @@ async def reconstructions(
         terms = _whole_file_terms(conn, files)
         for f, file_terms in zip(files, terms, strict=True):  # names the first file hit
             refuse_unusable(conn, {t["pack"] for t in file_terms}, f.path)
-        used = {t["pack"] for file_terms in terms for t in file_terms}
-        return v, files, terms, reading.pins_of(conn, used)
+        return (v, files, terms, *_where(conn, [t for ts in terms for t in ts]))
 
-    v, files, terms, sources = await repo.db.read(tx)
-    used = [t["pack"] for file_terms in terms for t in file_terms]
+    v, files, terms, pins, rows = await repo.db.read(tx)
+    reads = _joined([t for ts in terms for t in ts])
+    await _sign(repo, reads, pins, rows)
     return {
         "name": name,
         "version": v.number,
         "files": [
-            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "terms": ts}
+            {
+                "index": f.idx,
+                "path": f.path,
+                "size": f.size,
+                "digest": f.digest,
+                "b3sum": f.b3sum,
+                "terms": ts,
+            }
             for f, ts in zip(files, terms, strict=True)
         ],
-        "urls": await _urls(repo, used, sources),
+        "reads": reads,
     }
+
+
+def _joined(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reads that fetch these terms: terms whose records lie back to back in one
+    pack share one read, up to READ_BYTES; each term gets the index of its read."""
+    reads: list[dict[str, Any]] = []
+    by_pack: dict[str, list[dict[str, Any]]] = {}
+    for t in terms:
+        by_pack.setdefault(t["pack"], []).append(t)
+    for pack, ts in by_pack.items():
+        current: dict[str, Any] | None = None
+        for t in sorted(ts, key=lambda t: t["range"][0]):
+            a, b = t["range"]
+            if (
+                current is not None
+                and current["range"][0] <= a <= current["range"][1]
+                and max(b, current["range"][1]) - current["range"][0] <= READ_BYTES
+            ):
+                current["range"][1] = max(b, current["range"][1])
+            else:
+                current = {"pack": pack, "range": [a, b]}
+                reads.append(current)
+            t["read"] = len(reads) - 1
+    return reads
 
 
 def _whole_file_terms(conn: Connection, files: list[FileRow]) -> list[list[dict[str, Any]]]:
@@ -230,9 +307,10 @@ def _whole_file_terms(conn: Connection, files: list[FileRow]) -> list[list[dict[
 
 
 async def open_content(
-    repo: Repository, name: str, ref: Ref, path: str | None
+    repo: Repository, who: Principal, name: str, ref: Ref, path: str | None
 ) -> tuple[VersionRow, FileRow]:
     """The file a plain ``GET …/content`` names (checked before any byte is sent)."""
+    who.require("read", name)
     return await repo.db.read(lambda conn: find_file(conn, name, ref, path=path))
 
 
@@ -250,18 +328,19 @@ async def stream(
     pos: int | None = start
     while pos is not None and pos < end:
 
-        def tx(conn: Connection, at: int) -> tuple[list, int | None, dict[str, Pin]]:
+        def tx(conn: Connection, at: int) -> tuple:
             terms, nxt = plan(conn, f, at, end, page=STREAM_PAGE)
-            return terms, nxt, reading.pins_of(conn, {t["pack"] for t in terms})
+            return (terms, nxt, *_where(conn, terms))
 
-        terms, pos, sources = await repo.db.read(tx, pos)
+        terms, pos, pins, rows = await repo.db.read(tx, pos)
         for t in terms:
             a, b = t["range"]
-            pin = sources.get(t["pack"])
+            pin = pins.get(t["pack"])
             if pin is not None:
                 data = b"".join([p async for p in repo.sources.read(pin, a, b, check=False)])
             else:
-                data = await repo.store.get(pack_key(t["pack"]), a, b)
+                key = rows[t["pack"]].key or packfmt.pack_key(t["pack"])
+                data = await repo.store.get(key, a, b)
             out = await anyio.to_thread.run_sync(
                 packfmt.decode_run, t["chunks"], data, t["skip"], t["take"], dctx
             )

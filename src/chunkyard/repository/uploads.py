@@ -1,14 +1,23 @@
 """The upload protocol: session -> missing chunks -> packs (presigned parts) -> commit.
 
-Trust: a pack's chunks enter the dedup index only after the gateway has read the pack
-back from the store and checked its id and every chunk id (``packs.verify``). A commit
-may name only chunks of verified packs (or of packs its own session completed); term
-sizes are recomputed from the catalog, never taken from the client.
+Trust comes only from verified bytes (FORMAT.md, "Threat model"):
+- every session uploads its packs to store keys of its own, so an upload that fails,
+  lies about its size or sends other bytes blocks or spoils nobody else's;
+- a pack's chunks become dedup targets only once the gateway has read it back and
+  checked every chunk, and then only within the uploader's dedup domain;
+- the missing-chunk query is asked with chunk keys, which only whoever holds the bytes
+  can compute, so it tells nothing about content the caller does not hold;
+- every term of a commit carries a proof over the keys of the chunks it names, keyed
+  with the session's proof key: naming chunks grants nothing that holding them did not;
+- the gateway computes each file's id (and so the version's digest) from the verified
+  chunk ids, so a declared digest is never taken for content.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,11 +25,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from .. import digest as digests
 from .. import packs as packfmt
 from ..catalog import packs as packs_q
 from ..catalog import sessions as sessions_q
 from ..catalog import versions as versions_q
-from ..catalog.packs import PackRow
+from ..catalog.packs import EntryRow, PackRow, UploadRow
 from ..catalog.sessions import SessionRow
 from ..digest import DIGEST_SIZE, tree_digest
 from ..errors import (
@@ -34,39 +44,63 @@ from ..errors import (
     UntrustedChunks,
     VersionNotFound,
 )
-from ..manifest import Term, dumps, loads
+from ..manifest import Term, dumps
 from ..names import check_name, check_path, check_tags
-from ..packs import pack_key
 from ..stores.base import CompletedPart
 from . import Repository, verifier
+from .access import Principal
 from .artifacts import apply_tags, summary
 
-#: ids per missing-chunk query: 64 Ki ids = a 2 MiB body
+#: keys per missing-chunk query: 64 Ki keys = a 2 MiB body
 MAX_QUERY_IDS = 65536
 MAX_FILES = 1_000_000
 
 
 @dataclass(frozen=True)
+class TermRef:
+    """``[pack, first, end, proof]`` of a commit: chunks ``first .. end-1`` of a pack,
+    and the proof that the caller holds them (``digest.term_proof``)."""
+
+    pack: str
+    first: int
+    end: int
+    proof: str
+
+
+@dataclass(frozen=True)
 class FileEntry:
-    """One file of a commit: its terms, or the version it is unchanged from."""
+    """One file of a commit: its terms, or the file of an earlier version it equals."""
 
     path: str
     size: int
-    digest: str
-    terms: tuple[Term, ...] = ()
+    b3sum: str = ""  # the uploader's BLAKE3 of the content, checked by readers
+    terms: tuple[TermRef, ...] = ()
     from_version: int | None = None
+    file_id: str = ""  # with from_version: which file of that version
 
 
-async def create_session(repo: Repository, name: str) -> dict[str, Any]:
+async def create_session(repo: Repository, who: Principal, name: str) -> dict[str, Any]:
     name = check_name(name)
-    sid, now = uuid.uuid4().hex, time.time()
-    expires_at = now + repo.settings.session_ttl
-    await repo.db.write(sessions_q.insert_session, sid, name, now, expires_at)
+    who.require("write", name)
+    now = time.time()
+    row = SessionRow(
+        id=uuid.uuid4().hex,
+        artifact_name=name,
+        state="open",
+        version_id=None,
+        created_at=now,
+        expires_at=now + repo.settings.session_ttl,
+        token_id=who.token_id,
+        proof_key=secrets.token_hex(32),
+    )
+    await repo.db.write(sessions_q.insert_session, row)
     store = repo.store
     return {
-        "session": sid,
+        "session": row.id,
         "name": name,
-        "expires_at": expires_at,
+        "expires_at": row.expires_at,
+        # keys this session's possession proofs; secret between gateway and client
+        "proof_key": row.proof_key,
         "part_checksum": store.part_checksum,
         "sequential_parts": store.sequential_parts,
         "pack_target_size": packfmt.TARGET_SIZE,
@@ -78,38 +112,42 @@ async def create_session(repo: Repository, name: str) -> dict[str, Any]:
     }
 
 
-def open_session(conn: Connection, sid: str, open_only: bool = True) -> SessionRow:
+def open_session(conn: Connection, sid: str, who: Principal, open_only: bool = True) -> SessionRow:
+    """The session, if it is live and ``who`` opened it (or is an admin); to anyone
+    else it does not exist."""
     row = sessions_q.session_row(conn, sid)
-    if row is None or row.expires_at < time.time():
+    if (
+        row is None
+        or row.expires_at < time.time()
+        or (row.token_id != who.token_id and not who.is_admin)
+    ):
         raise SessionNotFound(f"no open upload session {sid!r}", session=sid)
     if open_only and row.state != "open":
         raise SessionNotFound(f"upload session {sid!r} is already committed", session=sid)
+    who.require("write", row.artifact_name)
     return row
 
 
-def _pack_in_session(conn: Connection, sid: str, pack_id: str) -> PackRow | None:
-    open_session(conn, sid)
-    return packs_q.pack_row(conn, pack_id)
-
-
-async def find_chunks(repo: Repository, sid: str, body: bytes) -> dict[str, Any]:
-    """Which of these chunk ids are already stored (in verified packs), and where."""
+async def find_chunks(repo: Repository, who: Principal, sid: str, body: bytes) -> dict[str, Any]:
+    """Which of these chunks (asked by their keys) the session's dedup domain holds in
+    verified packs, and where."""
     if len(body) % DIGEST_SIZE:
-        raise InvalidRequest("body must be a concatenation of 32-byte chunk ids")
+        raise InvalidRequest("body must be a concatenation of 32-byte chunk keys")
     n = len(body) // DIGEST_SIZE
     if n > MAX_QUERY_IDS:
-        raise BodyTooLarge(f"at most {MAX_QUERY_IDS} chunk ids per query", limit=MAX_QUERY_IDS)
-    ids = [body[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i in range(n)]
+        raise BodyTooLarge(f"at most {MAX_QUERY_IDS} chunk keys per query", limit=MAX_QUERY_IDS)
+    keys = [body[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i in range(n)]
 
     def tx(conn: Connection) -> dict[bytes, tuple[str, int]]:
-        open_session(conn, sid)
-        return packs_q.chunk_locations(conn, ids)
+        sess = open_session(conn, sid, who)
+        found = packs_q.chunk_locations(conn, repo.domain(sess.artifact_name), keys)
+        return _readable(conn, who, found)
 
     found = await repo.db.read(tx)
     pack_pos: dict[str, int] = {}
     locations: list[list[int] | None] = []
-    for cid in ids:
-        loc = found.get(cid)
+    for key in keys:
+        loc = found.get(key)
         if loc is None:
             locations.append(None)
         else:
@@ -117,15 +155,37 @@ async def find_chunks(repo: Repository, sid: str, body: bytes) -> dict[str, Any]
     return {"packs": list(pack_pos), "locations": locations}
 
 
-async def begin_pack(
-    repo: Repository, sid: str, pack_id: str, size: int, checksums: list[str] | None
-) -> dict[str, Any]:
-    """Start (or resume) the multipart upload of one pack; returns presigned parts.
+def _readable(
+    conn: Connection, who: Principal, found: dict[bytes, tuple[str, int]]
+) -> dict[bytes, tuple[str, int]]:
+    """Chunks of indexed reference objects serve only those who may read the artifact
+    that registered them: the source is theirs to change."""
+    refs = {
+        p.id
+        for p in packs_q.pack_rows(conn, {loc[0] for loc in found.values()}).values()
+        if p.artifact is not None and not who.can("read", p.artifact)
+    }
+    return {k: loc for k, loc in found.items() if loc[0] not in refs} if refs else found
 
-    Calling it again for a pack still uploading returns fresh URLs for the same upload,
-    so a client whose URLs expired, or that restarted, goes on where it was. A pack
-    already in the store (the same bytes make the same id) needs no upload at all.
-    """
+
+def _pack_key(pack_id: str, upload_id: str) -> str:
+    """A store key of this upload's own (FORMAT.md, global rule 2)."""
+    return f"{packfmt.pack_key(pack_id)}.{upload_id[:16]}"
+
+
+async def begin_pack(
+    repo: Repository,
+    who: Principal,
+    sid: str,
+    pack_id: str,
+    size: int,
+    checksums: list[str] | None,
+) -> dict[str, Any]:
+    """Start (or resume) this session's upload of one pack; returns presigned parts.
+
+    Asking again returns fresh URLs for the same upload, so a client whose URLs expired,
+    or that restarted, goes on where it was. A pack whose chunks the session's domain
+    holds already needs no upload at all (the commit still proves possession)."""
     store = repo.store
     plan = store.plan_parts(size)
     if store.part_checksum and checksums is None:
@@ -141,29 +201,37 @@ async def begin_pack(
             f"this store needs a {store.part_checksum} checksum per part",
             parts=[p.size for p in plan],
         )
-    key = pack_key(pack_id)
-    row = await repo.db.read(_pack_in_session, sid, pack_id)
-    if row is not None and row.state in ("verified", "complete"):
-        # already whole in the store (complete: its verification is pending, and a commit
-        # that names it verifies it first): nothing to send
-        return {"pack": pack_id, "state": row.state, "parts": []}
-    if row is not None and row.size != size:
-        raise InvalidRequest(f"pack {pack_id} is being uploaded with size {row.size}")
-    if row is None:
-        upload_id = await store.create_upload(key, size)
-        row = await repo.db.write(
-            packs_q.insert_uploading, pack_id, size, sid, upload_id, time.time()
-        )
-        if row is not None:  # another session began the same pack meanwhile: join it
-            await store.abort_upload(key, upload_id)
-            upload_id = row.upload_id
-    else:
-        upload_id = row.upload_id
+
+    def tx(conn: Connection) -> tuple[SessionRow, bool, UploadRow | None]:
+        sess = open_session(conn, sid, who)
+        held = packs_q.held_in_domain(conn, repo.domain(sess.artifact_name), pack_id)
+        return sess, held, packs_q.upload_of(conn, sid, pack_id)
+
+    sess, held, upload = await repo.db.read(tx)
+    if held:
+        return {"pack": pack_id, "state": "verified", "parts": []}
+    if upload is not None and upload.state == "complete":
+        return {"pack": pack_id, "state": "complete", "parts": []}
+    if upload is not None and (upload.state != "uploading" or upload.size != size):
+        await _abandon(repo, upload)  # this session's own earlier attempt: start over
+        upload = None
+    if upload is None:
+        upload_id = uuid.uuid4().hex
+        key = _pack_key(pack_id, upload_id)
+        store_upload = await store.create_upload(key, size)
+        row = UploadRow(upload_id, sid, pack_id, size, store_upload, key, "uploading", time.time())
+        raced = await repo.db.write(packs_q.insert_upload, row)
+        if raced is not None:  # the same session asked twice at once: use the first
+            await store.abort_upload(key, store_upload)
+            row = raced
+        upload = row
     expiry = repo.settings.url_expiry
     parts = []
     for i, part in enumerate(plan):
         checksum = checksums[i] if store.part_checksum and checksums else None
-        req = await store.presign_part(key, upload_id, part, size, checksum, expiry)
+        req = await store.presign_part(
+            upload.key, upload.store_upload_id, part, size, checksum, expiry
+        )
         parts.append(
             {"number": part.number, "offset": part.offset, "size": part.size, **req.to_json()}
         )
@@ -176,65 +244,52 @@ async def begin_pack(
     }
 
 
-async def complete_pack(
-    repo: Repository,
-    sid: str,
-    pack_id: str,
-    parts: list[CompletedPart],
-    index_tail: bytes | None,
-) -> dict[str, Any]:
-    """Make the uploaded parts one object, index it from its footer, and verify it
-    (now, or in the background: see :mod:`chunkyard.repository.verifier`).
-
-    ``index_tail`` is the pack's index and footer as its uploader sent them, parsed with
-    the same checks as one read from the store (it saves a ranged read per pack;
-    verification checks it against the stored bytes). A pack whose structure is wrong,
-    or that fails inline verification, is removed from the store and the catalog: it
-    never becomes visible, and the client gets ``pack_corrupt``.
-    """
-    row = await repo.db.read(_pack_in_session, sid, pack_id)
-    if row is None:
-        raise PackNotFound(f"pack {pack_id} was never begun", pack=pack_id)
-    if row.state in ("complete", "verified"):
-        return {"pack": pack_id, "state": row.state, "chunks": row.chunk_count}
-    key = pack_key(pack_id)
-    try:
-        await repo.store.complete_upload(key, row.upload_id or "", parts)
-    except StoreError:
-        # a retried completion (the first one's answer was lost) finds the object there
-        info = await repo.store.stat(key)
-        if info is None or info.size != row.size:
-            raise
-    try:
-        if index_tail is not None:
-            entries = _claimed_index(index_tail, row.size)
+async def _abandon(repo: Repository, upload: UploadRow) -> None:
+    with contextlib.suppress(StoreError):
+        if upload.state == "uploading":
+            await repo.store.abort_upload(upload.key, upload.store_upload_id)
         else:
-            entries = await verifier.read_index(repo, pack_id, row.size)
-    except PackCorrupt:
-        await verifier.remove(repo, pack_id)
-        raise
-    already = await repo.db.write(packs_q.mark_complete, pack_id, entries)
-    if already is not None:  # another completion of the same pack won
-        return {"pack": pack_id, "state": already, "chunks": len(entries)}
-    state = "complete"
+            await repo.store.delete(upload.key)
+    await repo.db.write(packs_q.drop_upload, upload.id)
+
+
+async def complete_pack(
+    repo: Repository, who: Principal, sid: str, pack_id: str, parts: list[CompletedPart]
+) -> dict[str, Any]:
+    """Make the uploaded parts one object and verify it (now, or in the background:
+    see :mod:`chunkyard.repository.verifier`). A pack that fails verification inline
+    is removed, and the client gets ``pack_corrupt``."""
+
+    def tx(conn: Connection) -> UploadRow | None:
+        open_session(conn, sid, who)
+        return packs_q.upload_of(conn, sid, pack_id)
+
+    upload = await repo.db.read(tx)
+    if upload is None:
+        held = await repo.db.read(packs_q.pack_row, pack_id)
+        if held is not None and held.state == "verified":  # verified and dropped meanwhile
+            return {"pack": pack_id, "state": "verified", "chunks": held.chunk_count}
+        raise PackNotFound(f"pack {pack_id} was never begun in this session", pack=pack_id)
+    if upload.state == "corrupt":
+        raise PackCorrupt(f"pack {pack_id} as this session uploaded it failed verification")
+    if upload.state == "uploading":
+        try:
+            await repo.store.complete_upload(upload.key, upload.store_upload_id, parts)
+        except StoreError:
+            # a retried completion (the first one's answer was lost) finds the object there
+            info = await repo.store.stat(upload.key)
+            if info is None or info.size != upload.size:
+                raise
+        await repo.db.write(packs_q.mark_upload, upload.id, "complete")
     if repo.verify_mode == "inline":
-        state = await verifier.verify_pack(repo, pack_id, forget_on_failure=True)
-    else:
-        repo.verify_wakeup.set()
-    return {"pack": pack_id, "state": state, "chunks": len(entries)}
+        state = await verifier.verify_upload(repo, upload.id, forget_on_failure=True)
+        row = await repo.db.read(packs_q.pack_row, pack_id)
+        return {"pack": pack_id, "state": state, "chunks": row.chunk_count if row else 0}
+    repo.verify_wakeup.set()
+    return {"pack": pack_id, "state": "complete", "chunks": 0}
 
 
-def _claimed_index(tail: bytes, size: int) -> list[packfmt.Entry]:
-    entries = packfmt.index_from_tail(tail, size)
-    if isinstance(entries, int):
-        raise PackCorrupt("the index sent is shorter than the pack's index")
-    last = entries[-1]
-    if len(tail) != size - last.offset - last.stored_len:
-        raise PackCorrupt("the index sent does not match the pack's size")
-    return entries
-
-
-def parse_files(layout: str, files: list[FileEntry]) -> None:
+def check_files(layout: str, files: list[FileEntry]) -> None:
     """The rules of a commit's file list that its schema cannot express."""
     if layout == "file" and len(files) != 1:
         raise InvalidManifest("a 'file' version has exactly one file")
@@ -248,65 +303,76 @@ def parse_files(layout: str, files: list[FileEntry]) -> None:
         seen.add(f.path)
         if f.from_version is None and not f.terms and f.size:
             raise InvalidManifest(f"file {f.path!r} has bytes but no terms")
+        if f.from_version is not None and not f.file_id:
+            raise InvalidManifest(f"file {f.path!r}: from_version needs the file's id")
+        if any(t.first >= t.end for t in f.terms):
+            raise InvalidManifest(f"file {f.path!r}: a term must satisfy first < end")
 
 
 async def commit(
-    repo: Repository, sid: str, layout: str, files: list[FileEntry], tags: dict[str, str]
-) -> dict[str, Any]:
-    """Create the new version in one transaction: it appears whole or not at all.
-
-    Content identical to the latest version (same layout and digest) returns that
-    version instead of creating a new one.
-    """
-    parse_files(layout, files)
-    tags = check_tags(tags)
-    digest = (
-        files[0].digest
-        if layout == "file"
-        else tree_digest((f.path, f.size, f.digest) for f in files)
-    )
-    await _verify_foreign_packs(repo, sid, {t.pack for f in files for t in f.terms})
-    return await repo.db.write(_commit, sid, layout, files, tags, digest)
-
-
-async def _verify_foreign_packs(repo: Repository, sid: str, names: set[str]) -> None:
-    """Packs another upload completed but nobody verified yet are checked now, before
-    this commit may rely on them."""
-    if not names:
-        return
-    pending = await repo.db.read(packs_q.with_state, names, "complete")
-    for row in pending:
-        if row.session_id != sid:
-            with contextlib.suppress(PackCorrupt):
-                await verifier.verify_pack(repo, row.id)
-
-
-def _commit(
-    conn: Connection,
+    repo: Repository,
+    who: Principal,
     sid: str,
     layout: str,
     files: list[FileEntry],
     tags: dict[str, str],
-    digest: str,
 ) -> dict[str, Any]:
-    sess = open_session(conn, sid, open_only=False)
+    """Create the new version in one transaction: it appears whole or not at all.
+
+    Content identical to the latest version (the same digest, which the gateway
+    computes from verified chunks) returns that version instead of creating one."""
+    check_files(layout, files)
+    tags = check_tags(tags)
+    await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
+    return await repo.db.write(_commit, repo, who, sid, layout, files, tags)
+
+
+async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names: set[str]) -> None:
+    """This session's uploads of named packs that nobody verified yet are checked now,
+    before the commit may rely on them."""
+    if not names:
+        return
+
+    def tx(conn: Connection) -> list[UploadRow]:
+        open_session(conn, sid, who, open_only=False)
+        return list(packs_q.session_uploads(conn, sid, names).values())
+
+    for upload in await repo.db.read(tx):
+        if upload.state == "complete":
+            with contextlib.suppress(PackCorrupt):
+                await verifier.verify_upload(repo, upload.id)
+
+
+def _commit(
+    conn: Connection,
+    repo: Repository,
+    who: Principal,
+    sid: str,
+    layout: str,
+    files: list[FileEntry],
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
     if sess.state == "committed" and sess.version_id is not None:  # a retry: answer it
-        return {
-            **summary(conn, name, versions_q.version_by_id(conn, sess.version_id)),
-            "created": False,
-        }
+        v = versions_q.version_by_id(conn, sess.version_id)
+        return {**summary(conn, name, v), "created": False}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
+    rows = _file_rows(conn, who, sess, art_id, files)
+    digest = (
+        rows[0]["digest"]
+        if layout == "file"
+        else tree_digest((r["path"], r["size"], r["digest"]) for r in rows)
+    )
     latest = versions_q.find_version(conn, art_id, None)
-    if latest is not None and (latest.kind, latest.layout, latest.digest) == (
-        "stored",
-        layout,
-        digest,
+    if (
+        latest is not None
+        and latest.format >= 3
+        and (latest.kind, latest.layout, latest.digest) == ("stored", layout, digest)
     ):
         apply_tags(conn, latest.id, tags)
         sessions_q.mark_committed(conn, sid, latest.id)
         return {**summary(conn, name, latest), "created": False}
-    rows = _file_rows(conn, sid, name, art_id, files)
     v = versions_q.add_version(
         conn,
         art_id,
@@ -320,58 +386,99 @@ def _commit(
     versions_q.insert_files(conn, v.id, rows)
     apply_tags(conn, v.id, tags)
     sessions_q.mark_committed(conn, sid, v.id)
+    domain = repo.domain(name)
+    for pack, first, end in _merged((t.pack, t.first, t.end) for f in files for t in f.terms):
+        packs_q.index_chunks(conn, pack, domain, first, end)  # proven: dedup targets here
     return {**summary(conn, name, v), "created": True}
 
 
+def _merged(ranges: Any) -> list[tuple[str, int, int]]:
+    """Chunk ranges per pack with overlapping and adjacent ones joined."""
+    out: list[tuple[str, int, int]] = []
+    for pack, first, end in sorted(ranges):
+        if out and out[-1][0] == pack and first <= out[-1][2]:
+            out[-1] = (pack, out[-1][1], max(end, out[-1][2]))
+        else:
+            out.append((pack, first, end))
+    return out
+
+
 def _file_rows(
-    conn: Connection, sid: str, name: str, art_id: int, files: list[FileEntry]
+    conn: Connection, who: Principal, sess: SessionRow, art_id: int, files: list[FileEntry]
 ) -> list[dict[str, Any]]:
-    """The ``version_files`` rows of a commit, each manifest checked against the catalog."""
+    """The ``version_files`` rows of a commit: each term checked against the catalog
+    and its proof, each file's id computed from the verified chunk ids."""
     named = {t.pack for f in files for t in f.terms}
-    rows, ends = packs_q.pack_rows(conn, named), packs_q.chunk_ends(conn, named)
-    earlier: dict[int, dict[tuple[str, int], str]] = {}  # files of reused versions
+    rows = packs_q.pack_rows(conn, named)
+    entries = packs_q.all_entries(conn, named)
+    proof_key = bytes.fromhex(sess.proof_key or "")
+    earlier: dict[int, dict[tuple[str, int], versions_q.FileRow]] = {}
     out = []
     for idx, f in enumerate(files):
         if f.from_version is not None:
-            number = f.from_version
-            if number not in earlier:
-                earlier[number] = versions_q.manifests_by_content(conn, art_id, number)
-            manifest = earlier[number].get((f.digest, f.size))
-            if manifest is None:
-                raise VersionNotFound(
-                    f"version {number} of {name!r} has no file with digest {f.digest}"
+            if f.from_version not in earlier:
+                earlier[f.from_version] = versions_q.stored_files_by_id(
+                    conn, art_id, f.from_version
                 )
-            loads(manifest)
+            old = earlier[f.from_version].get((f.file_id, f.size))
+            if old is None:
+                raise VersionNotFound(
+                    f"version {f.from_version} of {sess.artifact_name!r} has no file "
+                    f"{f.file_id} of {f.size} bytes"
+                )
+            manifest, fid, b3sum = old.manifest, old.digest, f.b3sum or old.b3sum
         else:
-            manifest = dumps(_resolve_terms(sid, f, rows, ends))
+            terms, fid = _resolve(who, f, rows, entries, proof_key)
+            manifest, b3sum = dumps(terms), f.b3sum
         out.append(
-            {"idx": idx, "path": f.path, "size": f.size, "digest": f.digest, "manifest": manifest}
+            {
+                "idx": idx,
+                "path": f.path,
+                "size": f.size,
+                "digest": fid,
+                "b3sum": b3sum,
+                "manifest": manifest,
+            }
         )
     return out
 
 
-def _resolve_terms(
-    sid: str, f: FileEntry, rows: dict[str, PackRow], ends: dict[str, list[int]]
-) -> list[Term]:
-    """Check that every term names chunks of a usable pack (verified, or completed by
-    this very session) and compute its size from the catalog."""
-    resolved, total = [], 0
-    for t in f.terms:
+def _resolve(
+    who: Principal,
+    f: FileEntry,
+    rows: dict[str, PackRow],
+    entries: dict[str, list[EntryRow]],
+    proof_key: bytes,
+) -> tuple[list[Term], str]:
+    """Check every term of a file and compute its size from the catalog and its id from
+    the verified chunk ids. A term that names a pack that is not usable, chunks beyond
+    a pack's end, or chunks its proof does not cover gets the same answer, which says
+    nothing about packs the caller could not name without holding their chunks."""
+    resolved, ids, total = [], digests.FileIdHasher(), 0
+    for i, t in enumerate(f.terms):
         p = rows.get(t.pack)
-        usable = p is not None and (
-            p.state in packs_q.USABLE or (p.state == "complete" and p.session_id == sid)
+        run = entries.get(t.pack, [])
+        ok = (
+            p is not None
+            and p.state in packs_q.USABLE
+            and (p.artifact is None or who.can("read", p.artifact))
+            and t.end <= len(run)
         )
-        if p is None or not usable:
+        if ok:
+            want = digests.term_proof(proof_key, (e.chunk_key for e in run[t.first : t.end]))
+            ok = hmac.compare_digest(want, t.proof)
+        if not ok:
             raise UntrustedChunks(
-                f"file {f.path!r} names pack {t.pack}, which is not a verified pack", pack=t.pack
+                f"file {f.path!r}, term {i}: this session has not shown that it holds the "
+                "chunks the term names (or they are in no verified pack)",
+                path=f.path,
+                term=i,
             )
-        run = ends.get(t.pack, [0])
-        if t.end > p.chunk_count or t.end >= len(run):
-            raise InvalidManifest(
-                f"pack {t.pack} has {p.chunk_count} chunks, term asks for {t.first}..{t.end}"
-            )
-        n = run[t.end] - run[t.first]
+        chosen = run[t.first : t.end]
+        n = sum(e.raw_len for e in chosen)
         resolved.append(Term(t.pack, t.first, t.end, n))
+        for e in chosen:
+            ids.update(e.chunk_id, e.raw_len)
         total += n
     if total != f.size:
         raise InvalidManifest(
@@ -380,4 +487,4 @@ def _resolve_terms(
             covered=total,
             size=f.size,
         )
-    return resolved
+    return resolved, ids.hexdigest()

@@ -1,16 +1,19 @@
-"""Pack verification: the trust rule. A pack's chunks become dedup targets for other
-uploads only after its bytes were read back from the store and every chunk id checked.
+"""Pack verification: the trust rule. An uploaded pack's chunks become dedup targets,
+and commits may name them, only after its bytes were read back from the store and every
+chunk checked against its id.
 
 Modes (``CHUNKYARD_VERIFY``):
 - ``inline``: the gateway verifies while completing the pack (default on a local
   store, where reading back is a page-cache copy);
-- ``background``: a task in the gateway verifies completed packs while the client
-  goes on uploading (default on cloud stores: a push never waits for it);
+- ``background``: a task in the gateway verifies completed uploads while the client
+  goes on uploading (default on cloud stores); a commit verifies whatever of its own
+  uploads is still waiting;
 - ``external``: a separate ``chunkyard verifier`` process does it.
 
-A pack that fails verification is removed from the store. Completed inline, it also
-leaves the catalog as it was; found later, it is marked ``corrupt`` so that the
-versions its (lying) uploader committed fail loudly instead of serving wrong bytes.
+An upload that fails is removed from the store and marked ``corrupt`` for its session
+(inline: forgotten at once). A verified upload becomes its pack's live copy, or, when
+another copy got there first, is deleted as redundant; either way the pack's chunks
+enter the uploader's dedup domain.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import mmap
 import time
 
 import anyio
+from sqlalchemy import Connection
 
 from .. import packs as packfmt
 from ..catalog import packs as packs_q
+from ..catalog import sessions as sessions_q
+from ..catalog.packs import UploadRow
 from ..chunking import BufferPool
 from ..errors import PackCorrupt
-from ..packs import pack_key
 from . import Repository
 
 log = logging.getLogger("chunkyard.verifier")
@@ -35,77 +40,101 @@ log = logging.getLogger("chunkyard.verifier")
 #: object that is too large shows as such. Anonymous mappings: only the pages a pack
 #: fills are ever touched (a bytearray would zero all 64 MiB)
 _buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2, factory=lambda n: mmap.mmap(-1, n))
-#: packs taken per look at the catalog
+#: uploads taken per look at the catalog
 BATCH = 8
 #: how often the background verifier looks for work without being woken
 IDLE_POLL = 5.0
 
 
-async def read_index(repo: Repository, pack_id: str, size: int) -> list[packfmt.Entry]:
-    """A pack's index from its tail: one ranged read, two for a pack of tiny chunks."""
-    want = min(size, 64 * 1024)
-    while True:
-        tail = await repo.store.get(pack_key(pack_id), size - want, size)
-        if len(tail) != want:
-            raise PackCorrupt(f"pack {pack_id} is shorter than its declared {size} bytes")
-        got = packfmt.index_from_tail(tail, size)
-        if not isinstance(got, int):
-            return got
-        if got > size or got <= want:
-            raise PackCorrupt(f"pack {pack_id} has an index that does not fit")
-        want = got
+async def verify_upload(repo: Repository, upload_id: str, forget_on_failure: bool = False) -> str:
+    """Verify a complete upload; returns ``verified``, or raises ``PackCorrupt``.
+    Callers in this process that ask for the same upload share one verification."""
+    running = repo.verifying.get(upload_id)
+    if running is not None:
+        return await asyncio.shield(running)
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    repo.verifying[upload_id] = future
+    try:
+        state = await _verify(repo, upload_id, forget_on_failure)
+        future.set_result(state)
+        return state
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: nobody else may be waiting
+        raise
+    finally:
+        del repo.verifying[upload_id]
 
 
-async def remove(repo: Repository, pack_id: str) -> None:
-    """Forget a pack that was never usable: store object, index rows, catalog row."""
-    await repo.store.delete(pack_key(pack_id))
-    await repo.db.write(packs_q.forget_unverified, pack_id)
+def _upload_and_domain(conn: Connection, repo: Repository, upload_id: str) -> tuple:
+    upload = packs_q.upload_by_id(conn, upload_id)
+    if upload is None:
+        return None, ""
+    sess = sessions_q.session_row(conn, upload.session_id)
+    return upload, repo.domain(sess.artifact_name) if sess else ""
 
 
-async def verify_pack(repo: Repository, pack_id: str, forget_on_failure: bool = False) -> str:
-    """Verify a completed pack; returns its state afterwards (``verified``/``corrupt``)."""
-    row = await repo.db.read(packs_q.pack_row, pack_id)
-    if row is None or row.state != "complete":
-        return row.state if row is not None else "missing"
+async def _verify(repo: Repository, upload_id: str, forget_on_failure: bool) -> str:
+    upload, domain = await repo.db.read(_upload_and_domain, repo, upload_id)
+    if upload is None:  # verified meanwhile (by another process, say)
+        return "verified"
+    if upload.state == "corrupt":
+        raise PackCorrupt(f"pack {upload.pack_id} failed verification", pack=upload.pack_id)
+    if upload.state != "complete":
+        return upload.state
     buf = _buffers.get()
     try:
-        n = await repo.store.read_into(pack_key(pack_id), buf)
-        if n != row.size:
+        n = await repo.store.read_into(upload.key, buf)
+        if n != upload.size:
             more = "more than " if n == len(buf) else ""
-            raise PackCorrupt(f"pack {pack_id} has {more}{n} bytes, expected {row.size}")
-        entries = await anyio.to_thread.run_sync(packfmt.verify, pack_id, memoryview(buf)[:n])
-        recorded = await repo.db.read(packs_q.index_of, pack_id)
-        if recorded != [tuple(e) for e in entries]:
-            raise PackCorrupt(f"pack {pack_id} does not hold the index it was completed with")
+            raise PackCorrupt(
+                f"pack {upload.pack_id} has {more}{n} bytes, expected {upload.size}",
+                pack=upload.pack_id,
+            )
+        checked = await anyio.to_thread.run_sync(
+            packfmt.verify, upload.pack_id, memoryview(buf)[:n]
+        )
     except PackCorrupt:
-        log.warning("pack %s failed verification", pack_id)
-        if forget_on_failure:
-            await remove(repo, pack_id)
-        else:
-            await repo.store.delete(pack_key(pack_id))
-            await repo.db.write(packs_q.mark_corrupt, pack_id)
+        log.warning("an upload of pack %s failed verification", upload.pack_id)
+        await _reject(repo, upload, forget_on_failure)
         raise
     finally:
         _buffers.put(buf)
-    return await repo.db.write(packs_q.mark_verified, pack_id, time.time())
+    entries = [(e.chunk_id, key, e.offset, e.stored_len, e.raw_len, e.scheme) for e, key in checked]
+    live = await repo.db.write(packs_q.promote, upload, entries, domain, time.time())
+    if not live:  # another copy of the same pack is live: this one is not needed
+        with contextlib.suppress(Exception):
+            await repo.store.delete(upload.key)
+    return "verified"
+
+
+async def _reject(repo: Repository, upload: UploadRow, forget: bool) -> None:
+    await repo.store.delete(upload.key)
+    if forget:
+        await repo.db.write(packs_q.drop_upload, upload.id)
+    else:  # its session learns of it when it commits
+        await repo.db.write(packs_q.mark_upload, upload.id, "corrupt")
 
 
 async def verify_pending(repo: Repository, limit: int = BATCH) -> int:
-    """Verify up to ``limit`` completed packs, oldest first; returns how many it tried."""
-    ids = await repo.db.read(packs_q.awaiting_verification, limit)
-    for pack_id in ids:
+    """Verify up to ``limit`` complete uploads, oldest first; returns how many it
+    settled (verified or rejected)."""
+    ids = await repo.db.read(packs_q.uploads_awaiting_verification, limit)
+    settled = 0
+    for upload_id in ids:
         try:
-            await verify_pack(repo, pack_id)
+            await verify_upload(repo, upload_id)
+            settled += 1
         except PackCorrupt:
-            pass
-        except Exception:  # a store hiccup: the pack stays 'complete' and is retried
-            log.exception("verifying pack %s failed; will retry", pack_id)
-    return len(ids)
+            settled += 1
+        except Exception:  # a store hiccup: the upload stays 'complete' and is retried
+            log.exception("verifying upload %s failed; will retry", upload_id)
+    return settled
 
 
 async def run(repo: Repository, once: bool = False) -> None:
-    """Verify completed packs until cancelled (or, with ``once``, until none is left);
-    :attr:`Repository.verify_wakeup` cuts the wait short when a pack completes."""
+    """Verify complete uploads until cancelled (or, with ``once``, until none is left);
+    :attr:`Repository.verify_wakeup` cuts the wait short when an upload completes."""
     while True:
         if await verify_pending(repo):
             continue

@@ -21,6 +21,7 @@ from ..manifest import loads
 from ..packs import pack_key
 from ..pins import Pin, parse_uri
 from . import Repository
+from .access import Principal
 from .artifacts import find_version
 from .references.reading import pin_of
 
@@ -29,7 +30,9 @@ log = logging.getLogger("chunkyard.verify")
 CHECK_CONCURRENCY = 16
 
 
-async def verify(repo: Repository, name: str, ref: Ref) -> dict[str, Any]:
+async def verify(repo: Repository, who: Principal, name: str, ref: Ref) -> dict[str, Any]:
+    who.require("read", name)
+
     def tx(conn: Connection) -> tuple[VersionRow, list[tuple[str, Pin]], list[PackRow]]:
         v = find_version(conn, name, ref)
         files = versions_q.files_of(conn, v.id)
@@ -63,6 +66,7 @@ async def verify(repo: Repository, name: str, ref: Ref) -> dict[str, Any]:
         [pid for pid, s in states if s != "ok"],
         [pid for pid, s in states if s == "ok"],
         time.time(),
+        repo.domain(name),
     )
     if hit:
         log.warning("reference objects drifted, no longer dedup targets: %s", hit)
@@ -84,7 +88,7 @@ async def _check_packs(repo: Repository, rows: list[PackRow]) -> list[dict[str, 
 
     async def one(r: PackRow) -> dict[str, Any]:
         async with sem:
-            info = await repo.store.stat(pack_key(r.id))
+            info = await repo.store.stat(r.key or pack_key(r.id))
         state = "missing" if info is None else ("ok" if info.size == r.size else "changed")
         return {"pack": r.id, "state": state}
 

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..repository import Repository, verifier
 from ..stores import open_store
 from ..version import __version__
-from . import artifacts, blobs, references, uploads
+from . import artifacts, blobs, references, tokens, uploads
 from . import models as m
 from .errors import handlers
 from .routing import JSON, Call, Endpoint, Endpoints, document, routes
@@ -47,17 +47,24 @@ def fixed_mmap_threshold() -> None:
 api = Endpoints()
 
 
-@api.get("/v1/health", "liveness", response=m.Health)
+@api.get("/v1/health", "liveness", response=m.Health, public=True)
 async def health(call: Call[None, None, None]) -> dict[str, str]:
     return {"status": "ok", "catalog": call.repo.db.dialect}
 
 
-@api.get("/openapi.json", "this document")
+@api.get("/openapi.json", "this document", public=True)
 async def openapi(call: Call[None, None, None]) -> Response:
     return JSON(call.request.app.state.openapi)
 
 
-ENDPOINTS: list[Endpoint] = [*api, *uploads.api, *references.api, *artifacts.api, *blobs.api]
+ENDPOINTS: list[Endpoint] = [
+    *api,
+    *uploads.api,
+    *references.api,
+    *artifacts.api,
+    *tokens.api,
+    *blobs.api,
+]
 
 
 def open_repository_store(settings: Settings):  # type: ignore[no-untyped-def]

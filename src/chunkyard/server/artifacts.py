@@ -24,7 +24,7 @@ api = Endpoints()
 )
 async def list_artifacts(call: Call[None, m.ListArtifactsQuery, None]) -> dict[str, Any]:
     q = call.query
-    return await artifacts.list_artifacts(call.repo, q.prefix, q.cursor, q.limit)
+    return await artifacts.list_artifacts(call.repo, call.who, q.prefix, q.cursor, q.limit)
 
 
 @api.get(
@@ -36,7 +36,7 @@ async def list_artifacts(call: Call[None, m.ListArtifactsQuery, None]) -> dict[s
 )
 async def list_versions(call: Call[m.NamePath, m.PageQuery, None]) -> dict[str, Any]:
     q = call.query
-    return await artifacts.list_versions(call.repo, call.path.name, q.cursor, q.limit)
+    return await artifacts.list_versions(call.repo, call.who, call.path.name, q.cursor, q.limit)
 
 
 @api.get(
@@ -46,7 +46,7 @@ async def list_versions(call: Call[m.NamePath, m.PageQuery, None]) -> dict[str, 
     response=m.VersionSummary,
 )
 async def show_version(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
-    return await artifacts.show(call.repo, call.path.name, version_ref(call.path.ref))
+    return await artifacts.show(call.repo, call.who, call.path.name, version_ref(call.path.ref))
 
 
 @api.post(
@@ -59,7 +59,9 @@ async def show_version(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
 )
 async def add_tags(call: Call[m.VersionPath, None, m.SetTags]) -> dict[str, Any]:
     p = call.path
-    return await artifacts.set_tags(call.repo, p.name, version_ref(p.ref), dict(call.body.tags))
+    return await artifacts.set_tags(
+        call.repo, call.who, p.name, version_ref(p.ref), dict(call.body.tags)
+    )
 
 
 @api.put(
@@ -72,7 +74,7 @@ async def add_tags(call: Call[m.VersionPath, None, m.SetTags]) -> dict[str, Any]
 )
 async def set_alias(call: Call[m.AliasPath, None, m.SetAlias]) -> dict[str, Any]:
     p, b = call.path, call.body
-    return await artifacts.set_alias(call.repo, p.name, p.alias, b.version, b.expect)
+    return await artifacts.set_alias(call.repo, call.who, p.name, p.alias, b.version, b.expect)
 
 
 @api.get(
@@ -85,7 +87,9 @@ async def set_alias(call: Call[m.AliasPath, None, m.SetAlias]) -> dict[str, Any]
 async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dict[str, Any]:
     p, q = call.path, call.query
     ref = version_ref(p.ref)
-    return await downloads.reconstruction(call.repo, p.name, ref, p.index, q.start, q.length)
+    return await downloads.reconstruction(
+        call.repo, call.who, p.name, ref, p.index, q.start, q.length
+    )
 
 
 @api.post(
@@ -98,7 +102,9 @@ async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dic
 )
 async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) -> dict[str, Any]:
     p = call.path
-    return await downloads.reconstructions(call.repo, p.name, version_ref(p.ref), call.body.files)
+    return await downloads.reconstructions(
+        call.repo, call.who, p.name, version_ref(p.ref), call.body.files
+    )
 
 
 @api.get(
@@ -112,12 +118,14 @@ async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) ->
 async def content(call: Call[m.VersionPath, m.ContentQuery, None]) -> Response:
     """Plain streaming download through the gateway, for curl and simple consumers."""
     p = call.path
-    v, f = await downloads.open_content(call.repo, p.name, version_ref(p.ref), call.query.path)
+    v, f = await downloads.open_content(
+        call.repo, call.who, p.name, version_ref(p.ref), call.query.path
+    )
     rng = parse_range(call.request.headers.get("range"), f.size)
     start, end = rng or (0, f.size)
     headers = {"accept-ranges": "bytes", "content-length": str(end - start)}
-    if f.digest:  # an unhashed reference has none
-        headers["x-chunkyard-digest"] = f.digest
+    if f.digest and v.format >= 3:  # the file id, from verified chunks (unhashed refs: none)
+        headers["x-chunkyard-file-id"] = f.digest
     if rng:
         headers["content-range"] = f"bytes {start}-{end - 1}/{f.size}"
     return StreamingResponse(
@@ -130,4 +138,4 @@ async def content(call: Call[m.VersionPath, m.ContentQuery, None]) -> Response:
 
 @api.get("/v1/stats", "logical and stored bytes, chunks, packs, dedup ratio", response=m.Stats)
 async def stats(call: Call[None, None, None]) -> dict[str, Any]:
-    return await artifacts.stats(call.repo)
+    return await artifacts.stats(call.repo, call.who)

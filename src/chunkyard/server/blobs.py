@@ -4,12 +4,14 @@ adapts HTTP; signatures, checksums and files are the local store's business
 
 from __future__ import annotations
 
+import anyio
 from starlette.responses import FileResponse, Response
 
-from ..errors import NotFound
+from ..errors import BadSignature, NotFound
 from ..repository import Repository
 from ..stores.local import LocalStore
 from . import models as m
+from .ranges import parse_range
 from .routing import Binary, Call, Endpoints
 
 #: where the gateway serves the local store's objects
@@ -34,6 +36,7 @@ def _local_store(repo: Repository) -> LocalStore:
     query=m.BlobPutQuery,
     body=Binary,
     streams_body=True,
+    public=True,
 )
 async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Response:
     request = call.request
@@ -53,7 +56,29 @@ async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Respons
     query=m.BlobGetQuery,
     response=Binary,
     extra_status={206: "the requested range"},
+    public=True,
 )
 async def get_blob(call: Call[m.BlobPath, m.BlobGetQuery, None]) -> Response:
-    path = _local_store(call.repo).open_signed(call.path.key, dict(call.request.query_params))
-    return _BigChunkFileResponse(path, media_type="application/octet-stream")
+    path, signed = _local_store(call.repo).open_signed(
+        call.path.key, dict(call.request.query_params)
+    )
+    if signed is None:
+        return _BigChunkFileResponse(path, media_type="application/octet-stream")
+    # a URL signed for a range reads within it: what the client asks, or all of it
+    size = path.stat().st_size
+    start, end = parse_range(call.request.headers.get("range"), size) or signed
+    if start < signed[0] or end > signed[1]:
+        raise BadSignature(f"this URL reads bytes {signed[0]}-{signed[1] - 1} only")
+
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    data = await anyio.to_thread.run_sync(read)
+    return Response(
+        data,
+        status_code=206,
+        media_type="application/octet-stream",
+        headers={"content-range": f"bytes {start}-{start + len(data) - 1}/{size}"},
+    )

@@ -135,6 +135,7 @@ class BlobGetQuery(Model):
     exp: Int
     sig: Annotated[str, Meta(max_length=128)]
     etag: Annotated[str, Meta(max_length=256)] | None = None
+    range: Annotated[str, Meta(pattern="^[0-9]{1,18}-[0-9]{1,18}$")] | None = None
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -158,25 +159,22 @@ class Part(Model):
 
 class CompletePack(Model):
     parts: Annotated[list[Part], Meta(max_length=10_000)] = []
-    index: (
-        Annotated[
-            str,
-            Meta(max_length=8 * 1024 * 1024, description="base64 of the pack's index and footer"),
-        ]
-        | None
-    ) = None
 
 
-#: ``[pack id, first chunk, end chunk]``: chunks ``first .. end-1`` of a pack
-TermRef = tuple[Hex64, Int, Int]
+#: ``[pack id, first chunk, end chunk, proof]``: chunks ``first .. end-1`` of a pack, and
+#: BLAKE3 keyed with the session's proof key over their chunk keys
+TermRef = tuple[Hex64, Int, Int, Hex64]
 
 
 class CommitFile(Model):
     path: FilePath
     size: Int
-    digest: Hex64
+    b3sum: Annotated[
+        str, Meta(pattern="^([0-9a-f]{64})?$", description="BLAKE3 of the content, if known")
+    ] = ""
     terms: Annotated[list[TermRef], Meta(max_length=10_000_000)] = []
     from_version: PositiveInt | None = None
+    file_id: Hex64 | None = None
 
 
 class Commit(Model):
@@ -221,6 +219,36 @@ class Error(Struct):
     error: ErrorBody
 
 
+class CreateToken(Model):
+    scopes: Annotated[list[Annotated[str, Meta(max_length=300)]], Meta(min_length=1, max_length=64)]
+    ttl: Annotated[float, Meta(gt=0, le=100 * 365 * 86400)] | None = None
+    label: Annotated[str, Meta(max_length=200, pattern=names.TAG_VALUE_PATTERN)] | None = None
+
+
+class TokenPath(Model):
+    id: Annotated[str, Meta(pattern="^[0-9a-f]{12}$")]
+
+
+class Token(Struct):
+    id: str
+    scopes: list[str]
+    label: str | None
+    created_at: float
+    created_by: str | None
+    expires_at: float | None
+    revoked_at: float | None
+    token: str | None = None
+
+
+class Tokens(Struct):
+    tokens: list[Token]
+
+
+class Revoked(Struct):
+    id: str
+    revoked: bool
+
+
 class Health(Struct):
     status: str
     catalog: str
@@ -230,6 +258,7 @@ class Session(Struct):
     session: str
     name: str
     expires_at: float
+    proof_key: str
     part_checksum: str | None
     sequential_parts: bool
     pack_target_size: int
@@ -283,6 +312,7 @@ class VersionSummary(Struct):
     files: int
     created_at: float
     digest_of: Literal["content", "pins"]
+    format: int
     tags: dict[str, str]
     aliases: list[str]
     source: str | None = None

@@ -33,7 +33,9 @@ async def register(call: Call[None, None, m.Register]) -> Response:
     that accepts NDJSON gets progress lines while it runs (and the work stops if it
     goes away); any other client waits for the one JSON answer."""
     b = call.body
-    reg = await registration.prepare(call.repo, b.name, b.uri, dict(b.tags), b.hash, b.index)
+    reg = await registration.prepare(
+        call.repo, call.who, b.name, b.uri, dict(b.tags), b.hash, b.index
+    )
     if reg.hash and NDJSON in call.request.headers.get("accept", ""):
         return StreamingResponse(registration.register_events(call.repo, reg), media_type=NDJSON)
     result = await registration.register(call.repo, reg)
@@ -47,7 +49,7 @@ async def register(call: Call[None, None, m.Register]) -> Response:
     response=m.VerifyReport,
 )
 async def verify(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
-    return await verifying.verify(call.repo, call.path.name, version_ref(call.path.ref))
+    return await verifying.verify(call.repo, call.who, call.path.name, version_ref(call.path.ref))
 
 
 @api.get(
@@ -59,4 +61,6 @@ async def verify(call: Call[m.VersionPath, None, None]) -> dict[str, Any]:
 )
 async def sources(call: Call[m.VersionPath, m.SourcesQuery, None]) -> dict[str, Any]:
     p, q = call.path, call.query
-    return await reading.sources_page(call.repo, p.name, version_ref(p.ref), q.cursor, q.limit)
+    return await reading.sources_page(
+        call.repo, call.who, p.name, version_ref(p.ref), q.cursor, q.limit
+    )

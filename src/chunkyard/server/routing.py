@@ -28,6 +28,8 @@ from ..errors import (
     InvalidRequest,
 )
 from ..repository import Repository
+from ..repository.access import ANYONE, Principal
+from ..repository.tokens import authenticate
 
 P = TypeVar("P")
 Q = TypeVar("Q")
@@ -48,6 +50,7 @@ class Binary:
 @dataclass
 class Call(Generic[P, Q, B]):
     repo: Repository
+    who: Principal
     request: Request
     path: P
     query: Q
@@ -68,6 +71,8 @@ class Endpoint:
     body_limit: int = JSON_LIMIT
     #: the handler reads the body itself (streamed uploads)
     streams_body: bool = False
+    #: needs no token (health, this document, URLs the gateway signed)
+    public: bool = False
     extra_status: dict[int, str] = field(default_factory=dict)
 
 
@@ -215,6 +220,10 @@ def _decode_body(model: type, raw: bytes) -> Any:
 
 def _endpoint_app(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def app(request: Request) -> Response:
+        repo: Repository = request.app.state.repository
+        who = (
+            ANYONE if ep.public else await authenticate(repo, request.headers.get("authorization"))
+        )
         path = _convert(ep.path_model, dict(request.path_params), "path") if ep.path_model else None
         query = (
             _convert(ep.query_model, dict(request.query_params), "query")
@@ -226,7 +235,7 @@ def _endpoint_app(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             body = await read_body(request, ep.body_limit)
         elif ep.body_model is not None and not ep.streams_body:
             body = _decode_body(ep.body_model, await read_body(request, ep.body_limit))
-        result = await ep.handler(Call(request.app.state.repository, request, path, query, body))
+        result = await ep.handler(Call(repo, who, request, path, query, body))
         if isinstance(result, Response):
             return result
         return JSON(result, status_code=ep.status)
@@ -302,6 +311,8 @@ def document(endpoints: list[Endpoint], title: str, version: str) -> dict[str, A
                 "required": True,
                 "content": {"application/json": {"schema": _schema_ref(ep.body_model, components)}},
             }
+        if not ep.public:
+            op["security"] = [{"bearer": []}]
         if ep.response_model is Binary:
             ok: dict[str, Any] = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
@@ -323,7 +334,16 @@ def document(endpoints: list[Endpoint], title: str, version: str) -> dict[str, A
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a chunkyard token (cy_…), when the gateway runs with auth",
+                }
+            },
+        },
     }
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
-from ..errors import InvalidRequest
-from ..manifest import Term
 from ..repository import uploads
 from ..stores.base import CompletedPart
 from . import models as m
@@ -25,7 +21,7 @@ api = Endpoints()
     body_limit=64 * 1024,
 )
 async def create_session(call: Call[None, None, m.CreateSession]) -> dict[str, Any]:
-    return await uploads.create_session(call.repo, call.body.name)
+    return await uploads.create_session(call.repo, call.who, call.body.name)
 
 
 @api.post(
@@ -37,7 +33,7 @@ async def create_session(call: Call[None, None, m.CreateSession]) -> dict[str, A
     body_limit=uploads.MAX_QUERY_IDS * 32,
 )
 async def find_missing(call: Call[m.SessionPath, None, bytes]) -> dict[str, Any]:
-    return await uploads.find_chunks(call.repo, call.path.sid, call.body)
+    return await uploads.find_chunks(call.repo, call.who, call.path.sid, call.body)
 
 
 @api.post(
@@ -50,7 +46,7 @@ async def find_missing(call: Call[m.SessionPath, None, bytes]) -> dict[str, Any]
 )
 async def begin_pack(call: Call[m.SessionPath, None, m.BeginPack]) -> dict[str, Any]:
     b = call.body
-    return await uploads.begin_pack(call.repo, call.path.sid, b.pack, b.size, b.checksums)
+    return await uploads.begin_pack(call.repo, call.who, call.path.sid, b.pack, b.size, b.checksums)
 
 
 @api.post(
@@ -62,14 +58,9 @@ async def begin_pack(call: Call[m.SessionPath, None, m.BeginPack]) -> dict[str, 
     body_limit=16 * 1024 * 1024,
 )
 async def complete_pack(call: Call[m.PackPath, None, m.CompletePack]) -> dict[str, Any]:
-    tail = None
-    if call.body.index is not None:
-        try:
-            tail = base64.b64decode(call.body.index, validate=True)
-        except (ValueError, binascii.Error):
-            raise InvalidRequest("index must be base64") from None
     parts = [CompletedPart(p.number, p.etag, p.checksum) for p in call.body.parts]
-    return await uploads.complete_pack(call.repo, call.path.sid, call.path.pack, parts, tail)
+    p = call.path
+    return await uploads.complete_pack(call.repo, call.who, p.sid, p.pack, parts)
 
 
 @api.post(
@@ -82,12 +73,17 @@ async def complete_pack(call: Call[m.PackPath, None, m.CompletePack]) -> dict[st
     extra_status={200: "the content equals the latest version, which is answered"},
 )
 async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
-    files = []
-    for f in call.body.files:
-        if any(first >= end for _, first, end in f.terms):
-            raise InvalidRequest(f"file {f.path!r}: a term's chunk range must satisfy first < end")
-        terms = tuple(Term(*t) for t in f.terms)
-        files.append(uploads.FileEntry(f.path, f.size, f.digest, terms, f.from_version))
-    body = call.body
-    result = await uploads.commit(call.repo, call.path.sid, body.layout, files, dict(body.tags))
+    files = [
+        uploads.FileEntry(
+            f.path,
+            f.size,
+            f.b3sum,
+            tuple(uploads.TermRef(*t) for t in f.terms),
+            f.from_version,
+            f.file_id or "",
+        )
+        for f in call.body.files
+    ]
+    b = call.body
+    result = await uploads.commit(call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags))
     return JSON(result, status_code=201 if result["created"] else 200)

@@ -33,7 +33,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
-from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store, plan_even_parts
+from .base import (
+    CompletedPart,
+    ObjectInfo,
+    PartPlan,
+    PresignedRequest,
+    Store,
+    plan_even_parts,
+    range_header,
+)
 
 MAX_BLOCKS = 50_000
 #: 16 MiB blocks: a 64 MiB pack is 4 parallel Put Blocks and a retry resends at most
@@ -44,6 +52,8 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 class AzureStore(Store):
     part_checksum = "md5"
+    #: a blob SAS grants the whole blob: a reader of one range could read the rest
+    signs_ranges = False
 
     def __init__(
         self, url: str, *, connection_string: str | None = None, part_size: int = PART_SIZE
@@ -261,12 +271,16 @@ class AzureStore(Store):
         expires: int,
         version_id: str | None = None,
         if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> PresignedRequest:
-        # a SAS cannot sign headers: If-Match is the client's own guard (Azure answers
-        # 412 ConditionNotMet); a version id is part of the signed URL
+        # a SAS cannot sign headers: If-Match and Range are the client's own (Azure
+        # answers 412 ConditionNotMet); a version id is part of the signed URL
         perms = BlobSasPermissions(read=True)
         url = self._sas(key, perms, expires, version_id)
-        return PresignedRequest("GET", url, {"If-Match": f'"{if_match}"'} if if_match else {})
+        headers = {"If-Match": f'"{if_match}"'} if if_match else {}
+        if byte_range:
+            headers["Range"] = range_header(byte_range)
+        return PresignedRequest("GET", url, headers)
 
     async def close(self) -> None:
         await self._service.close()

@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 
+def range_header(byte_range: tuple[int, int]) -> str:
+    """The HTTP ``Range`` value of bytes ``[start, end)``."""
+    return f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+
+
 @dataclass(frozen=True)
 class PresignedRequest:
     """An HTTP request a client sends straight to the store."""
@@ -81,6 +86,8 @@ class Store(abc.ABC):
     part_checksum: str | None = None
     #: True where parts must be sent in order (GCS resumable sessions)
     sequential_parts: bool = False
+    #: True where a presigned GET can be limited to a byte range (Azure SAS cannot)
+    signs_ranges: bool = True
 
     @abc.abstractmethod
     def plan_parts(self, size: int) -> list[PartPlan]:
@@ -152,10 +159,13 @@ class Store(abc.ABC):
         expires: int,
         version_id: str | None = None,
         if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> PresignedRequest:
-        """A GET for one object, valid for ``expires`` seconds; clients add Range.
-        ``version_id`` and ``if_match`` (a bare ETag) pin it to the bytes a reference
-        recorded."""
+        """A GET for one object, valid for ``expires`` seconds. ``version_id`` and
+        ``if_match`` (a bare ETag) pin it to the bytes a reference recorded. With
+        ``byte_range`` (``[start, end)``) the request carries that ``Range`` header and,
+        where the store can sign it (``signs_ranges``), serves no other bytes; without
+        it, clients add a Range of their own."""
 
     async def close(self) -> None:
         """Release connections."""

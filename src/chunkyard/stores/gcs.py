@@ -44,7 +44,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
-from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store, plan_even_parts
+from .base import (
+    CompletedPart,
+    ObjectInfo,
+    PartPlan,
+    PresignedRequest,
+    Store,
+    plan_even_parts,
+    range_header,
+)
 
 CHUNK_UNIT = 256 * 1024  # GCS wants every chunk but the last in multiples of this
 #: 16 MiB chunks: a 64 MiB pack is 4 sequential PUTs and a retry resends at most 16 MiB
@@ -309,15 +317,19 @@ class GCSStore(Store):
         expires: int,
         version_id: str | None = None,
         if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> PresignedRequest:
         """``version_id`` is the object's generation, part of the signed URL. The JSON
         API's ETag is not the XML API's, so ``if_match`` is not sent: the generation
-        already names immutable bytes."""
+        already names immutable bytes. A ``byte_range`` is a signed header."""
+        headers = {"Range": range_header(byte_range)} if byte_range else {}
         creds = await self._credentials()
         if creds is None:  # emulator without credentials: it checks no signature anyway
             pin = f"?generation={quote(version_id, safe='')}" if version_id else ""
             return PresignedRequest(
-                "GET", f"{self.endpoint}/{self.bucket}/{quote(self._key(key), safe='/~')}{pin}"
+                "GET",
+                f"{self.endpoint}/{self.bucket}/{quote(self._key(key), safe='/~')}{pin}",
+                headers,
             )
 
         def sign() -> str:
@@ -338,11 +350,12 @@ class GCSStore(Store):
                 api_access_endpoint=self.endpoint,
                 credentials=creds,
                 generation=int(version_id) if version_id else None,
+                headers=headers or None,
                 **extra,
             )
 
         try:
-            return PresignedRequest("GET", await anyio.to_thread.run_sync(sign))
+            return PresignedRequest("GET", await anyio.to_thread.run_sync(sign), headers)
         except (google.auth.exceptions.GoogleAuthError, ValueError, AttributeError) as exc:
             raise self._error("presign_get", exc, key) from exc
 

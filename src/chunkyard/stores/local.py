@@ -41,6 +41,7 @@ from .base import (
     PresignedRequest,
     Store,
     plan_even_parts,
+    range_header,
 )
 
 T = TypeVar("T")
@@ -223,11 +224,18 @@ class LocalStore(Store):
         expires: int,
         version_id: str | None = None,
         if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> PresignedRequest:
         """``if_match`` is signed into the URL; the blob endpoint answers 412 when the
-        file's ETag differs. There are no versions to pin."""
-        params = {"etag": if_match} if if_match else {}
-        return PresignedRequest("GET", self._signed_url("GET", key, params, expires))
+        file's ETag differs. There are no versions to pin. A ``byte_range`` is signed
+        too: the endpoint serves those bytes and no others."""
+        params, headers = {}, {}
+        if if_match:
+            params["etag"] = if_match
+        if byte_range:
+            params["range"] = f"{byte_range[0]}-{byte_range[1] - 1}"
+            headers["Range"] = range_header(byte_range)
+        return PresignedRequest("GET", self._signed_url("GET", key, params, expires), headers)
 
     # -- the other side of its signed URLs (the gateway's blob endpoint) -------
     async def receive_part(
@@ -285,8 +293,9 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
         return f'"{number}-{size}"'
 
-    def open_signed(self, key: str, params: dict[str, str]) -> Path:
-        """The file a signed GET may read; a pinned read (``etag``) of a file that
+    def open_signed(self, key: str, params: dict[str, str]) -> tuple[Path, tuple[int, int] | None]:
+        """The file a signed GET may read, and the bytes ``[start, end)`` it may read
+        when the URL was signed for a range; a pinned read (``etag``) of a file that
         changed is refused."""
         signing.verify(self.secret, "GET", key, params)
         path = self._path(key)
@@ -296,7 +305,11 @@ class LocalStore(Store):
             raise NotFound("no such object") from None
         if "etag" in params and local_etag(st) != params["etag"]:
             raise PreconditionFailed("the object changed since its URL was signed")
-        return path
+        signed = None
+        if "range" in params:
+            first, _, last = params["range"].partition("-")
+            signed = (int(first), int(last) + 1)
+        return path, signed
 
     def _part_path(self, key: str, upload_id: str, number: int) -> Path:
         d = self._upload_dir(upload_id)

@@ -33,7 +33,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
-from .base import CompletedPart, ObjectInfo, PartPlan, PresignedRequest, Store, plan_even_parts
+from .base import (
+    CompletedPart,
+    ObjectInfo,
+    PartPlan,
+    PresignedRequest,
+    Store,
+    plan_even_parts,
+    range_header,
+)
 
 MIN_PART = 5 * 1024 * 1024  # S3 rejects smaller non-final parts (EntityTooSmall)
 MAX_PARTS = 10_000
@@ -355,6 +363,7 @@ class S3Store(Store):
         expires: int,
         version_id: str | None = None,
         if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> PresignedRequest:
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         headers = {}
@@ -362,6 +371,8 @@ class S3Store(Store):
             params["VersionId"] = version_id
         if if_match:  # signed: the client cannot drop the condition
             params["IfMatch"] = headers["If-Match"] = f'"{if_match}"'
+        if byte_range:  # signed too: the URL reads these bytes and no others
+            params["Range"] = headers["Range"] = range_header(byte_range)
         url = self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
         return PresignedRequest("GET", url, headers)
 

@@ -19,8 +19,9 @@ import anyio.from_thread
 
 from ...catalog import references as refs_q
 from ...chunking import WINDOW_SIZE
+from ...digest import chunk_id
 from ...errors import IntegrityFailure
-from ...fingerprint import ChunkEntry
+from ...fingerprint import ChunkEntry, Fingerprint
 from ...pins import Pin
 from .. import Repository
 
@@ -77,8 +78,8 @@ class Progress:
         }
 
 
-def pin_row(pin: Pin, digest: str = "") -> dict[str, Any]:
-    """The catalog row of a pin."""
+def pin_row(pin: Pin, digest: str = "", fid: str = "") -> dict[str, Any]:
+    """The catalog row of a pin (with its digest and file id once hashed)."""
     return {
         "id": pin.id,
         "uri": pin.uri,
@@ -88,6 +89,7 @@ def pin_row(pin: Pin, digest: str = "") -> dict[str, Any]:
         "last_modified": pin.last_modified,
         "weak_etag": pin.weak_etag,
         "digest": digest,
+        "file_id": fid,
         "state": "pinned",
         "created_at": time.time(),
     }
@@ -99,16 +101,19 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-async def hash_all(repo: Repository, pins: list[Pin], index: bool, progress: Progress) -> None:
-    """Hash (and with ``index``, index) every pinned object not hashed before."""
+async def hash_all(
+    repo: Repository, pins: list[Pin], index: str | None, progress: Progress
+) -> None:
+    """Hash every pinned object not hashed before; with ``index`` (the name of the
+    artifact registering them), also index each as a chunk source."""
     known = await repo.db.read(refs_q.known, [p.id for p in pins])
     large, small = asyncio.Semaphore(PARALLEL_OBJECTS), asyncio.Semaphore(PARALLEL_SMALL)
     digests = _DigestWriter(repo)
 
     async def one(pin: Pin) -> None:
-        digest, indexed = known.get(pin.id, ("", False))
-        if digest and (indexed or not index):  # hashed before at this very pin
-            progress.finished(pin.size, 0)
+        k = known.get(pin.id)
+        if k is not None and k.digest and k.file_id and (k.indexed or not index):
+            progress.finished(pin.size, 0)  # hashed before at this very pin
             return
         async with large if pin.size > WINDOW_SIZE else small:
             read = 0
@@ -119,11 +124,11 @@ async def hash_all(repo: Repository, pins: list[Pin], index: bool, progress: Pro
                 read += n
 
             t0 = time.monotonic()
-            digest = await _hash_one(repo, pin, index, count)
+            fp = await _hash_one(repo, pin, index, count)
             log.info("hashed %s (%d bytes) in %.1f s", pin.uri, pin.size, time.monotonic() - t0)
             progress.finished(pin.size, read)
         if not index:  # indexing recorded it already
-            await digests.add(pin, digest)
+            await digests.add(pin, fp)
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -138,12 +143,12 @@ async def hash_all(repo: Repository, pins: list[Pin], index: bool, progress: Pro
 class _DigestWriter:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        self.pending: list[tuple[Pin, str]] = []
+        self.pending: list[tuple[Pin, Fingerprint]] = []
         self.last = time.monotonic()
         self.lock = asyncio.Lock()
 
-    async def add(self, pin: Pin, digest: str) -> None:
-        self.pending.append((pin, digest))
+    async def add(self, pin: Pin, fp: Fingerprint) -> None:
+        self.pending.append((pin, fp))
         if len(self.pending) >= DIGEST_BATCH or time.monotonic() - self.last > DIGEST_EVERY:
             await self.flush()
 
@@ -155,9 +160,10 @@ class _DigestWriter:
                 await self.repo.db.write(_record_digests, batch)
 
 
-def _record_digests(conn: Any, batch: list[tuple[Pin, str]]) -> None:
-    refs_q.insert_pins(conn, [pin_row(pin, d) for pin, d in batch])
-    refs_q.set_digests(conn, [(pin.id, d) for pin, d in batch])  # rows that had none
+def _record_digests(conn: Any, batch: list[tuple[Pin, Fingerprint]]) -> None:
+    refs_q.insert_pins(conn, [pin_row(pin, fp.digest, fp.file_id) for pin, fp in batch])
+    # rows that had none
+    refs_q.set_digests(conn, [(pin.id, fp.digest, fp.file_id) for pin, fp in batch])
 
 
 class _IndexSink:
@@ -166,12 +172,12 @@ class _IndexSink:
 
     def __init__(self, repo: Repository, pin_id: str) -> None:
         self.repo, self.pin_id = repo, pin_id
-        self.rows: list[tuple[str, int, bytes, int, int]] = []
+        self.rows: list[tuple[str, int, bytes, bytes, int, int]] = []
         self.next_idx = 0
 
     def __call__(self, entries: list[ChunkEntry]) -> None:
-        for cid, offset, length in entries:
-            self.rows.append((self.pin_id, self.next_idx, cid, offset, length))
+        for key, offset, length in entries:
+            self.rows.append((self.pin_id, self.next_idx, chunk_id(key), key, offset, length))
             self.next_idx += 1
         if len(self.rows) >= INDEX_BATCH:
             rows, self.rows = self.rows, []
@@ -179,9 +185,10 @@ class _IndexSink:
 
 
 async def _hash_one(
-    repo: Repository, pin: Pin, index: bool, progress: Callable[[int], None]
-) -> str:
-    """Stream one object; with ``index``, record it as a chunk source as it goes."""
+    repo: Repository, pin: Pin, index: str | None, progress: Callable[[int], None]
+) -> Fingerprint:
+    """Stream one object; with ``index`` (the registering artifact), record it as a
+    chunk source of that artifact's dedup domain as it goes."""
     req = await repo.sources.pinned_request(pin, check=False)
     sink = None
     if index:
@@ -190,8 +197,8 @@ async def _hash_one(
     fp = await anyio.to_thread.run_sync(
         repo.sources.fingerprint, pin, req, sink, progress, abandon_on_cancel=True
     )
-    if sink is None:
-        return fp.digest
+    if sink is None or index is None:
+        return fp
     if sink.rows:
         await repo.db.write(refs_q.insert_index_entries, sink.rows)
 
@@ -199,7 +206,8 @@ async def _hash_one(
         n = refs_q.count_entries(conn, pin.id)
         if n != fp.chunks:
             raise IntegrityFailure(f"indexing {pin.uri}: {n} chunk entries, expected {fp.chunks}")
-        refs_q.finish_index(conn, pin.id, n, fp.digest, time.time())
+        digests = (fp.digest, fp.file_id)
+        refs_q.finish_index(conn, pin.id, n, digests, index, repo.domain(index), time.time())
 
     await repo.db.write(finish)
-    return fp.digest
+    return fp

@@ -21,6 +21,7 @@ from ...errors import ChunkyardError
 from ...names import check_name, check_tags
 from ...pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
 from .. import Repository
+from ..access import Principal
 from ..artifacts import apply_tags, summary
 from .indexing import Progress, hash_all, pin_row
 
@@ -46,6 +47,7 @@ class Registration:
 
 async def prepare(
     repo: Repository,
+    who: Principal,
     name: str,
     uri: str,
     tags: dict[str, str] | None = None,
@@ -55,6 +57,7 @@ async def prepare(
     """Check the request, the allow-list and the source; take the pins. Writes nothing,
     so bad input leaves catalog and store as they were."""
     name, tags = check_name(name), check_tags(tags)
+    who.require("write", name)
     parsed = parse_uri(uri)
     check_allowed(parsed, repo.settings.ref_allow)
     files = await repo.sources.pin_objects(parsed, need_ranges=index)
@@ -67,7 +70,7 @@ async def register(repo: Repository, reg: Registration, progress: Progress | Non
     progress = progress or Progress(len(reg.files), reg.size)
     started = time.monotonic()
     if reg.hash:
-        await hash_all(repo, [p for _, p in reg.files], reg.index, progress)
+        await hash_all(repo, [p for _, p in reg.files], reg.name if reg.index else None, progress)
     out = await _commit(repo, reg)
     out.update(
         objects=len(reg.files),
@@ -107,13 +110,14 @@ def _line(obj: dict) -> bytes:
 
 async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
     known = await repo.db.read(refs_q.known, [p.id for _, p in reg.files])
-    files = [(path, pin, known.get(pin.id, ("", False))[0]) for path, pin in reg.files]
-    if all(d for _, _, d in files):
+    nothing = refs_q.Known("", "", False)
+    files = [(path, pin, known.get(pin.id, nothing)) for path, pin in reg.files]
+    if all(k.file_id for _, _, k in files):
         digest_of = "content"
         digest = (
-            files[0][2]
+            files[0][2].file_id
             if reg.layout == "file"
-            else tree_digest((path, pin.size, d) for path, pin, d in files)
+            else tree_digest((path, pin.size, k.file_id) for path, pin, k in files)
         )
     else:
         digest_of, digest = "pins", pins_digest((path, pin) for path, pin, _ in files)
@@ -130,7 +134,7 @@ async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
         ):  # the same objects at the same pins: that version already says it all
             apply_tags(conn, latest.id, reg.tags)
             return {**summary(conn, reg.name, latest), "created": False}
-        refs_q.insert_pins(conn, [pin_row(pin, d) for _, pin, d in files])
+        refs_q.insert_pins(conn, [pin_row(pin, k.digest, k.file_id) for _, pin, k in files])
         v = versions_q.add_version(
             conn,
             art_id,
@@ -151,11 +155,12 @@ async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
                     "idx": i,
                     "path": path,
                     "size": pin.size,
-                    "digest": d,
+                    "digest": k.file_id,
+                    "b3sum": k.digest,
                     "manifest": "[]",
                     "ref_object": pin.id,
                 }
-                for i, (path, pin, d) in enumerate(files)
+                for i, (path, pin, k) in enumerate(files)
             ],
         )
         apply_tags(conn, v.id, reg.tags)
