@@ -172,3 +172,20 @@ def file_id(data: bytes) -> str:
     return from_chunks(
         (chunk_id(chunk_key(view[c.offset : c.offset + c.length])), c.length) for c in cuts
     )
+
+
+def chunk_keys(data: bytes) -> list[bytes]:
+    """The chunk keys of content, in order (what a client proves possession with)."""
+    from chunkyard.chunking import new_chunker
+    from chunkyard.digest import chunk_key
+
+    view = memoryview(data)
+    cuts = new_chunker().cut_buf(data) if data else []
+    return [chunk_key(view[c.offset : c.offset + c.length]) for c in cuts]
+
+
+def proof(session: dict, keys: list[bytes]) -> str:
+    """The possession proof of a term over chunks with these keys, in ``session``."""
+    from chunkyard.digest import term_proof
+
+    return term_proof(bytes.fromhex(session["proof_key"]), keys)

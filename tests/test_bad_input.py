@@ -9,7 +9,7 @@ import pytest
 
 from chunkyard import packs
 from chunkyard.errors import DigestMismatch
-from conftest import begin_pack, random_bytes
+from conftest import begin_pack, chunk_keys, proof, random_bytes
 
 
 def error_code(resp: httpx.Response) -> str:
@@ -94,7 +94,7 @@ def test_malformed_bodies(gateway, api, session):
         commit,
         json={
             "layout": "file",
-            "files": [{"path": "f", "size": 1, "digest": "nothex", "terms": []}],
+            "files": [{"path": "f", "size": 1, "b3sum": "nothex", "terms": []}],
         },
     )
     assert r.status_code == 400 and error_code(r) == "invalid_digest"
@@ -102,7 +102,7 @@ def test_malformed_bodies(gateway, api, session):
         commit,
         json={
             "layout": "tree",
-            "files": [{"path": "../etc/passwd", "size": 0, "digest": "0" * 64, "terms": []}],
+            "files": [{"path": "../etc/passwd", "size": 0, "terms": []}],
         },
     )
     assert r.status_code == 400 and error_code(r) == "invalid_name"
@@ -112,7 +112,7 @@ def test_malformed_bodies(gateway, api, session):
         commit,
         json={
             "layout": "file",
-            "files": [{"path": "f", "size": 5, "digest": "0" * 64, "terms": [["a" * 64, 0, 1]]}],
+            "files": [{"path": "f", "size": 5, "terms": [["a" * 64, 0, 1, "0" * 64]]}],
             "tags": {"bad key!": "x"},
         },
     )
@@ -173,9 +173,7 @@ def test_corrupted_pack_is_refused_and_removed(gateway, api, session, how):
         f"/v1/sessions/{session}/commit",
         json={
             "layout": "file",
-            "files": [
-                {"path": "f", "size": 50_000, "digest": "0" * 64, "terms": [[pack_id, 0, 1]]}
-            ],
+            "files": [{"path": "f", "size": 50_000, "terms": [[pack_id, 0, 1, "0" * 64]]}],
         },
     )
     assert r.status_code == 422 and error_code(r) == "untrusted_chunks"
@@ -212,84 +210,75 @@ def test_forged_and_expired_urls(gateway, api, session):
 
 
 def test_commit_must_match_verified_content(gateway, api, session, client, tmp_path):
+    """A commit names verified chunks it proves it holds, and sizes come from the catalog.
+    Whatever is wrong with a term, the answer is the same: it says nothing about packs
+    the caller could not name without holding their chunks."""
+    data = random_bytes(200_000, seed=6)
     src = tmp_path / "ok.bin"
-    src.write_bytes(random_bytes(200_000, seed=6))
+    src.write_bytes(data)
     r0 = client.push(src, "bad/commit")
-    v = client.show("bad/commit")
     recon = api.get("/v1/artifacts/bad/commit/-/versions/1/files/0/reconstruction").json()
     pack_id = recon["terms"][0]["pack"]
-    n_chunks = len(recon["terms"][0]["chunks"])
-    s = api.post("/v1/sessions", json={"name": "bad/commit"}).json()["session"]
+    keys = chunk_keys(data)
+    s = api.post("/v1/sessions", json={"name": "bad/commit"}).json()
     before = gateway.snapshot()
-    commit = f"/v1/sessions/{s}/commit"
+    commit = f"/v1/sessions/{s['session']}/commit"
 
     def files(size: int, terms: list) -> dict:
-        return {
-            "layout": "file",
-            "files": [{"path": "x", "size": size, "digest": "1" * 64, "terms": terms}],
-        }
+        return {"layout": "file", "files": [{"path": "x", "size": size, "terms": terms}]}
 
-    r = api.post(commit, json=files(200_000, [[pack_id, 0, n_chunks + 5]]))
+    n, good = len(keys), proof(s, keys)
+    for terms in (
+        [[pack_id, 0, n + 5, good]],  # beyond the pack's end
+        [[pack_id, 0, n, "0" * 64]],  # no proof: naming a pack is not holding it
+        [[pack_id, 0, n, proof(s, keys[1:] + keys[:1])]],  # a proof of other chunks
+        [["f" * 64, 0, 1, good]],  # no such pack
+    ):
+        r = api.post(commit, json=files(200_000, terms))
+        assert r.status_code == 422 and error_code(r) == "untrusted_chunks", r.text
+        assert str(n) not in r.json()["error"]["message"]
+    r = api.post(commit, json=files(123, [[pack_id, 0, n, good]]))
     assert r.status_code == 400 and error_code(r) == "invalid_manifest"
-    r = api.post(commit, json=files(123, [[pack_id, 0, n_chunks]]))
-    assert r.status_code == 400 and error_code(r) == "invalid_manifest"
-    r = api.post(commit, json=files(200_000, [["f" * 64, 0, 1]]))
-    assert r.status_code == 422 and error_code(r) == "untrusted_chunks"
     assert gateway.snapshot() == before
-    assert v["version"] == r0["version"]
+    r = api.post(commit, json=files(200_000, [[pack_id, 0, n, good]]))  # held: it works
+    assert r.status_code == 200 and r.json()["digest"] == r0["digest"]  # (and is unchanged)
 
 
 def test_pull_detects_a_lying_digest(gateway, api, client, tmp_path):
-    """A client can commit a wrong file digest; the pull catches it and writes nothing."""
+    """A client may declare a wrong BLAKE3 for its own version; the pull catches it and
+    writes nothing (the version's digest, which the gateway computed, stays true)."""
+    data = random_bytes(150_000, seed=7)
     src = tmp_path / "lie.bin"
-    src.write_bytes(random_bytes(150_000, seed=7))
-    client.push(src, "bad/liar-source")
+    src.write_bytes(data)
+    honest = client.push(src, "bad/liar-source")
     recon = api.get("/v1/artifacts/bad/liar-source/-/versions/1/files/0/reconstruction").json()
-    terms = [[t["pack"], 0, len(t["chunks"])] for t in recon["terms"]]
-    s = api.post("/v1/sessions", json={"name": "bad/liar"}).json()["session"]
+    s = api.post("/v1/sessions", json={"name": "bad/liar"}).json()
+    terms = [[recon["terms"][0]["pack"], 0, len(chunk_keys(data)), proof(s, chunk_keys(data))]]
     r = api.post(
-        f"/v1/sessions/{s}/commit",
+        f"/v1/sessions/{s['session']}/commit",
         json={
             "layout": "file",
-            "files": [{"path": "lie.bin", "size": 150_000, "digest": "2" * 64, "terms": terms}],
+            "files": [{"path": "lie.bin", "size": 150_000, "b3sum": "2" * 64, "terms": terms}],
         },
     )
-    assert r.status_code == 201
+    assert r.status_code == 201 and r.json()["digest"] == honest["digest"]
     dest = tmp_path / "pulled.bin"
     with pytest.raises(DigestMismatch):
         client.pull("bad/liar", dest)
     assert not dest.exists() and list(tmp_path.glob(".pulled.bin*")) == []
 
 
-def test_a_forged_index_at_completion_is_caught(gateway, api, session):
-    """The uploader may send the pack's index with the completion; one that differs from
-    the pack's own is caught by verification and the pack removed."""
-    import base64
-
+def test_completion_takes_no_unknown_fields(gateway, api, session):
+    """A completion names its parts and nothing else: an index sent along (earlier
+    protocols took one) is refused, and changes nothing."""
     p = make_pack(seed=8)
     data = bytes(p.data)
-    last = p.entries[-1]
-    tail = bytearray(data[last.offset + last.stored_len :])
-    tail[0] ^= 0xFF  # the first chunk id of the index
-    index = bytes(tail[: -packs.FOOTER_SIZE])
-    footer = bytearray(tail[-packs.FOOTER_SIZE :])
-    footer[16:32] = blake3.blake3(index).digest()[:16]  # a consistent index checksum
-    forged = base64.b64encode(index + bytes(footer)).decode()
-    before = gateway.snapshot()
     part = begin(api, session, p.id, data)
-    assert httpx.put(part["url"], content=data).status_code == 200
-    r = api.post(
-        f"/v1/sessions/{session}/packs/{p.id}/complete",
-        json={"parts": [{"number": 1}], "index": forged},
-    )
-    assert r.status_code == 422 and error_code(r) == "pack_corrupt"
-    assert gateway.snapshot() == before
-    part = begin(api, session, p.id, data)  # the pack was removed: upload it again
     assert httpx.put(part["url"], content=data).status_code == 200
     mid = gateway.snapshot()
     r = api.post(
         f"/v1/sessions/{session}/packs/{p.id}/complete",
-        json={"parts": [{"number": 1}], "index": "not base64!"},
+        json={"parts": [{"number": 1}], "index": "AAAA"},
     )
     assert r.status_code == 400 and error_code(r) == "bad_request"
     assert gateway.snapshot() == mid
@@ -300,7 +289,6 @@ def test_a_forged_index_at_completion_is_caught(gateway, api, session):
 def test_a_pack_without_records_is_refused(gateway, api, session):
     """48 bytes of header and footer that describe zero records: well-formed otherwise,
     but a pack holds at least one record (FORMAT.md)."""
-    import base64
     import struct
 
     index = b""
@@ -316,11 +304,10 @@ def test_a_pack_without_records_is_refused(gateway, api, session):
     data = struct.pack("<4sHH", packs.MAGIC, packs.FORMAT_VERSION, 0) + footer
     pack_id = blake3.blake3(data).hexdigest()
     before = gateway.snapshot()
-    tail = base64.b64encode(footer).decode()
-    for body in ({"parts": [{"number": 1}]}, {"parts": [{"number": 1}], "index": tail}):
-        part = begin(api, session, pack_id, data)  # read from the store, then as sent
-        assert httpx.put(part["url"], content=data).status_code == 200
-        r = api.post(f"/v1/sessions/{session}/packs/{pack_id}/complete", json=body)
-        assert r.status_code == 422 and error_code(r) == "pack_corrupt", r.text
-        assert "at least one record" in r.json()["error"]["message"]
-        assert gateway.snapshot() == before
+    part = begin(api, session, pack_id, data)
+    assert httpx.put(part["url"], content=data).status_code == 200
+    body = {"parts": [{"number": 1}]}
+    r = api.post(f"/v1/sessions/{session}/packs/{pack_id}/complete", json=body)
+    assert r.status_code == 422 and error_code(r) == "pack_corrupt", r.text
+    assert "at least one record" in r.json()["error"]["message"]
+    assert gateway.snapshot() == before

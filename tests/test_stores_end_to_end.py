@@ -83,11 +83,20 @@ def test_reconstruction_urls_point_at_the_store(store_gateway, tmp_path: Path):
     recon = httpx.get(
         f"{store_gateway.url}/v1/artifacts/team/stores/direct/-/versions/1/files/0/reconstruction"
     ).json()
-    urls = [u["url"] for u in recon["urls"].values()]
+    urls = [t["url"]["url"] for t in recon["terms"]]
     if store_gateway.settings.store_url.startswith("file:"):
         assert all(u.startswith(store_gateway.url + "/v1/blobs/") for u in urls)
     else:  # direct: the gateway signs, the store serves
         assert not any(u.startswith(store_gateway.url) for u in urls)
+    # each URL reads its term's bytes, signed for that range where the store signs ranges
+    for term in recon["terms"]:
+        a, b = term["range"]
+        assert term["url"]["headers"]["Range"] == f"bytes={a}-{b - 1}"
+        r = httpx.get(term["url"]["url"], headers=term["url"]["headers"])
+        assert r.status_code == 206 and len(r.content) == b - a
+        if not store_gateway.settings.store_url.startswith("az:"):
+            wider = {**term["url"]["headers"], "Range": f"bytes=0-{b + 100}"}
+            assert httpx.get(term["url"]["url"], headers=wider).status_code in (400, 403)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from chunkyard import Client, packs
-from chunkyard.errors import PackCorrupt
-from conftest import begin_pack, random_bytes, start_gateway
+from chunkyard.errors import NotFound
+from conftest import begin_pack, chunk_keys, proof, random_bytes, start_gateway
 
 
 @pytest.fixture
@@ -38,34 +38,52 @@ def run_verifier(gw) -> None:
     assert p.returncode == 0, p.stderr
 
 
-def missing_count(gw, ids: bytes) -> int:
+def missing_count(gw, keys: bytes, name: str = "trust/probe") -> int:
+    """How many of these chunk keys a session of ``name`` (its domain) is told are
+    missing."""
     with httpx.Client(base_url=gw.url) as c:
-        sid = c.post("/v1/sessions", json={"name": "probe/x"}).json()["session"]
-        answer = c.post(f"/v1/sessions/{sid}/missing", content=ids).json()
+        sid = c.post("/v1/sessions", json={"name": name}).json()["session"]
+        answer = c.post(f"/v1/sessions/{sid}/missing", content=keys).json()
     return sum(loc is None for loc in answer["locations"])
 
 
-def chunk_ids_of(gw, name: str) -> bytes:
-    recon = httpx.get(f"{gw.url}/v1/artifacts/{name}/-/versions/latest/files/0/reconstruction")
-    return b"".join(bytes.fromhex(c[0]) for t in recon.json()["terms"] for c in t["chunks"])
-
-
-def test_unverified_chunks_are_not_dedup_targets_until_the_verifier_ran(external, tmp_path):
-    src = tmp_path / "a.bin"
-    src.write_bytes(random_bytes(2_000_000, seed=80))
-    with Client(external.url) as c:
-        r = c.push(src, "trust/a")
-        c.pull("trust/a", tmp_path / "back")  # usable by its own uploader at once
-    assert (tmp_path / "back").read_bytes() == src.read_bytes()
-    ids = chunk_ids_of(external, "trust/a")
-    assert missing_count(external, ids) == len(ids) // 32 == r["chunks_total"]
+def test_uploaded_chunks_are_not_dedup_targets_until_verified(external, tmp_path):
+    """A completed upload serves nobody until it was read back and checked: by the
+    verifier, or by its own session's commit."""
+    data = random_bytes(2_000_000, seed=80)
+    keys = chunk_keys(data)
+    with httpx.Client(base_url=external.url) as c:
+        s = c.post("/v1/sessions", json={"name": "trust/a"}).json()
+        w = packs.PackWriter(4 * 1024 * 1024)
+        pos = 0
+        for key, n in zip(keys, [len(b) for b in _split(data)], strict=True):
+            w.add(key, n, packs.SCHEME_RAW, data[pos : pos + n])
+            pos += n
+        p = w.finish()
+        part = begin_pack(c, s["session"], p.id, bytes(p.data))
+        assert httpx.put(part["url"], content=bytes(p.data)).status_code == 200
+        done = c.post(
+            f"/v1/sessions/{s['session']}/packs/{p.id}/complete", json={"parts": [{"number": 1}]}
+        )
+        assert done.json()["state"] == "complete"
+    joined = b"".join(keys)
+    assert missing_count(external, joined) == len(keys)
     assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 0
     run_verifier(external)
-    assert missing_count(external, ids) == 0
+    assert missing_count(external, joined) == 0  # in its domain...
+    assert missing_count(external, joined, "other/probe") == len(keys)  # ...and only there
     assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 1
 
 
-def test_a_lying_pack_is_caught_and_its_version_fails_loudly(external, tmp_path):
+def _split(data: bytes) -> list[bytes]:
+    from chunkyard.chunking import new_chunker
+
+    return [data[c.offset : c.offset + c.length] for c in new_chunker().cut_buf(data)]
+
+
+def test_a_lying_pack_is_caught_and_commits_refused(external, tmp_path):
+    """A pack whose index claims a chunk it does not hold fails verification when its
+    own session commits; the commit is refused and the chunk offered to nobody."""
     raw = [random_bytes(40_000, seed=81), random_bytes(40_000, seed=82)]
     w = packs.PackWriter(1024 * 1024)
     w.add(blake3.blake3(raw[0]).digest(), len(raw[0]), packs.SCHEME_RAW, raw[0])
@@ -74,24 +92,30 @@ def test_a_lying_pack_is_caught_and_its_version_fails_loudly(external, tmp_path)
     p = w.finish()
     data = bytes(p.data)
     with httpx.Client(base_url=external.url) as c:
-        sid = c.post("/v1/sessions", json={"name": "trust/liar"}).json()["session"]
+        s = c.post("/v1/sessions", json={"name": "trust/liar"}).json()
+        sid = s["session"]
         part = begin_pack(c, sid, p.id, data)
         assert httpx.put(part["url"], content=data).status_code == 200
         done = c.post(f"/v1/sessions/{sid}/packs/{p.id}/complete", json={"parts": [{"number": 1}]})
         assert done.json()["state"] == "complete"
-        digest = blake3.blake3(raw[0] + raw[1]).hexdigest()
         r = c.post(
             f"/v1/sessions/{sid}/commit",
             json={
                 "layout": "file",
-                "files": [{"path": "x", "size": 80_000, "digest": digest, "terms": [[p.id, 0, 2]]}],
+                "files": [
+                    {
+                        "path": "x",
+                        "size": 80_000,
+                        "terms": [[p.id, 0, 2, proof(s, [blake3.blake3(raw[0]).digest(), lie])]],
+                    }
+                ],
             },
         )
-        assert r.status_code == 201
-    assert missing_count(external, lie) == 1  # never offered to anyone
+        assert r.status_code == 422 and r.json()["error"]["code"] == "untrusted_chunks", r.text
+    assert missing_count(external, lie, "trust/probe") == 1  # never offered to anyone
     run_verifier(external)
-    assert missing_count(external, lie) == 1
-    with Client(external.url) as c, pytest.raises(PackCorrupt):
+    assert missing_count(external, lie, "trust/probe") == 1
+    with Client(external.url) as c, pytest.raises(NotFound):
         c.pull("trust/liar", tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
@@ -114,37 +138,16 @@ def test_background_verification_in_the_gateway(tmp_path):
         thread.join(timeout=10)
 
 
-def test_commit_verifies_a_foreign_unverified_pack_first(external, tmp_path: Path):
-    """Two uploads of the same content race: the second names the first one's pack,
-    which is verified on the spot before the commit may use it."""
+def test_a_commit_verifies_its_own_uploads_first(external, tmp_path: Path):
+    """Nobody verified the session's packs yet (the external verifier has not run):
+    its commit verifies them on the spot before it may name them."""
     src = tmp_path / "c.bin"
     src.write_bytes(random_bytes(600_000, seed=84))
     with Client(external.url) as c:
         c.push(src, "trust/c1")
-        recon = httpx.get(
-            f"{external.url}/v1/artifacts/trust/c1/-/versions/1/files/0/reconstruction"
-        ).json()
-        terms = [[t["pack"], 0, len(t["chunks"])] for t in recon["terms"]]
-        with httpx.Client(base_url=external.url) as h:
-            sid = h.post("/v1/sessions", json={"name": "trust/c2"}).json()["session"]
-            r = h.post(
-                f"/v1/sessions/{sid}/commit",
-                json={
-                    "layout": "file",
-                    "files": [
-                        {
-                            "path": "c.bin",
-                            "size": 600_000,
-                            "digest": recon["digest"],
-                            "terms": terms,
-                        }
-                    ],
-                },
-            )
-        assert r.status_code == 201, r.text
         assert c.stats()["packs"] == 1
-        c.pull("trust/c2", tmp_path / "c2")
-    assert (tmp_path / "c2").read_bytes() == src.read_bytes()
+        c.pull("trust/c1", tmp_path / "c1")
+    assert (tmp_path / "c1").read_bytes() == src.read_bytes()
 
 
 def test_a_pack_stored_but_not_yet_verified_is_not_uploaded_again(external, tmp_path):

@@ -176,11 +176,13 @@ _FIELD_ERRORS: dict[str, type[ChunkyardError]] = {
     "tags": InvalidName,
     "path": InvalidName,
     "digest": InvalidDigest,
+    "b3sum": InvalidDigest,
+    "file_id": InvalidDigest,
     "pack": InvalidDigest,
     "uri": InvalidReference,
 }
 _AT = re.compile(r" - at `(?:key` in `)?(\$[^`]*)`$")
-_FIELD = re.compile(r"\.([A-Za-z_]+)(?:\[[^\]]*\])*$")
+_FIELD = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])*$")
 #: what a pattern stands for, instead of the regular expression in msgspec's message
 _RULES = {
     "name": "1 to 16 '/'-separated segments, each starting with a letter or digit and "
