@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chunkyard.errors import AddressForbidden
-from chunkyard.netguard import GuardedBackend, forbidden_reason, guarded_client
+from chunkyard.netguard import LOCATION, GuardedBackend, forbidden_reason, guarded_client
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,14 @@ from chunkyard.netguard import GuardedBackend, forbidden_reason, guarded_client
         ("::", False, False),
         ("224.0.0.1", False, False),
         ("ff02::1", False, False),
+        ("::7f00:1", False, True),  # IPv4-compatible 127.0.0.1
+        ("::a9fe:a9fe", False, False),  # IPv4-compatible metadata
+        ("::ffff:0:a00:1", False, True),  # IPv4-translated 10.0.0.1
+        ("64:ff9b:1::a9fe:a9fe", False, False),  # local-use NAT64 of the metadata
+        ("::808:808", False, True),  # IPv4-compatible, public inside: still reserved
+        ("fec0::1", False, True),  # site-local
+        ("::ffff:8.8.8.8", True, True),
+        ("64:ff9b::808:808", True, True),
         ("8.8.8.8", True, True),
         ("2001:4860:4860::8888", True, True),
     ],
@@ -111,5 +119,40 @@ def test_connects_to_the_checked_address():
             assert client.get(f"http://localhost:{port}/").text == "hello"
         with guarded_client(False) as client, pytest.raises(AddressForbidden):
             client.get(f"http://localhost:{port}/")
+    finally:
+        server.shutdown()
+
+
+def test_a_name_the_resolver_cannot_encode_is_a_connect_error():
+    rec = Recorder()
+    with (
+        guarded_client(True, GuardedBackend(True, rec)) as client,
+        pytest.raises(httpx.ConnectError),
+    ):
+        client.get("http://" + "a" * 64 + ".example/x")  # label too long for IDNA
+    assert rec.calls == []
+
+
+def test_redirect_targets_are_left_to_the_caller():
+    """httpx would parse a Location by its own rules (and fail on 0177.0.0.1); the
+    guarded client hands it over untouched instead."""
+
+    class Moved(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("location", "http://0177.0.0.1/elsewhere")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with guarded_client(True) as client:
+            r = client.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        assert r.status_code == 302 and "location" not in r.headers
+        assert r.extensions[LOCATION] == "http://0177.0.0.1/elsewhere"
     finally:
         server.shutdown()

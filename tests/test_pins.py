@@ -93,6 +93,120 @@ def test_allow_list_matches_at_boundaries():
         parse_ref_allow("ftp://x/")
 
 
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [
+        # IPv4 in the notations the C library accepts: one dotted quad
+        ("http://0177.0.0.1/f", "http://127.0.0.1/f"),
+        ("http://0x7f.1/f", "http://127.0.0.1/f"),
+        ("http://0X7F.0.0.0x1/f", "http://127.0.0.1/f"),
+        ("http://2130706433/f", "http://127.0.0.1/f"),
+        ("http://127.1/f", "http://127.0.0.1/f"),
+        ("http://10.1.258/f", "http://10.1.1.2/f"),
+        ("http://0/f", "http://0.0.0.0/f"),
+        ("http://0x/f", "http://0.0.0.0/f"),
+        ("http://0xffffffff/f", "http://255.255.255.255/f"),
+        ("http://0251.0376.0251.0376/f", "http://169.254.169.254/f"),
+        # IPv6: compressed, lower case; IPv4-mapped in dotted form
+        ("http://[::FFFF:127.0.0.1]/f", "http://[::ffff:127.0.0.1]/f"),
+        ("http://[0:0:0:0:0:ffff:7f00:1]:8080/f", "http://[::ffff:127.0.0.1]:8080/f"),
+        ("http://[2001:DB8:0::1]/f", "http://[2001:db8::1]/f"),
+        # names: IDNA 2008 with the UTS 46 mapping, as ASCII
+        ("https://B\u00dcCHER.example/f", "https://xn--bcher-kva.example/f"),
+        ("https://\u00df.de/f", "https://xn--zca.de/f"),
+        ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/f", "http://127.0.0.1/f"),
+        ("http://127\u30020\u30020\u30021/f", "http://127.0.0.1/f"),
+        ("http://under_score.example/f", "http://under_score.example/f"),
+        ("http://123.example/f", "http://123.example/f"),
+        # ports: no default, no leading zeros, an empty one is none
+        ("https://h.example:0443/f", "https://h.example/f"),
+        ("http://h.example:/f", "http://h.example/f"),
+        ("http://h.example:08080/f", "http://h.example:8080/f"),
+    ],
+)
+def test_http_hosts_have_one_normal_form(text, normal):
+    assert str(parse_uri(text)) == normal
+    assert str(parse_uri(normal)) == normal
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://0999.0.0.1/f",
+        "http://09.1/f",
+        "http://1.2.3.4.5/f",
+        "http://256.1.1.1/f",
+        "http://1.16777216/f",
+        "http://4294967296/f",
+        "http://foo.0x7f/f",
+        "http://" + "9" * 5000 + "/f",
+        "http://" + "a" * 64 + ".example/f",
+        "http://" + "a." * 127 + "example/f",
+        "http://a..b/f",
+        "http://.a/f",
+        "http://a./f",
+        "http://-a.example/f",
+        "http://a-.example/f",
+        "http://ex%41mple.com/f",
+        "http://\u2603.net/f",
+        "http://\u2024.com/f",
+        "http://a\uff03b/f",
+        "http://h.example:0/f",
+        "http://h.example:65536/f",
+        "http://h.example:+80/f",
+        "http://h.example:\u0668\u0660/f",
+        "http://[fe80::1%25eth0]/f",
+        "http://[v1.x]/f",
+        "http://[::1]x/f",
+        "http://[::ffff:0177.0.0.1]/f",
+        "http://::1/f",
+        "http://h.example/a/..;/b",
+        "http://h.example/a/%2e%2e/b",
+        "http://h.example/a\\b",
+    ],
+)
+def test_http_hosts_that_are_refused(text):
+    with pytest.raises(InvalidReference):
+        parse_uri(text)
+
+
+def test_redirect_targets():
+    """A redirect target may end with '/' or hold empty segments; never '..'."""
+    assert str(parse_uri("https://cdn.example/a//b/", redirect=True)) == (
+        "https://cdn.example/a//b/"
+    )
+    for bad in ("https://cdn.example/a/../b", "https://cdn.example/%2E%2E/b", "s3://b/k/.."):
+        with pytest.raises(InvalidReference):
+            parse_uri(bad, redirect=True)
+
+
+def test_allow_list_hosts_are_normalised_as_uris_are():
+    allow = parse_ref_allow("http://0x7f.1:8080/files/,HTTPS://B\u00fccher.Example:443/,https://")
+    assert allow == ("http://127.0.0.1:8080/files/", "https://xn--bcher-kva.example/", "https://")
+    check_allowed(parse_uri("http://0177.0.0.1:8080/files/x"), allow)
+    check_allowed(parse_uri("https://b\u00fccher.example/x"), allow)
+    with pytest.raises(ReferenceNotAllowed):
+        check_allowed(parse_uri("http://127.0.0.1:8081/files/x"), allow[:2])
+    with pytest.raises(ValueError):
+        parse_ref_allow("http://a..b/")
+    with pytest.raises(ValueError):
+        parse_ref_allow("https://h.example:0/")
+
+
+def test_a_redirect_outside_the_allow_list_names_the_hop():
+    with pytest.raises(ReferenceNotAllowed) as caught:
+        check_allowed(
+            parse_uri("https://other.example/x"),
+            ("https://h.example/",),
+            redirected_from="https://h.example/f",
+        )
+    assert caught.value.detail == {
+        "uri": "https://other.example/x",
+        "redirected_from": "https://h.example/f",
+    }
+    assert "https://h.example/f redirects to https://other.example/x" in caught.value.message
+
+
 def test_pins_and_drift():
     p = make_pin("s3://b/k", 10, '"abc"', "null", "2024-01-01")
     assert p.etag == "abc" and p.version_id is None  # "null" pins nothing

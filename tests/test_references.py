@@ -231,7 +231,7 @@ def test_sources_that_offer_less(client, source, tmp_path):
     assert not client.verify("refs/nohead")["ok"]
 
 
-def test_redirects_are_followed_and_guarded(client, source, tmp_path):
+def test_redirects_are_followed_and_guarded(client, source, tmp_path, tmp_path_factory):
     data = random_bytes(50_000, seed=12)
     source.put("/files/target.bin", data)
     source.redirects["/redirect/ok.bin"] = f"{source.url}/files/target.bin"
@@ -239,17 +239,250 @@ def test_redirects_are_followed_and_guarded(client, source, tmp_path):
     assert r["size"] == len(data)
     client.pull("refs/redirected", tmp_path / "r.bin")
     assert (tmp_path / "r.bin").read_bytes() == data
-    # an allowed server that redirects to the metadata endpoint: refused before
-    # connecting, even though private networks are allowed here
-    source.redirects["/redirect/evil.bin"] = "http://169.254.169.254/latest/meta-data/iam"
-    with pytest.raises(AddressForbidden):
-        client.ref("refs/evil", f"{source.url}/redirect/evil.bin")
-    source.redirects["/redirect/evil6.bin"] = "http://[fd00:ec2::254]/latest/meta-data/iam"
-    with pytest.raises(AddressForbidden):
-        client.ref("refs/evil", f"{source.url}/redirect/evil6.bin")
     source.redirects["/redirect/file.bin"] = "file:///etc/passwd"
     with pytest.raises(InvalidReference):
         client.ref("refs/evil", f"{source.url}/redirect/file.bin")
+    # the metadata endpoint is outside this allow-list, so that refuses it first; where
+    # the allow-list admits any http URL (and private networks), the address guard
+    # refuses it before connecting
+    source.redirects["/redirect/evil.bin"] = "http://169.254.169.254/latest/meta-data/iam"
+    with pytest.raises(ReferenceNotAllowed):
+        client.ref("refs/evil", f"{source.url}/redirect/evil.bin")
+    source.redirects["/redirect/evil6.bin"] = "http://[fd00:ec2::254]/latest/meta-data/iam"
+    source.redirects["/redirect/evil-octal.bin"] = "http://0251.0376.0251.0376/latest"
+    source.redirects["/redirect/evil-compat.bin"] = "http://[::a9fe:a9fe]/latest"
+    for gw in _gateway(
+        tmp_path_factory,
+        "open",
+        CHUNKYARD_REF_ALLOW="http://",
+        CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS="1",
+    ):
+        with gw.client() as c:
+            for path in ("evil", "evil6", "evil-octal", "evil-compat"):
+                with pytest.raises(AddressForbidden):
+                    c.ref("refs/evil", f"{source.url}/redirect/{path}.bin")
+
+
+def _post_ref(gw: RunningGateway, uri: str, **body: object) -> httpx.Response:
+    """A registration as a raw request, the way the review sent them."""
+    return httpx.post(
+        f"{gw.url}/v1/references", json={"name": "refs/x", "uri": uri, **body}, timeout=60
+    )
+
+
+def _refused(gw: RunningGateway, uri: str, status: int, code: str, **body: object) -> dict:
+    """Registering ``uri`` fails with ``status``/``code`` and changes nothing."""
+    before = gw.snapshot()
+    r = _post_ref(gw, uri, **body)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert gw.snapshot() == before
+    return r.json()["error"]
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[Source]:
+    """A second server on 127.0.0.1 (another port), outside every allow-list here."""
+    src = Source()
+    yield src
+    src.close()
+
+
+def test_every_redirect_hop_must_be_under_the_allow_list(gateway, source, elsewhere):
+    """The allow-list admits {source}/files/ and {source}/redirect/; a redirect from an
+    allowed URL to another port, another path or another host is refused, naming the
+    hop, before anything connects there, and nothing is registered."""
+    data = b"secret" * 1000
+    source.put("/files/public.bin", data)
+    source.put("/private/secret.bin", data)
+    elsewhere.put("/files/public.bin", data)
+    start = f"{source.url}/redirect"
+    port = source.port
+    hops = {
+        "port.bin": (f"{elsewhere.url}/files/public.bin", f"{elsewhere.url}/files/public.bin"),
+        "path.bin": ("/private/secret.bin", f"{source.url}/private/secret.bin"),
+        "relative.bin": ("../private/secret.bin", f"{source.url}/private/secret.bin"),
+        "host.bin": (
+            f"http://localhost:{port}/files/public.bin",
+            f"http://localhost:{port}/files/public.bin",
+        ),
+        # another notation of the same host is read as that host, then checked
+        "octal.bin": (
+            f"http://0177.0.0.1:{port}/private/secret.bin",
+            f"{source.url}/private/secret.bin",
+        ),
+        # a second hop: the first stays inside, the second leaves
+        "twice.bin": (f"{start}/twice-2.bin", f"{source.url}/private/secret.bin"),
+    }
+    source.redirects["/redirect/twice-2.bin"] = "/private/secret.bin"
+    for name, (location, _) in hops.items():
+        source.redirects[f"/redirect/{name}"] = location
+    for name, (_, hop) in hops.items():
+        for body in ({}, {"hash": True}, {"hash": True, "index": True}):
+            err = _refused(gateway, f"{start}/{name}", 403, "reference_not_allowed", **body)
+            assert err["detail"]["uri"] == hop and hop in err["message"], err
+            assert err["detail"]["redirected_from"] == f"{start}/{name}"
+    assert not elsewhere.requests  # never contacted
+    assert not [k for k in source.requests if k[1].startswith("/private/")]
+    # through the client library too
+    with gateway.client() as c, pytest.raises(ReferenceNotAllowed) as caught:
+        c.ref("refs/x", f"{start}/port.bin")
+    assert caught.value.detail["uri"] == f"{elsewhere.url}/files/public.bin"
+    # hops that cannot be read as one URL, or that hide a '..', are invalid
+    source.redirects["/redirect/dots.bin"] = "/files/%2e%2e/private/secret.bin"
+    source.redirects["/redirect/servlet.bin"] = "/files/..;/private/secret.bin"
+    source.redirects["/redirect/badhost.bin"] = "http://0999.0.0.1/files/x.bin"
+    source.redirects["/redirect/port0.bin"] = "http://127.0.0.1:0/files/x.bin"
+    for name in ("dots", "servlet", "badhost", "port0"):
+        err = _refused(gateway, f"{start}/{name}.bin", 400, "invalid_reference")
+        assert err["detail"]["uri"] == f"{start}/{name}.bin"
+    # a loop ends
+    source.redirects["/redirect/loop.bin"] = "/redirect/loop.bin"
+    _refused(gateway, f"{start}/loop.bin", 400, "invalid_reference")
+    # and a redirect that stays inside is still followed
+    source.redirects["/redirect/inside.bin"] = f"http://0x7f.1:{port}/files/public.bin"
+    r = _post_ref(gateway, f"{start}/inside.bin")
+    assert r.status_code == 201 and r.json()["size"] == len(data), r.text
+
+
+def test_a_changed_redirect_is_not_followed_outside_the_allow_list(
+    gateway, client, source, tmp_path
+):
+    """A redirected reference pins the URI that was registered; every later HEAD or GET
+    follows its redirects again, and a hop that now leaves the allow-list fails every
+    read (pull, content, pinned requests, chunks borrowed from it, hashing) with
+    reference_not_allowed instead of being followed."""
+    data = random_bytes(3 * MiB + 11, seed=30)
+    source.put("/files/moving.bin", data)
+    source.put("/private/moving.bin", data)  # the same bytes and ETag: a pin would hold
+    uri = f"{source.url}/redirect/moving.bin"
+    source.redirects["/redirect/moving.bin"] = "/files/moving.bin"
+    r = client.ref("refs/moving", uri, hash=True, index=True)
+    assert r["created"]
+    (f,) = client.show("refs/moving")["file_list"]
+    assert f["uri"] == uri  # the registered URI, not where the redirect ended
+    local = tmp_path / "copy.bin"
+    local.write_bytes(data)
+    assert client.push(local, "refs/moving-copy")["chunks_new"] == 0  # borrows its chunks
+    content = f"{gateway.url}/v1/artifacts/refs/moving/-/versions/latest/content"
+    copy = f"{gateway.url}/v1/artifacts/refs/moving-copy/-/versions/latest/content"
+    sources = f"{gateway.url}/v1/artifacts/refs/moving/-/versions/latest/sources"
+    assert httpx.get(content, headers={"range": "bytes=0-9"}).content == data[:10]
+    assert httpx.get(copy, headers={"range": "bytes=0-9"}).content == data[:10]
+    # the redirect now points outside the allow-list
+    source.redirects["/redirect/moving.bin"] = "/private/moving.bin"
+    before = gateway.snapshot()
+    for ref in ("refs/moving", "refs/moving-copy"):
+        with pytest.raises(ReferenceNotAllowed) as caught:
+            client.pull(ref, tmp_path / "out.bin")
+        assert caught.value.detail["uri"] == f"{source.url}/private/moving.bin"
+        assert not (tmp_path / "out.bin").exists()
+        with pytest.raises(ReferenceNotAllowed):
+            client.verify(ref)
+    resp = httpx.get(sources)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "reference_not_allowed"
+    for url in (content, copy):  # the answer has started before the source is asked: cut
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(url, headers={"range": "bytes=0-9"})
+    for body in ({"hash": True}, {"hash": True, "index": True}, {}):
+        err = _refused(gateway, uri, 403, "reference_not_allowed", **body)
+        assert err["detail"]["uri"] == f"{source.url}/private/moving.bin"
+    assert not [k for k in source.requests if k[1] == "/private/moving.bin"]
+    assert gateway.snapshot() == before
+    # pointed back inside, it reads again
+    source.redirects["/redirect/moving.bin"] = f"http://0177.0.0.1:{source.port}/files/moving.bin"
+    client.pull("refs/moving-copy", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert client.verify("refs/moving")["ok"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "address"),
+    [
+        ("http://0177.0.0.1:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://0x7f.1:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://2130706433:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://127.1:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://0x7F.0.0.0x1:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://0/files/exists.bin", "0.0.0.0"),
+        ("http://[::ffff:127.0.0.1]:{port}/files/exists.bin", "::ffff:127.0.0.1"),
+        ("http://[0:0:0:0:0:FFFF:7F00:1]:{port}/files/exists.bin", "::ffff:127.0.0.1"),
+        ("http://[::7f00:1]:{port}/files/exists.bin", "::7f00:1"),
+        ("http://[::ffff:0:7f00:1]:{port}/files/exists.bin", "::ffff:0:7f00:1"),
+        ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://127\u30020\u30020\u30021:{port}/files/exists.bin", "127.0.0.1"),
+        ("http://0251.0376.0251.0376/latest/meta-data/iam", "169.254.169.254"),
+        ("http://[fec0::1]/x.bin", "fec0::1"),
+    ],
+)
+def test_hosts_in_other_notations_are_guarded(strict_gateway, source, uri, address):
+    """Any notation of an internal address is that address: refused (403), never a 500."""
+    source.put("/files/exists.bin", b"x" * 1000)
+    err = _refused(strict_gateway, uri.format(port=source.port), 403, "address_forbidden")
+    assert err["detail"]["address"] == address
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://0999.0.0.1/f.bin",  # octal without octal digits
+        "http://09.1/f.bin",
+        "http://1.2.3.4.5/f.bin",
+        "http://256.256.256.256/f.bin",
+        "http://1.16777216/f.bin",
+        "http://4294967296/f.bin",
+        "http://foo.0x7f/f.bin",
+        "http://" + "9" * 5000 + "/f.bin",
+        "http://" + "a" * 64 + ".example/f.bin",  # label too long
+        "http://" + "a." * 127 + "example/f.bin",  # host too long
+        "http://a..b/f.bin",
+        "http://.example.com/f.bin",
+        "http://example.com./f.bin",
+        "http://-x.example/f.bin",
+        "http://ex%41mple.com/f.bin",
+        "http://\u2603.net/f.bin",  # not valid IDNA 2008
+        "http://\u2024.com/f.bin",  # one dot leader
+        "http://\u00fc" + "\u00fc" * 70 + ".example/f.bin",
+        "http://a\uff03b/f.bin",  # '#' under NFKC
+        "http://example.com:0/f.bin",
+        "http://example.com:99999/f.bin",
+        "http://example.com:+80/f.bin",
+        "http://example.com:\u0668\u0660/f.bin",  # Arabic-Indic digits
+        "http://[fe80::1%25eth0]/f.bin",
+        "http://[v1.x]/f.bin",
+        "http://[::1/f.bin",
+        "http://[::1]x/f.bin",
+        "http://::1/f.bin",
+        "https://h.example/files/..;/admin/f.bin",
+        "https://h.example/files/a\\..\\b.bin",
+    ],
+)
+def test_unreadable_hosts_and_ports_are_invalid(strict_gateway, uri):
+    """What cannot be read as one host and port is a 400, before any connection."""
+    _refused(strict_gateway, uri, 400, "invalid_reference")
+
+
+def test_the_octal_host_of_the_review(tmp_path, source):
+    """The review's request: the URI's prefix is allowed, private networks are not. The
+    allow-list reads its hosts as URIs are read, so a prefix in one notation admits the
+    same host in another, and an IDNA host is compared in its ASCII form."""
+    gw, server, thread = start_gateway(
+        tmp_path, CHUNKYARD_REF_ALLOW=f"http://0177.0.0.1/,http://127.0.0.1:{source.port}/"
+    )
+    try:
+        for uri in (
+            "http://0177.0.0.1/f",
+            "http://127.0.0.1/f",
+            "http://0x7f.1/f",
+            f"http://2130706433:{source.port}/files/x.bin",
+        ):
+            err = _refused(gw, uri, 403, "address_forbidden")
+            assert err["detail"]["address"] == "127.0.0.1"
+        err = _refused(gw, "http://B\u00fccher.example/f", 403, "reference_not_allowed")
+        assert err["detail"]["uri"] == "http://xn--bcher-kva.example/f"
+        _refused(gw, "http://0178.0.0.1/f", 400, "invalid_reference")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_bad_references_change_nothing(gateway, client, source):

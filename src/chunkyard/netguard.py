@@ -45,18 +45,22 @@ METADATA = {
     )
 }
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv6 ranges that carry an IPv4 address in their last 32 bits without being routed to
+#: it everywhere (IPv4-compatible, IPv4-translated, local-use NAT64): refused for what
+#: they embed, and as reserved addresses otherwise
+_EMBEDDING = tuple(ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48"))
 
 
 def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv6 one (mapped, 6to4, NAT64), which is where a
-    packet to it ends up."""
+    """The IPv4 address inside an IPv6 one (mapped, 6to4, NAT64, and the
+    :data:`_EMBEDDING` ranges), which is where a packet to it may end up."""
     if not isinstance(ip, ipaddress.IPv6Address):
         return None
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
-    if ip in _NAT64:
+    if ip in _NAT64 or (int(ip) > 1 and any(ip in n for n in _EMBEDDING)):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -66,7 +70,10 @@ def forbidden_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
     inner = _embedded_v4(ip)
     if inner is not None:
         why = forbidden_reason(inner, allow_private)
-        return f"{why} (inside {ip})" if why else None
+        if why:
+            return f"{why} (inside {ip})"
+        if not any(ip in n for n in _EMBEDDING):
+            return None
     if ip in METADATA:
         return "a cloud metadata address"
     if ip.is_unspecified:
@@ -81,6 +88,8 @@ def forbidden_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
         return "a link-local address"
     if ip.is_private:
         return "a private address"
+    if ip.is_reserved or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):
+        return "a reserved address"
     if not ip.is_global:
         return "a non-global (reserved or shared) address"
     return None
@@ -108,7 +117,7 @@ def _resolve(host: str, port: int) -> list[str]:
         pass
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:  # UnicodeError: a bad name
         raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
     out: list[str] = []
     for info in infos:
@@ -187,13 +196,30 @@ class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 _TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+#: where a guarded client's answer keeps a redirect's ``Location`` (``extensions``)
+LOCATION = "chunkyard.location"
+
+
+def _set_location_aside(response: httpx.Response) -> None:
+    """httpx reads a redirect's ``Location`` by its own rules even when it does not
+    follow it, and fails the whole request on a target it cannot parse. The callers
+    follow redirects themselves, reading targets by the reference rules (which also
+    refuse or normalise such a target), so the header is moved out of httpx's way."""
+    if 300 <= response.status_code < 400 and "location" in response.headers:
+        response.extensions[LOCATION] = response.headers["location"]
+        del response.headers["location"]
+
+
+async def _set_location_aside_async(response: httpx.Response) -> None:
+    _set_location_aside(response)
 
 
 def guarded_client(
     allow_private: bool, backend: httpcore.NetworkBackend | None = None
 ) -> httpx.Client:
     """A blocking httpx client whose every connection goes through the guard. It does
-    not follow redirects: callers follow them hop by hop (each hop is guarded too)."""
+    not follow redirects: callers follow them hop by hop (each hop is guarded too),
+    taking a redirect's target from ``response.extensions[LOCATION]``."""
     transport = httpx.HTTPTransport(trust_env=False)
     # httpx takes no network backend; the pool is rebuilt with ours (same defaults)
     transport._pool = httpcore.ConnectionPool(
@@ -203,7 +229,11 @@ def guarded_client(
         network_backend=backend or GuardedBackend(allow_private),
     )
     return httpx.Client(
-        transport=transport, trust_env=False, follow_redirects=False, timeout=_TIMEOUT
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=_TIMEOUT,
+        event_hooks={"response": [_set_location_aside]},
     )
 
 
@@ -219,5 +249,9 @@ def async_guarded_client(
         network_backend=backend or AsyncGuardedBackend(allow_private),
     )
     return httpx.AsyncClient(
-        transport=transport, trust_env=False, follow_redirects=False, timeout=_TIMEOUT
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=_TIMEOUT,
+        event_hooks={"response": [_set_location_aside_async]},
     )

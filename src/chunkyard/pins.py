@@ -9,12 +9,14 @@ the drift rule and the pin digest of an unhashed reference version (FORMAT.md).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import blake3
+import idna
 
 from .errors import InvalidReference, ReferenceDrifted, ReferenceNotAllowed
 
@@ -23,6 +25,14 @@ HTTP_SCHEMES = ("http", "https")
 MAX_URI = 8192
 #: S3 bucket, GCS bucket or Azure container names (lenient: each service checks its own)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{0,221}")
+#: one host name label, as sent: letters, digits, hyphens inside, underscores (some
+#: real hosts have them)
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+#: a last label that makes a host an IPv4 address (WHATWG URL "ends in a number"):
+#: decimal, octal (leading 0) or hexadecimal (0x) digits
+_NUMERIC = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_RADIX = {8: re.compile(r"[0-7]+"), 10: re.compile(r"[0-9]+"), 16: re.compile(r"[0-9a-f]*")}
+MAX_HOST = 253
 #: version ids S3 reports for objects written while versioning was off or suspended:
 #: such a "version" is overwritten in place, so it pins nothing
 UNVERSIONED = {"", "null"}
@@ -62,10 +72,21 @@ class RefURI:
         return self.object_uri(self.key)
 
 
-def parse_uri(text: object) -> RefURI:
+def parse_uri(text: object, redirect: bool = False) -> RefURI:
     """Parse and normalise (lower-case scheme and host, no default port) a reference URI;
     refuse anything ambiguous: user info, fragments, ``..`` or empty key segments,
-    control characters."""
+    control characters.
+
+    An http(s) host comes out in the one form that the allow-list, the address guard
+    and the request all see: an IPv4 address as a dotted quad (``0177.0.0.1``,
+    ``0x7f.1``, ``2130706433`` and ``127.1`` are all ``127.0.0.1``, as browsers and the
+    C resolver read them), an IPv6 address in brackets, compressed, or a domain name in
+    lower-case ASCII (IDNA 2008, UTS 46 mapping: ``Bücher.example`` is
+    ``xn--bcher-kva.example``). A host that is none of these is refused here rather
+    than left for the http client or the resolver to read its own way.
+
+    ``redirect``: a URL a source redirected to; it may end with ``/`` or hold empty
+    path segments (it names what a server chose, not a file of a version)."""
     if not isinstance(text, str) or not text or len(text) > MAX_URI:
         raise InvalidReference(f"a reference URI is a string of 1 to {MAX_URI} characters")
     if any(ord(c) < 33 or ord(c) == 127 for c in text):
@@ -86,18 +107,16 @@ def parse_uri(text: object) -> RefURI:
     if parts.fragment or text.endswith("#"):
         raise InvalidReference("reference URIs must not have a #fragment")
     if scheme in HTTP_SCHEMES:
-        host = (parts.hostname or "").lower()
-        if not host:
-            raise InvalidReference(f"{text[:200]!r} has no host")
-        netloc = f"[{host}]" if ":" in host else host
-        if port is not None and port != (443 if scheme == "https" else 80):
-            netloc += f":{port}"
+        netloc = http_netloc(scheme, parts.netloc, text)
         path = parts.path or "/"
-        if path.endswith("/"):
+        if path.endswith("/") and not redirect:
             raise InvalidReference(
                 f"{text[:200]!r} ends with '/': an http(s) reference names one file"
             )
-        _check_segments(unquote(path).split("/")[1:], text)
+        segments = unquote(path).split("/")[1:]
+        if redirect:
+            segments = [s for s in segments if s]
+        _check_segments(segments, text, http=True)
         return RefURI(scheme, netloc, path + (f"?{parts.query}" if parts.query else ""))
     if parts.query or port is not None or not _BUCKET.fullmatch(parts.netloc):
         raise InvalidReference(
@@ -110,39 +129,144 @@ def parse_uri(text: object) -> RefURI:
     return RefURI(scheme, parts.netloc, key)
 
 
-def _check_segments(segments: list[str], text: str) -> None:
+def _check_segments(segments: list[str], text: str, http: bool = False) -> None:
     for seg in segments:
+        if http:  # "..;x" is ".." to servlet containers, a backslash "/" to some servers
+            if "\\" in seg:
+                raise InvalidReference(f"{text[:200]!r} has a backslash in its path")
+            seg = seg.partition(";")[0]
         if seg in ("", ".", ".."):
             raise InvalidReference(
                 f"{text[:200]!r} has an empty, '.' or '..' path segment", uri=text[:200]
             )
 
 
-def check_allowed(uri: RefURI, prefixes: Iterable[str]) -> None:
+def http_netloc(scheme: str, netloc: str, text: str = "") -> str:
+    """``host[:port]`` of an http(s) URL in its normal form (see :func:`parse_uri`): no
+    default port, a port of 1 to 65535; :class:`InvalidReference` for anything else."""
+    where = repr((text or netloc)[:200])
+    if "@" in netloc:
+        raise InvalidReference("reference URIs must not carry user info (credentials)")
+    if netloc.startswith("["):
+        inside, bracket, rest = netloc[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InvalidReference(f"{where}: malformed IPv6 address in brackets")
+        host, port_text = f"[{_ipv6(inside, where)}]", rest[1:] if rest else ""
+    else:
+        name, _, port_text = netloc.partition(":")
+        host = _host(name, where)
+    if port_text:
+        port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
+        if not 0 < port <= 65535 or len(port_text) > 5:
+            raise InvalidReference(f"{where}: the port must be a number from 1 to 65535")
+        if port != (443 if scheme == "https" else 80):
+            host += f":{port}"
+    return host
+
+
+def _ipv6(text: str, where: str) -> str:
+    if "%" in text:
+        raise InvalidReference(f"{where}: IPv6 zone ids are not accepted")
+    try:
+        ip = ipaddress.IPv6Address(text)
+    except ValueError:
+        raise InvalidReference(f"{where}: {text[:60]!r} is not an IPv6 address") from None
+    if ip.ipv4_mapped is not None:  # one spelling whatever the Python version prints
+        return f"::ffff:{ip.ipv4_mapped}"
+    return ip.compressed
+
+
+def _host(text: str, where: str) -> str:
+    """A host name or IPv4 address in its normal form."""
+    if not text:
+        raise InvalidReference(f"{where} has no host")
+    if any(c in text for c in "%[]"):
+        raise InvalidReference(f"{where}: the host must not be percent-encoded or hold brackets")
+    host = text
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError) as exc:
+            raise InvalidReference(
+                f"{where}: {text[:100]!r} is not a valid internationalised host name ({exc})"
+            ) from None
+    host = host.lower()
+    labels = host.split(".")
+    if len(host) > MAX_HOST or any(len(label) > 63 for label in labels):
+        raise InvalidReference(
+            f"{where}: a host name has at most {MAX_HOST} characters, 63 per label"
+        )
+    if _NUMERIC.fullmatch(labels[-1]):
+        return _ipv4(labels, where)
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise InvalidReference(
+            f"{where}: {host[:100]!r} is not a host name (letters, digits, '-' and '_' in "
+            "dot-separated labels, none empty) or an IP address"
+        )
+    return host
+
+
+def _ipv4(labels: list[str], where: str) -> str:
+    """A host ending in a number is an IPv4 address in one of the notations the C
+    library accepts (WHATWG URL's IPv4 parser): 1 to 4 parts, each decimal, octal
+    (leading 0) or hexadecimal (0x), the last one filling the remaining bytes."""
+    bad = InvalidReference(f"{where}: {'.'.join(labels)[:100]!r} is not an IPv4 address")
+    if len(labels) > 4:
+        raise bad
+    numbers = []
+    for label in labels:
+        radix, digits = 10, label
+        if label.startswith("0x"):
+            radix, digits = 16, label[2:]
+        elif len(label) > 1 and label.startswith("0"):
+            radix, digits = 8, label[1:]
+        if not _RADIX[radix].fullmatch(digits):
+            raise bad
+        numbers.append(int(digits or "0", radix))
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        raise bad
+    value = sum(n << (8 * (3 - i)) for i, n in enumerate(head)) + last
+    return str(ipaddress.IPv4Address(value))
+
+
+def check_allowed(uri: RefURI, prefixes: Iterable[str], redirected_from: str = "") -> None:
     """The gateway registers only URIs under a configured prefix (CHUNKYARD_REF_ALLOW).
     A prefix matches at a path boundary: ``s3://w`` does not admit ``s3://w2/…`` and
-    ``https://models.example.com`` does not admit ``https://models.example.com.evil/``."""
+    ``https://models.example.com`` does not admit ``https://models.example.com.evil/``.
+    ``redirected_from``: ``uri`` is where that reference redirected to; every hop of a
+    redirect must be under a prefix too."""
     text = str(uri)
     for prefix in prefixes:
         if text == prefix or (
             text.startswith(prefix) and (prefix.endswith("/") or text[len(prefix)] in "/?")
         ):
             return
-    raise ReferenceNotAllowed(
-        f"{text[:200]} is not under any prefix this gateway may register (CHUNKYARD_REF_ALLOW)",
-        uri=text[:200],
-    )
+    rule = "any prefix this gateway may register (CHUNKYARD_REF_ALLOW)"
+    if redirected_from:
+        raise ReferenceNotAllowed(
+            f"{redirected_from[:200]} redirects to {text[:200]}, which is not under {rule}",
+            uri=text[:200],
+            redirected_from=redirected_from[:200],
+        )
+    raise ReferenceNotAllowed(f"{text[:200]} is not under {rule}", uri=text[:200])
 
 
 def normalize_prefix(prefix: str) -> str:
-    """An allow-list entry normalised as URIs are. A bare ``s3://bucket`` is fine, and so
-    is a bare scheme (``https://``: any public https URL, the address guard still
-    applies)."""
+    """An allow-list entry normalised as URIs are (an http(s) host and port as
+    :func:`parse_uri` writes them). A bare ``s3://bucket`` is fine, and so is a bare
+    scheme (``https://``: any public https URL, the address guard still applies)."""
     scheme, sep, rest = prefix.strip().partition("://")
-    if not sep or scheme.lower() not in STORE_SCHEMES + HTTP_SCHEMES:
+    scheme = scheme.lower()
+    if not sep or scheme not in STORE_SCHEMES + HTTP_SCHEMES:
         raise ValueError(f"CHUNKYARD_REF_ALLOW entry {prefix!r} is not an s3/gs/az/http(s) URI")
     host, slash, path = rest.partition("/")
-    return f"{scheme.lower()}://{host.lower()}{slash}{path}"
+    if scheme in HTTP_SCHEMES and host:
+        try:
+            host = http_netloc(scheme, host, prefix)
+        except InvalidReference as exc:
+            raise ValueError(f"CHUNKYARD_REF_ALLOW entry {prefix!r}: {exc.message}") from None
+    return f"{scheme}://{host.lower()}{slash}{path}"
 
 
 def strip_etag(etag: str | None) -> str:

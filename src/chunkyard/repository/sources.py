@@ -4,7 +4,15 @@ credentials (the usual ``AWS_*``, ``AZURE_STORAGE_CONNECTION_STRING``,
 
 Bucket sources go through the ordinary :class:`~chunkyard.stores.base.Store` of their
 bucket (opened once, kept); http(s) sources through :mod:`chunkyard.netguard`, following
-redirects by hand so that every hop is guarded. Nothing here knows the catalog.
+redirects by hand so that every hop is guarded: each hop's target is normalised as a
+reference URI is and must be under the allow-list (CHUNKYARD_REF_ALLOW) itself, and its
+host's addresses pass the address guard. Nothing here knows the catalog.
+
+A redirected http(s) reference pins the URI that was registered, not where its
+redirects ended (they often end at short-lived signed URLs). Every later HEAD or GET
+follows the redirects again, under the same rules as at registration, so a redirect
+changed to point outside the allow-list fails (``reference_not_allowed``) rather than
+being followed, and what it points at within the allow-list must still match the pin.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import posixpath
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import unquote, urljoin
 
 import httpx
 
@@ -29,7 +37,16 @@ from ..errors import (
 )
 from ..fingerprint import ChunkEntry, Fingerprint, fingerprint
 from ..names import check_path
-from ..pins import Pin, RefURI, drift, drifted, make_pin, parse_uri, response_drift
+from ..pins import (
+    Pin,
+    RefURI,
+    check_allowed,
+    drift,
+    drifted,
+    make_pin,
+    parse_uri,
+    response_drift,
+)
 from ..stores import open_store
 from ..stores.base import ObjectInfo, PresignedRequest, Store
 
@@ -50,7 +67,7 @@ class Observed:
     etag: str = ""
     version_id: str | None = None
     last_modified: str | None = None
-    url: str = ""  # http: where the redirects ended
+    url: str = ""  # http: where the redirects ended now (a hop under the allow-list)
     ranges: bool = False  # http: the server honours Range
 
     def state(self, pin: Pin) -> str:
@@ -85,6 +102,7 @@ def _name(rel: str, uri: str) -> str:
 class Sources:
     def __init__(self, settings: Settings) -> None:
         self.allow_private = settings.ref_allow_private
+        self.allow = settings.ref_allow
         self.expiry = settings.url_expiry
         self._stores: dict[str, Store] = {}
         self._guarded: httpx.AsyncClient | None = None
@@ -130,38 +148,68 @@ class Sources:
 
     # -- http(s) -------------------------------------------------------------------
     async def _follow(
-        self, method: str, url: str, headers: dict[str, str]
-    ) -> tuple[str, httpx.Response]:
-        """Send, following redirects by hand (each hop guarded); the caller closes the
-        (streamed) response."""
+        self, method: str, start: RefURI, headers: dict[str, str]
+    ) -> tuple[RefURI, httpx.Response]:
+        """Send, following redirects by hand: each hop is checked by :meth:`_hop` and
+        connected to through the address guard. The caller closes the (streamed)
+        response."""
         client = self._async_client(guarded=True)
+        url = start
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 resp = await client.send(
-                    client.build_request(method, url, headers=headers), stream=True
+                    client.build_request(method, str(url), headers=headers), stream=True
                 )
             except httpx.HTTPError as exc:
-                raise StoreError(f"cannot reach {url[:300]}: {exc}", uri=url[:300]) from exc
-            if resp.status_code not in _REDIRECTS or "location" not in resp.headers:
+                where = str(url)[:300]
+                raise StoreError(f"cannot reach {where}: {exc}", uri=where) from exc
+            except httpx.InvalidURL as exc:  # pragma: no cover - parse_uri rules these out
+                where = str(url)[:300]
+                raise InvalidReference(f"{where}: {exc}", uri=where) from exc
+            location = resp.extensions.get(netguard.LOCATION)
+            if resp.status_code not in _REDIRECTS or location is None:
                 return url, resp
             await resp.aclose()
-            url = str(httpx.URL(url).join(resp.headers["location"]))
-            if not url.startswith(("http://", "https://")):
-                raise InvalidReference(f"{url[:300]}: redirect to a non-http(s) URL")
-        raise InvalidReference(f"{url[:300]}: more than {MAX_REDIRECTS} redirects")
+            url = self._hop(start, url, location)
+        where = str(start)[:300]
+        raise InvalidReference(f"{where}: more than {MAX_REDIRECTS} redirects", uri=where)
 
-    async def _http_observe(self, uri: str) -> Observed:
+    def _hop(self, start: RefURI, at: RefURI, location: str) -> RefURI:
+        """Where a redirect from ``at`` leads: an http(s) URL, normalised as a reference
+        URI is (so the allow-list, the address guard and the request read its host
+        alike), under the allow-list."""
+        where, target = str(start)[:300], location.partition("#")[0]
+        try:
+            target = urljoin(str(at), target)
+            hop = parse_uri(target, redirect=True)
+        except (InvalidReference, ValueError) as exc:
+            why = exc.message if isinstance(exc, InvalidReference) else str(exc)
+            raise InvalidReference(
+                f"{where} redirects to {target[:300]!r}, not a usable URL: {why}",
+                uri=where,
+                location=target[:300],
+            ) from None
+        if not hop.is_http:
+            raise InvalidReference(
+                f"{where} redirects to {target[:300]!r}: not an http(s) URL",
+                uri=where,
+                location=target[:300],
+            )
+        check_allowed(hop, self.allow, redirected_from=str(start))
+        return hop
+
+    async def _http_observe(self, uri: RefURI) -> Observed:
         url, resp = await self._follow("HEAD", uri, dict(_IDENTITY))
         await resp.aclose()
         if resp.status_code in (403, 405, 501):  # no HEAD (a presigned GET URL): one byte
             url, resp = await self._follow("GET", uri, {**_IDENTITY, "range": "bytes=0-0"})
             await resp.aclose()
         if resp.status_code in (404, 410):
-            return Observed(None, url=url)
+            return Observed(None, url=str(url))
         if not resp.is_success:
             raise StoreError(
-                f"{uri[:300]}: the server answered HTTP {resp.status_code}",
-                uri=uri[:300],
+                f"{str(uri)[:300]}: the server answered HTTP {resp.status_code}",
+                uri=str(uri)[:300],
                 status=resp.status_code,
             )
         h = resp.headers
@@ -170,13 +218,13 @@ class Sources:
         else:
             total = h.get("content-length", "")
         if not total.isdigit():
-            raise InvalidReference(f"{uri[:300]}: the server does not report the size")
+            raise InvalidReference(f"{str(uri)[:300]}: the server does not report the size")
         return Observed(
             int(total),
             h.get("etag", ""),
             None,
             h.get("last-modified"),
-            url=url,
+            url=str(url),
             ranges=resp.status_code == 206 or h.get("accept-ranges", "").lower() == "bytes",
         )
 
@@ -185,7 +233,7 @@ class Sources:
         """``(path, pin)`` of every object the URI names: a listing for a prefix (no
         per-object HEAD), one HEAD for a single object. Reads no object bytes."""
         if uri.is_http:
-            o = await self._http_observe(str(uri))
+            o = await self._http_observe(uri)
             if o.size is None:
                 raise SourceNotFound(f"nothing at {uri} (HTTP 404)", uri=str(uri))
             if need_ranges and not o.ranges:
@@ -233,7 +281,7 @@ class Sources:
         there is one)."""
         uri = parse_uri(pin.uri)
         if uri.is_http:
-            return await self._http_observe(pin.uri)
+            return await self._http_observe(uri)
         return _observed(await self.store(uri).stat(uri.key, version_id=pin.version_id))
 
     async def check_all(
@@ -269,7 +317,7 @@ class Sources:
         enforce that. With ``check``, a HEAD first: drift fails here, by name."""
         uri = parse_uri(pin.uri)
         if uri.is_http:
-            o = await self._http_observe(pin.uri)  # also where the redirects lead now
+            o = await self._http_observe(uri)  # also where the redirects lead now (checked)
             state = o.state(pin)
             if state != "ok":
                 raise drifted(pin, state, found=o.to_json())
