@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -32,7 +33,45 @@ def parser() -> argparse.ArgumentParser:
 
     server_cli.add_commands(cmd)
     client_cli.add_commands(cmd, sub)
+    _token_commands(sub)
     return p
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Offline against the catalog with ``--data`` or ``CHUNKYARD_DB`` (the first admin
+    token); otherwise through the gateway, as an admin."""
+    offline = args.data is not None or bool(os.environ.get("CHUNKYARD_DB"))
+    r = server_cli.token_offline(args) if offline else client_cli.token_online(args)
+    client_cli.print_token_result(args, r)
+    return 0
+
+
+def _token_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("token", help="make, list and revoke bearer tokens (admin)")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.set_defaults(fn=cmd_token)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.add_argument(
+            "--data", help="work on this data dir's catalog directly (no gateway needed)"
+        )
+
+    s = tsub.add_parser("create", help="make a token; it is printed once, on the last line")
+    common(s)
+    s.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="read:PREFIX, write:PREFIX (reads too) or admin; repeatable",
+    )
+    s.add_argument("--ttl", type=client_cli.parse_duration, help="lifetime: 30d, 12h, 90m, 45s")
+    s.add_argument("--label", help="a note to tell tokens apart")
+    common(tsub.add_parser("ls", help="list tokens (never their secrets)"))
+    s = tsub.add_parser("revoke", help="revoke a token by its id")
+    common(s)
+    s.add_argument("id")
 
 
 def exit_code(exc: ChunkyardError) -> int:

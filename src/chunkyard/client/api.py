@@ -143,3 +143,22 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return self.transport.call("GET", "/v1/stats")
+
+    # -- tokens (admin) --------------------------------------------------------------
+    def create_token(
+        self, scopes: list[str], ttl: float | None = None, label: str | None = None
+    ) -> dict[str, Any]:
+        """A new token with ``scopes`` (``read:PREFIX``, ``write:PREFIX``, ``admin``),
+        valid ``ttl`` seconds (forever if None). The answer's ``token`` is the only copy."""
+        body: dict[str, Any] = {"scopes": scopes}
+        if ttl is not None:
+            body["ttl"] = ttl
+        if label is not None:
+            body["label"] = label
+        return self.transport.call("POST", "/v1/tokens", json=body)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self.transport.call("GET", "/v1/tokens")["tokens"]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self.transport.call("DELETE", f"/v1/tokens/{token_id}")

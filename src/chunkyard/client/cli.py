@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -168,6 +169,52 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"chunks {s['chunks']}  packs {s['packs']}",
     )
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a duration is like 30d, 12h, 90m or 45s: {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
+    return value
+
+
+def token_online(args: argparse.Namespace) -> Any:
+    """``token create|ls|revoke`` through the gateway (an admin token in CHUNKYARD_TOKEN)."""
+    with _client(args) as c:
+        if args.token_command == "create":
+            return c.create_token(args.scope, args.ttl, args.label)
+        if args.token_command == "ls":
+            return {"tokens": c.tokens()}
+        return c.revoke_token(args.id)
+
+
+def print_token_result(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    """A new token goes alone on the last line, so scripts can take ``tail -n 1``."""
+    if args.json:
+        _print(args, r, "")
+    elif args.token_command == "create":
+        expires = r["expires_at"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else "never"
+        print(f"token {r['id']}  scopes: {' '.join(r['scopes'])}  expires: {when}", file=sys.stderr)
+        print("keep it now: it is shown once, and only its hash is kept", file=sys.stderr)
+        print(r["token"])
+    elif args.token_command == "ls":
+        lines = []
+        for tk in r["tokens"]:
+            state = "revoked" if tk["revoked_at"] else "live"
+            label = f"  ({tk['label']})" if tk["label"] else ""
+            lines.append(f"{tk['id']}  {state:7}  {' '.join(tk['scopes'])}{label}")
+        print("\n".join(lines) if lines else "(no tokens)")
+    else:
+        print(f"token {r['id']} revoked")
 
 
 def add_commands(
