@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ..catalog import Database
 from ..catalog import tokens as tokens_q
 from ..catalog.tokens import TokenRow
 from ..errors import NotFound, Unauthorized
@@ -115,3 +116,28 @@ async def authenticate(repo: Repository, authorization: str | None) -> Principal
         until = min(until, now + row.expires_at - wall)
     _cache[digest] = (until, principal)
     return principal
+
+
+async def offline(
+    db_url: str,
+    action: str,
+    scopes: list[str] | None = None,
+    ttl: float | None = None,
+    label: str | None = None,
+    token_id: str | None = None,
+) -> dict[str, Any]:
+    """``create``, ``ls`` or ``revoke`` straight against a catalog, with no gateway and
+    no token: for an operator with the catalog in reach (the first admin token)."""
+    db = Database(db_url)
+    try:
+        await db.migrate()
+        if action == "create":
+            token, row = await db.write(make_token, scopes or [], ttl, label, "offline")
+            return {**describe(row), "token": token}
+        if action == "ls":
+            return {"tokens": [describe(r) for r in await db.read(tokens_q.list_tokens)]}
+        if not await db.write(tokens_q.revoke, token_id, time.time()):
+            raise NotFound(f"no live token {token_id!r}", token=token_id)
+        return {"id": token_id, "revoked": True}
+    finally:
+        await db.close()

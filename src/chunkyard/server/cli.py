@@ -81,31 +81,20 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 def token_offline(args: argparse.Namespace) -> Any:
     """``token create|ls|revoke`` straight against the catalog (``--data`` or
     ``CHUNKYARD_DB``): how the first admin token is made, before any exists."""
-    import time
-
-    from ..catalog import Database
-    from ..catalog import tokens as tokens_q
     from ..config import Settings
-    from ..errors import NotFound
-    from ..repository.tokens import describe, make_token
+    from ..repository import tokens
 
-    async def run() -> Any:
-        settings = Settings.load(args.data)
-        db = Database(settings.db_url)
-        try:
-            await db.migrate()
-            if args.token_command == "create":
-                token, row = await db.write(make_token, args.scope, args.ttl, args.label, "offline")
-                return {**describe(row), "token": token}
-            if args.token_command == "ls":
-                return {"tokens": [describe(r) for r in await db.read(tokens_q.list_tokens)]}
-            if not await db.write(tokens_q.revoke, args.id, time.time()):
-                raise NotFound(f"no live token {args.id!r}", token=args.id)
-            return {"id": args.id, "revoked": True}
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
+    settings = Settings.load(args.data)
+    return asyncio.run(
+        tokens.offline(
+            settings.db_url,
+            args.token_command,
+            scopes=getattr(args, "scope", None),
+            ttl=getattr(args, "ttl", None),
+            label=getattr(args, "label", None),
+            token_id=getattr(args, "id", None),
+        )
+    )
 
 
 def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
