@@ -384,3 +384,44 @@ def _cuts(data: bytes) -> list:
     from chunkyard.chunking import new_chunker
 
     return list(new_chunker().cut_buf(data))
+
+
+# -- references -----------------------------------------------------------------------
+def test_indexed_references_serve_only_those_who_may_read_them(tmp_path_factory, tmp_path):
+    """An indexed source is a dedup target only for tokens that may read the artifact
+    that registered it: whoever controls the source must not become the durability of
+    someone else's pushes."""
+    from http_source import Source
+
+    src_server = Source()
+    data = tmp_path_factory.mktemp("refs-auth")
+    gw, server, thread = start_gateway(
+        data,
+        CHUNKYARD_AUTH="1",
+        CHUNKYARD_REF_ALLOW=f"{src_server.url}/files/",
+        CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS="1",
+    )
+    try:
+        gw.admin = admin_token(data)  # type: ignore[attr-defined]
+        weights = random_bytes(700_000, seed=509)
+        uri = src_server.put("/files/w.bin", weights)
+        registrar = token(gw, "write:lab/refs/")
+        reader = token(gw, "write:lab/mine/", "read:lab/refs/")
+        stranger = token(gw, "write:lab/other/")  # same dedup domain "lab"
+        with Client(gw.url, token=registrar) as c:
+            c.ref("lab/refs/w", uri, index=True)
+        local = tmp_path / "w.bin"
+        local.write_bytes(weights)
+        with Client(gw.url, token=reader) as c:
+            assert c.push(local, "lab/mine/w")["chunks_new"] == 0  # may read it: deduped
+        with Client(gw.url, token=stranger) as c:
+            v = c.push(local, "lab/other/w")  # may not: its own bytes are stored
+            assert v["chunks_new"] == v["chunks_total"] > 0
+        src_server.put("/files/w.bin", random_bytes(700_000, seed=510))  # the source moves
+        with Client(gw.url, token=stranger) as c:
+            c.pull("lab/other/w", tmp_path / "still.bin")  # unaffected
+        assert (tmp_path / "still.bin").read_bytes() == weights
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        src_server.close()
