@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -36,8 +37,12 @@ class Settings:
     ) -> Settings:
         env = os.environ
         data = Path(data_dir or env.get("CHUNKYARD_DATA", "./chunkyard-data")).resolve()
-        data.mkdir(parents=True, exist_ok=True)
-        db_url = env.get("CHUNKYARD_DB") or f"sqlite:///{data / 'catalog.db'}"
+        # owner-only: the catalog and the signing secret live here
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db_url = env.get("CHUNKYARD_DB")
+        if not db_url:
+            db_url = f"sqlite:///{data / 'catalog.db'}"
+            create_private(data / "catalog.db")
         store_url = env.get("CHUNKYARD_STORE") or (data / "store").as_uri()
         public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         public_url = env.get("CHUNKYARD_PUBLIC_URL") or f"http://{public_host}:{port}"
@@ -59,6 +64,20 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable (1, true, yes, on), as Settings reads its own: for
+    command-line defaults such as ``serve --auth`` from CHUNKYARD_AUTH."""
+    return _flag(os.environ.get(name))
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty and owner-only (0600) unless it exists. SQLite opens an
+    empty file as an empty database and gives its -wal and -shm files the database
+    file's mode, so the catalog stays private whatever the process umask is."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def parse_ref_allow(text: str) -> tuple[str, ...]:
     """Comma-separated URI prefixes, normalised (lower-case scheme and host)."""
     from .pins import normalize_prefix
@@ -74,8 +93,11 @@ def _load_secret(data: Path) -> bytes:
     path = data / "secret.key"
     if not path.exists():
         tmp = data / f".secret.{os.getpid()}.tmp"
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
+        # created 0600, not chmod-ed after the write: never readable by others
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale temporary file keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
         try:
             os.link(tmp, path)  # first writer wins when several workers start at once
         except FileExistsError:

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..repository import Repository, verifier
 from ..stores import open_store
 from ..version import __version__
-from . import artifacts, blobs, references, tokens, uploads
+from . import artifacts, blobs, logs, references, tokens, uploads
 from . import models as m
 from .errors import handlers
 from .routing import JSON, Call, Endpoint, Endpoints, document, routes
@@ -77,6 +77,7 @@ def open_repository_store(settings: Settings):  # type: ignore[no-untyped-def]
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logs.install([settings.secret])  # after uvicorn set up its handlers, in each worker
         repo = await Repository.open(settings, open_repository_store(settings))
         app.state.repository = repo
         task = None
