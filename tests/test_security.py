@@ -425,3 +425,75 @@ def test_indexed_references_serve_only_those_who_may_read_them(tmp_path_factory,
         server.should_exit = True
         thread.join(timeout=10)
         src_server.close()
+
+
+# -- hostile input changes nothing ---------------------------------------------------
+def test_hostile_values_are_refused_and_change_nothing(open_gw, tmp_path):
+    src = tmp_path / "h.bin"
+    src.write_bytes(random_bytes(100_000, seed=511))
+    with Client(open_gw.url) as c:
+        c.push(src, "team-h/model")
+    before = open_gw.snapshot()
+    with httpx.Client(base_url=open_gw.url) as h:
+        cases = [
+            ("PUT", "/v1/artifacts/team-h/model/-/aliases/prod", {"version": 99}, 404),
+            ("PUT", "/v1/artifacts/team-h/nothing/-/aliases/prod", {"version": 1}, 404),
+            ("PUT", "/v1/artifacts/team-h/model/-/aliases/latest", {"version": 1}, 400),
+            (
+                "POST",
+                "/v1/artifacts/team-h/model/-/versions/1/tags",
+                {"tags": {"k": "a\u202eb"}},
+                400,
+            ),
+            (
+                "POST",
+                "/v1/artifacts/team-h/model/-/versions/1/tags",
+                {"tags": {"k": "a\x85b"}},
+                400,
+            ),
+            (
+                "POST",
+                "/v1/artifacts/team-h/model/-/versions/1/tags",
+                {"tags": {"k": "x" * 5000}},
+                400,
+            ),
+            (
+                "POST",
+                "/v1/artifacts/team-h/model/-/versions/1/tags",
+                {"tags": {"bad key": "v"}},
+                400,
+            ),
+            ("POST", "/v1/sessions", {"name": "team-h/\u202emodel"}, 400),
+            ("POST", "/v1/sessions", {"name": "team-h/" + "m" * 300}, 400),
+            ("POST", "/v1/sessions", {"name": "team-h/mo\x7fdel"}, 400),
+        ]
+        for method, path, body, status in cases:
+            r = h.request(method, path, json=body)
+            assert r.status_code == status, (path, body, r.text)
+            assert set(r.json()) == {"error"}
+        s = h.post("/v1/sessions", json={"name": "team-h/other"}).json()["session"]
+        r = h.post(f"/v1/sessions/{s}/packs/{'ab' * 32}/complete", json={"parts": [{"number": 1}]})
+        assert r.status_code == 404 and code(r) == "pack_not_found"  # never begun
+        r = h.post(
+            f"/v1/sessions/{s}/commit",
+            json={"layout": "tree", "files": [{"path": "a\u202eb", "size": 0}]},
+        )
+        assert r.status_code == 400
+    after = open_gw.snapshot()
+    assert after == before
+
+
+def test_a_part_url_replayed_after_completion_writes_nothing(open_gw):
+    data = random_bytes(60_000, seed=512)
+    w = packs.PackWriter(1024 * 1024)
+    w.add(chunk_keys(data)[0], len(data), packs.SCHEME_RAW, data)
+    p = w.finish()
+    with httpx.Client(base_url=open_gw.url) as h:
+        s = h.post("/v1/sessions", json={"name": "team-h/replay"}).json()["session"]
+        part = begin_pack(h, s, p.id, bytes(p.data))
+        assert httpx.put(part["url"], content=bytes(p.data)).status_code == 200
+        h.post(f"/v1/sessions/{s}/packs/{p.id}/complete", json={"parts": [{"number": 1}]})
+        before = open_gw.snapshot()
+        r = httpx.put(part["url"], content=bytes(p.data))  # the same signed URL again
+        assert r.status_code == 404
+        assert open_gw.snapshot() == before
