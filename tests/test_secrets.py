@@ -185,7 +185,9 @@ def test_filter_keeps_the_access_log_format() -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
     handler.addFilter(logs.RedactFilter())
-    logger = logging.getLogger("uvicorn.access")
+    # a logger of its own: earlier tests' gateways reconfigure uvicorn's loggers
+    logger = logging.getLogger("chunkyard.tests.access")
+    logger.propagate = False
     logger.addHandler(handler)
     old_level, logger.level = logger.level, logging.INFO
     try:

@@ -94,7 +94,8 @@ def test_reconstruction_urls_point_at_the_store(store_gateway, tmp_path: Path):
         assert term["url"]["headers"]["Range"] == f"bytes={a}-{b - 1}"
         r = httpx.get(term["url"]["url"], headers=term["url"]["headers"])
         assert r.status_code == 206 and len(r.content) == b - a
-        if not store_gateway.settings.store_url.startswith("az:"):
+        # Azure cannot sign a range; the GCS emulator checks no signature at all
+        if not store_gateway.settings.store_url.startswith(("az:", "gs:")):
             wider = {**term["url"]["headers"], "Range": f"bytes=0-{b + 100}"}
             assert httpx.get(term["url"]["url"], headers=wider).status_code in (400, 403)
 
