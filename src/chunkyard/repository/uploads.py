@@ -35,7 +35,7 @@ from ..errors import (
     VersionNotFound,
 )
 from ..manifest import Term, dumps, loads
-from ..names import check_name, check_path, check_tags
+from ..names import check_name, check_path, check_tags, check_tree_paths
 from ..packs import pack_key
 from ..stores.base import CompletedPart
 from . import Repository, verifier
@@ -248,6 +248,7 @@ def parse_files(layout: str, files: list[FileEntry]) -> None:
         seen.add(f.path)
         if f.from_version is None and not f.terms and f.size:
             raise InvalidManifest(f"file {f.path!r} has bytes but no terms")
+    check_tree_paths(f.path for f in files)  # writable together, in NFC
 
 
 async def commit(
