@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import ChunkyardError, RangeNotSatisfiable
+from ..errors import ChunkyardError, RangeNotSatisfiable, RequestTimeout
 
 log = logging.getLogger("chunkyard.server")
 
@@ -20,6 +20,9 @@ async def chunkyard_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, RangeNotSatisfiable) and "size" in exc.detail:
         headers["content-range"] = f"bytes */{exc.detail['size']}"
+    if isinstance(exc, RequestTimeout):
+        # the rest of the body may never come: close, instead of reading on for it
+        headers["connection"] = "close"
     if exc.status >= 500:
         log.error(
             "%s %s: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__
