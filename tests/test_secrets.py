@@ -185,17 +185,19 @@ def test_filter_keeps_the_access_log_format() -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
     handler.addFilter(logs.RedactFilter())
-    # a logger of its own: earlier tests' gateways reconfigure uvicorn's loggers
-    logger = logging.getLogger("chunkyard.tests.access")
-    logger.propagate = False
+    logger = logging.getLogger("uvicorn.access")  # the filter knows it by this name
+    # earlier tests' gateways may have configured (or disabled) uvicorn's loggers
+    saved = (logger.level, logger.disabled, logger.propagate)
+    logger.setLevel(logging.INFO)  # setLevel, not .level: it clears the logger's cache
+    logger.disabled, logger.propagate = False, False
     logger.addHandler(handler)
-    old_level, logger.level = logger.level, logging.INFO
     try:
         path = f"/v1/blobs/packs/ab/cd?exp=1&sig={SIG}"
         logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 206)
     finally:
         logger.removeHandler(handler)
-        logger.level = old_level
+        logger.setLevel(saved[0])
+        logger.disabled, logger.propagate = saved[1], saved[2]
     line = stream.getvalue()
     assert line.startswith('127.0.0.1:5000 - "GET /v1/blobs/packs/ab/cd?exp=1&sig=*** HTTP/1.1"')
     assert SIG not in line

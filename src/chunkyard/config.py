@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -30,6 +32,17 @@ class Settings:
     #: every request must carry a bearer token the catalog knows (CHUNKYARD_AUTH, or
     #: ``serve --auth``)
     auth: bool = False
+    #: the largest JSON request body, bytes (CHUNKYARD_MAX_BODY): the limit of every
+    #: endpoint without a smaller one of its own, in practice a commit's file list
+    #: (about 110 bytes a file without terms, so 64 MiB is some 500,000 files)
+    max_body: int = 64 * 1024 * 1024
+    #: request bodies (JSON and uploaded parts) must not pause longer than this, in
+    #: seconds, and after this long must have come at ``body_min_rate`` on average
+    #: (CHUNKYARD_BODY_TIMEOUT); a body that falls behind is answered 408
+    body_timeout: float = 60.0
+    #: bytes per second (CHUNKYARD_BODY_MIN_RATE): a 64 MiB part may take 60 s +
+    #: 64 MiB / rate, about 18 minutes at the default 64 KiB/s
+    body_min_rate: int = 64 * 1024
 
     @classmethod
     def load(
@@ -57,7 +70,24 @@ class Settings:
             ref_allow=parse_ref_allow(env.get("CHUNKYARD_REF_ALLOW", "")),
             ref_allow_private=_flag(env.get("CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS")),
             auth=_flag(env.get("CHUNKYARD_AUTH")),
+            max_body=_positive(env, "CHUNKYARD_MAX_BODY", int, cls.max_body),
+            body_timeout=_positive(env, "CHUNKYARD_BODY_TIMEOUT", float, cls.body_timeout),
+            body_min_rate=_positive(env, "CHUNKYARD_BODY_MIN_RATE", int, cls.body_min_rate),
         )
+
+
+def _positive(env: Mapping[str, str], key: str, kind: type, default: float) -> Any:
+    """A positive number from the environment, or a clear error naming the variable."""
+    text = env.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise ValueError(f"{key} must be a positive {kind.__name__}, got {text!r}")
+    return value
 
 
 def _flag(value: str | None) -> bool:

@@ -7,6 +7,7 @@
     │   ├── InvalidManifest        400  invalid_manifest
     │   ├── InvalidReference       400  invalid_reference
     │   ├── BodyTooLarge           413  body_too_large
+    │   ├── RequestTimeout         408  request_timeout
     │   └── RangeNotSatisfiable    416  range_not_satisfiable
     ├── NotFound                   404  not_found
     │   ├── ArtifactNotFound       404  artifact_not_found
@@ -84,6 +85,13 @@ class InvalidReference(InvalidRequest):
 
 class BodyTooLarge(InvalidRequest):
     code, status = "body_too_large", 413
+
+
+class RequestTimeout(InvalidRequest):
+    """A request body that did not arrive in time (stalled, or trickling below the
+    gateway's minimum rate): the gateway stops waiting for it."""
+
+    code, status = "request_timeout", 408
 
 
 class RangeNotSatisfiable(InvalidRequest):

@@ -6,11 +6,24 @@ holds only ``A-Z a-z 0-9 . _ -``. So no ``..``, no empty segment, no absolute pa
 control characters, no ``-`` segment (the URL separator), and names are safe as URL
 paths and as directory names. Each rule is one regular expression, used both here and
 in the API's schema (``chunkyard.server.models``), so the two cannot disagree.
+
+File paths are any text a file system can hold, within limits every common one has:
+relative, ``/``-separated, no empty, ``.`` or ``..`` segment, no backslash, no drive
+letter (``C:``) in front, no control or bidirectional-override character, at most 255
+bytes a segment and 4,096 bytes in all (UTF-8). Within one version no path is twice and
+none is a directory of another (``x`` and ``x/y``), so every version can be written out
+(:func:`check_tree_paths`). New paths and tag values must be in Unicode NFC, so that
+one name has one spelling: ``é`` as one code point or as ``e`` and a combining accent
+would otherwise be two files that many file systems (macOS) take for one. Paths that
+differ only in case are two files (as on Linux and in S3); written out on a
+case-insensitive file system, one replaces the other.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 
 from .errors import InvalidName
 
@@ -18,7 +31,10 @@ MAX_NAME = 256
 MAX_SEGMENTS = 16
 MAX_TAG_VALUE = 4096
 MAX_TAGS = 256
+#: a file path's length, bytes of UTF-8 (Linux's PATH_MAX)
 MAX_PATH = 4096
+#: a file path segment's length, bytes of UTF-8 (NAME_MAX of ext4, XFS, APFS, NTFS...)
+MAX_SEGMENT = 255
 RESERVED_ALIASES = {"latest"}
 
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
@@ -37,6 +53,12 @@ _ALIAS = re.compile(ALIAS_PATTERN)
 _VERSION_REF = re.compile(VERSION_REF_PATTERN)
 _TAG_KEY = re.compile(TAG_KEY_PATTERN)
 _UNSAFE = re.compile(f"[{UNSAFE_CHARS}]")
+#: a Windows drive in front of a path (``C:``, ``c:x``): absolute or drive-relative there
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def is_nfc(text: str) -> bool:
+    return text.isascii() or unicodedata.is_normalized("NFC", text)
 
 
 def check_name(name: object) -> str:
@@ -76,6 +98,11 @@ def check_tags(tags: object) -> dict[str, str]:
                 f"invalid value for tag {k!r}: at most {MAX_TAG_VALUE} characters, no "
                 "control characters or bidirectional overrides"
             )
+        if not is_nfc(v):
+            raise InvalidName(
+                f"the value of tag {k!r} is not in Unicode normal form NFC "
+                "(unicodedata.normalize('NFC', value) gives the form to send)"
+            )
     return dict(tags)
 
 
@@ -108,12 +135,70 @@ def domain_of(name: str, depth: int) -> str:
     return "/".join(name.split("/")[:depth]) if depth > 0 else ""
 
 
-def check_path(path: object) -> str:
-    """A relative POSIX path of a file inside a tree version."""
+def check_path(path: object, *, nfc: bool = False) -> str:
+    """A relative POSIX path of a file inside a tree version (the rules above);
+    ``nfc``: in Unicode normal form NFC as well, as a new version's paths must be."""
     if not isinstance(path, str) or not path or len(path) > MAX_PATH:
-        raise InvalidName(f"file path must be a string of 1 to {MAX_PATH} characters")
-    if path.startswith("/") or "\\" in path or _UNSAFE.search(path):
-        raise InvalidName(f"invalid file path {path[:200]!r}")
-    if any(p in ("", ".", "..") for p in path.split("/")):
-        raise InvalidName(f"invalid file path {path[:200]!r}")
+        raise InvalidName(f"file path must be a string of 1 to {MAX_PATH} bytes")
+    between = f"/{path}/"  # each segment between slashes: no "//", "/./" or "/../"
+    if (
+        "//" in between
+        or "/./" in between
+        or "/../" in between
+        or "\\" in path
+        or _UNSAFE.search(path)
+        or _DRIVE.match(path)
+    ):
+        raise InvalidName(f"invalid file path {path[:200]!r}", path=path[:200])
+    try:
+        raw = path.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        raise InvalidName(f"file path {path[:200]!r} is not valid Unicode") from None
+    if len(raw) > MAX_PATH:
+        raise InvalidName(
+            f"file path {path[:200]!r}... is {len(raw)} bytes long in UTF-8; at most {MAX_PATH}",
+            path=path[:200],
+        )
+    if len(raw) > MAX_SEGMENT and any(len(p) > MAX_SEGMENT for p in raw.split(b"/")):
+        raise InvalidName(
+            f"file path {path[:200]!r} has a segment (a file or directory name) longer than "
+            f"{MAX_SEGMENT} bytes in UTF-8, which file systems cannot hold",
+            path=path[:200],
+        )
+    if nfc and not is_nfc(path):
+        raise InvalidName(
+            f"file path {path[:200]!r} is not in Unicode normal form NFC",
+            path=path[:200],
+            nfc=unicodedata.normalize("NFC", path)[:200],
+        )
     return path
+
+
+def check_tree_paths(paths: Iterable[str], *, nfc: bool = True) -> list[str]:
+    """The file paths of one version, together: each a valid path (:func:`check_path`,
+    and in NFC if ``nfc``), none twice, and none the directory of another (``x`` and
+    ``x/y``, or ``a/b`` and ``a/b/c``: a file system cannot hold both), so the version
+    can be written out as a directory. Linear in the number of paths and directories."""
+    out = list(paths)
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for p in out:
+        check_path(p, nfc=nfc)
+        if p in files:
+            raise InvalidName(f"file path {p[:200]!r} appears twice", path=p[:200])
+        files.add(p)
+        cut = p.rfind("/")
+        while cut > 0 and p[:cut] not in dirs:  # its directories, until one already seen
+            dirs.add(p[:cut])
+            cut = p.rfind("/", 0, cut)
+    both = files & dirs
+    if both:
+        d = min(both)
+        inside = next(p for p in out if p.startswith(d + "/"))
+        raise InvalidName(
+            f"{d[:200]!r} is a file and also the directory of {inside[:200]!r}: a file "
+            "system cannot hold both",
+            path=d[:200],
+            inside=inside[:200],
+        )
+    return out

@@ -8,26 +8,38 @@ Memory is bounded by ``DEPTH × UNIT_BYTES``, not file size. The file is written
 temporary name and renamed into place only once it matches its file id and the
 uploader's BLAKE3, so a failed pull never leaves a wrong file behind.
 
+Whatever the gateway sends, a pull writes only inside its destination: every path of
+the version is checked before any file is written (:func:`targets`), and a version the
+destination cannot hold is refused with one clear error, not a traceback.
+
 Reference versions are read from their sources instead, through requests the gateway
 pinned (see :func:`fetch_reference`); drift there is a ``reference_drifted`` error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import zstandard
 
 from ..digest import FileIdHasher, new_file_hasher
-from ..errors import DigestMismatch, InvalidRequest, PackCorrupt, StoreError
-from ..names import check_path
+from ..errors import (
+    ChunkyardError,
+    DigestMismatch,
+    InvalidName,
+    InvalidRequest,
+    PackCorrupt,
+    StoreError,
+)
+from ..names import MAX_SEGMENT, check_path, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
 from .packer import pipelined
@@ -183,7 +195,7 @@ class Downloader:
         """Workers write their units in place (``pwrite``: the kernel's copy into the page
         cache runs on both cores); this thread hashes them in order, then renames."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+        tmp = partial_path(dest)
         check = FileCheck(entry, self.format)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -246,7 +258,7 @@ class Downloader:
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+            tmp = partial_path(target)
             try:
                 tmp.write_bytes(data)
                 os.replace(tmp, target)
@@ -338,6 +350,89 @@ def _placed(units: Iterator[tuple], fd: int) -> Iterator[tuple]:
         yield page, url, unit
 
 
+def partial_path(dest: Path) -> Path:
+    """Where ``dest`` is written before it is renamed into place: beside it, hidden,
+    and short enough for a file system when ``dest``'s own name is near the limit."""
+    suffix = f".{uuid.uuid4().hex[:8]}.partial"
+    name = dest.name.encode()[: MAX_SEGMENT - 1 - len(suffix)].decode(errors="ignore")
+    return dest.with_name(f".{name}{suffix}")
+
+
+def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
+    """Where each file of version ``v`` goes under ``dest``, every path checked before
+    anything is written: it must be a valid relative path (no ``..``, no absolute path,
+    backslash, drive or empty segment: nothing can land outside ``dest``), no path of a
+    tree may be a directory of another, and nothing in the way at ``dest`` may stand
+    where a directory is needed. A single file pulled into an existing directory takes
+    the last segment of its path as its name."""
+    files = v.get("file_list")
+    if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
+        raise InvalidRequest("the gateway answered a version without a file list")
+    where = f"version {v.get('version')} of {v.get('name')!r}"
+    try:
+        if v.get("layout") == "file":
+            if len(files) != 1:
+                raise InvalidName(f"a single-file version with {len(files)} files")
+            path = check_path(files[0].get("path"))
+            if not dest.is_dir():
+                return [(files[0], dest)]
+            return [(files[0], dest / _local(path.rsplit("/", 1)[-1]))]
+        paths = check_tree_paths((f.get("path") for f in files), nfc=False)
+        out = [(f, dest / _local(p)) for f, p in zip(files, paths, strict=True)]
+    except InvalidName as exc:
+        raise InvalidName(
+            f"{where} holds a file path this client will not write: {exc.message}", **exc.detail
+        ) from None
+    if dest.exists():
+        if not dest.is_dir():
+            raise InvalidRequest(f"{dest} exists and is not a directory")
+        _in_the_way(dest, paths)
+    return out
+
+
+def _local(path: str) -> PurePath:
+    """A checked relative path as this system's path: exactly its segments, with no
+    drive or root of this system's own (Windows reads more into a name than POSIX)."""
+    segments = path.split("/")
+    local = PurePath(*segments)
+    if local.anchor or list(local.parts) != segments:
+        raise InvalidName(f"{path[:200]!r} is not a relative path on this system")
+    return local
+
+
+def _in_the_way(dest: Path, paths: list[str]) -> None:
+    """Refuse a tree that an existing ``dest`` cannot take: a file where one of its
+    directories goes, or a directory where one of its files goes."""
+    dirs: set[str] = set()
+    for p in paths:
+        cut = p.rfind("/")
+        while cut > 0 and p[:cut] not in dirs:
+            dirs.add(p[:cut])
+            cut = p.rfind("/", 0, cut)
+    for d in sorted(dirs, key=len):
+        target = dest / d
+        if os.path.lexists(target) and not target.is_dir():
+            raise InvalidRequest(
+                f"{target} is in the way: the version has files in a directory of that name",
+                path=d,
+            )
+    for p in paths:
+        if (dest / p).is_dir():
+            raise InvalidRequest(f"{dest / p} is a directory, and the version has a file there")
+
+
+#: errors writing a file that say its path cannot be one here (not a passing fault)
+_UNWRITABLE = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EILSEQ}
+
+
+def _write_error(exc: OSError) -> ChunkyardError:
+    """A file-system error while writing a pull's files, as one clear error."""
+    what = f"cannot write {exc.filename}: {exc.strerror or exc}"
+    if exc.errno in _UNWRITABLE or exc.errno == errno.EINVAL:
+        return InvalidRequest(what, path=str(exc.filename))
+    return ChunkyardError(what, path=str(exc.filename))
+
+
 def pull(
     transport: Transport,
     name: str,
@@ -351,31 +446,39 @@ def pull(
     v = transport.call("GET", base)
     base = f"/v1/artifacts/{name}/-/versions/{v['version']}"  # pin: aliases may move
     dest = Path(dest)
-    files = v["file_list"]
-    if v["layout"] == "file":
-        target = dest / files[0]["path"] if dest.is_dir() else dest
-        targets = [(files[0], target)]
-    else:
-        if dest.exists() and not dest.is_dir():
-            raise InvalidRequest(f"{dest} exists and is not a directory")
-        targets = [(f, dest / check_path(f["path"])) for f in files]
+    todo = targets(v, dest)
     progress = progress_factory(v["size"]) if progress_factory else None
-    if v["kind"] == "reference":
-        _pull_reference(transport, base, targets, progress)
-    else:
-        d = Downloader(transport, progress, v.get("format", 2))
-        small = [(e, t) for e, t in targets if e["size"] <= SMALL_PULL]
-        try:
-            if len(small) > 1:
-                d.small_files(base, small)
-            else:
-                small = []
-            for entry, target in targets:
-                if entry["size"] > SMALL_PULL or not small:
-                    d.file(base, entry, target)
-        finally:
-            d.close()
-    return {**v, "path": str(targets[0][1] if v["layout"] == "file" else dest)}
+    try:
+        if v["kind"] == "reference":
+            _pull_reference(transport, base, todo, progress)
+        else:
+            _pull_stored(transport, base, todo, progress, v.get("format", 2))
+    except OSError as exc:
+        if exc.filename is None:  # not the file system's: the network's, say
+            raise
+        raise _write_error(exc) from exc
+    return {**v, "path": str(todo[0][1] if v["layout"] == "file" else dest)}
+
+
+def _pull_stored(
+    transport: Transport,
+    base: str,
+    todo: list[tuple[dict, Path]],
+    progress: Callable[[int], None] | None,
+    fmt: int,
+) -> None:
+    d = Downloader(transport, progress, fmt)
+    small = [(e, t) for e, t in todo if e["size"] <= SMALL_PULL]
+    try:
+        if len(small) > 1:
+            d.small_files(base, small)
+        else:
+            small = []
+        for entry, target in todo:
+            if entry["size"] > SMALL_PULL or not small:
+                d.file(base, entry, target)
+    finally:
+        d.close()
 
 
 # -- reference versions: straight from the source ------------------------------------
@@ -416,6 +519,8 @@ def _pull_reference(
                 while cursor is not None:
                     page = transport.call("GET", f"{base}/sources", params={"cursor": cursor})
                     for f in page["files"]:
+                        if f.get("index") not in where:
+                            raise InvalidRequest("the gateway listed a file the version lacks")
                         futures.append(
                             pool.submit(
                                 fetch_reference,
@@ -456,7 +561,7 @@ def fetch_reference(
     pin = Pin(ref["uri"], ref["size"], ref["etag"], ref["version_id"], ref["last_modified"])
     path = entry["path"]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp = partial_path(dest)
     hasher = new_file_hasher()
     pos = 0
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..errors import InvalidRequest, NotFound, StoreError
+from ..errors import InvalidName, InvalidRequest, NotFound, StoreError
+from ..names import check_tree_paths
 from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
 from .transport import Transport, with_fresh_url
@@ -144,6 +146,25 @@ def list_tree(root: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def version_paths(entries: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Each file with its path in the version, in Unicode NFC (as the gateway wants
+    them: macOS lists names decomposed), all checked before anything is sent: a name
+    no file system can hold, or two that become one, fails the push at once."""
+    out, seen = [], {}
+    for p, rel in entries:
+        name = unicodedata.normalize("NFC", rel)
+        if name in seen:
+            raise InvalidName(
+                f"{seen[name]} and {p} have the same name in Unicode NFC: a version "
+                "holds one of them",
+                path=name,
+            )
+        seen[name] = p
+        out.append((p, name))
+    check_tree_paths(name for _, name in out)
+    return out
+
+
 def _add_all(
     packer: Packer, entries: list[tuple[Path, str]], known: dict[str, dict]
 ) -> list[FileResult]:
@@ -190,7 +211,7 @@ def push(
     if not root.exists():
         raise InvalidRequest(f"{root} does not exist")
     layout = "tree" if root.is_dir() else "file"
-    entries = list_tree(root) if layout == "tree" else [(root, root.name)]
+    entries = version_paths(list_tree(root) if layout == "tree" else [(root, root.name)])
     total = sum(p.stat().st_size for p, _ in entries)
     latest = _latest(transport, name)
     known: dict[str, dict] = {}

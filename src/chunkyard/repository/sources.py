@@ -21,6 +21,7 @@ import asyncio
 import io
 import posixpath
 import threading
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin
@@ -36,7 +37,7 @@ from ..errors import (
     StoreError,
 )
 from ..fingerprint import ChunkEntry, Fingerprint, fingerprint
-from ..names import check_path
+from ..names import check_path, check_tree_paths
 from ..pins import (
     Pin,
     RefURI,
@@ -89,14 +90,26 @@ def _observed(info: ObjectInfo | None) -> Observed:
 
 
 def _name(rel: str, uri: str) -> str:
+    """The path of an object in a version: its key below the prefix, in NFC (the key
+    itself stays in the pin)."""
     try:
-        return check_path(rel)
-    except InvalidName:
+        return check_path(unicodedata.normalize("NFC", rel))
+    except InvalidName as exc:
         raise InvalidReference(
-            f"{uri[:300]} cannot be a file of a version: {rel[:200]!r} is not a valid path "
-            "(no empty, '.' or '..' segments, backslashes or control characters)",
-            uri=uri[:300],
+            f"{uri[:300]} cannot be a file of a version: {exc.message}", uri=uri[:300]
         ) from None
+
+
+def _tree(files: list[tuple[str, Pin]], uri: str) -> list[tuple[str, Pin]]:
+    """Objects whose paths a directory cannot hold together (``x`` and ``x/y``, or two
+    keys that differ only in their Unicode form) are refused."""
+    try:
+        check_tree_paths(path for path, _ in files)
+    except InvalidName as exc:
+        raise InvalidReference(
+            f"{uri[:300]} cannot be one version: {exc.message}", uri=uri[:300]
+        ) from None
+    return files
 
 
 class Sources:
@@ -267,7 +280,7 @@ class Sources:
                 raise InvalidReference(f"{uri} holds more than {MAX_OBJECTS} objects")
         if not out:
             raise SourceNotFound(f"no objects under {uri}", uri=str(uri))
-        return out
+        return _tree(out, str(uri))
 
     @staticmethod
     def _pin(uri: RefURI, info: ObjectInfo) -> Pin:

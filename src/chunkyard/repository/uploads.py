@@ -45,7 +45,7 @@ from ..errors import (
     VersionNotFound,
 )
 from ..manifest import Term, dumps
-from ..names import check_name, check_path, check_tags
+from ..names import check_name, check_tags, check_tree_paths
 from ..stores.base import CompletedPart
 from . import Repository, verifier
 from .access import Principal
@@ -297,7 +297,6 @@ def check_files(layout: str, files: list[FileEntry]) -> None:
         raise InvalidManifest(f"a version holds at most {MAX_FILES} files")
     seen = set()
     for f in files:
-        check_path(f.path)
         if f.path in seen:
             raise InvalidManifest(f"file {f.path!r} appears twice")
         seen.add(f.path)
@@ -307,6 +306,7 @@ def check_files(layout: str, files: list[FileEntry]) -> None:
             raise InvalidManifest(f"file {f.path!r}: from_version needs the file's id")
         if any(t.first >= t.end for t in f.terms):
             raise InvalidManifest(f"file {f.path!r}: a term must satisfy first < end")
+    check_tree_paths(f.path for f in files)  # writable together, in NFC
 
 
 async def commit(

@@ -12,7 +12,7 @@ from ..repository import Repository
 from ..stores.local import LocalStore
 from . import models as m
 from .ranges import parse_range
-from .routing import Binary, Call, Endpoints
+from .routing import Binary, Call, Endpoints, body_stream
 
 #: where the gateway serves the local store's objects
 BLOB_ROUTE = "/v1/blobs"
@@ -43,7 +43,7 @@ async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Respons
     etag = await _local_store(call.repo).receive_part(
         call.path.key,
         dict(request.query_params),
-        request.stream(),
+        body_stream(request),  # a part that stalls is refused (408), its file removed
         request.headers.get("content-md5"),
     )
     return Response(status_code=200, headers={"etag": etag})

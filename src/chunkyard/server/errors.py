@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import ChunkyardError, RangeNotSatisfiable, Unauthorized
+from ..errors import ChunkyardError, RangeNotSatisfiable, RequestTimeout, Unauthorized
 
 log = logging.getLogger("chunkyard.server")
 
@@ -22,6 +22,9 @@ async def chunkyard_error(request: Request, exc: Exception) -> JSONResponse:
         headers["content-range"] = f"bytes */{exc.detail['size']}"
     if isinstance(exc, Unauthorized):
         headers["www-authenticate"] = 'Bearer realm="chunkyard"'
+    if isinstance(exc, RequestTimeout):
+        # the rest of the body may never come: close, instead of reading on for it
+        headers["connection"] = "close"
     if exc.status >= 500:
         log.error(
             "%s %s: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__

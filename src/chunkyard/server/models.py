@@ -181,6 +181,8 @@ class Commit(Model):
     field_errors: ClassVar[dict[str, type[ChunkyardError]]] = {
         f: InvalidManifest for f in ("layout", "files", "terms", "size", "from_version")
     }
+    #: a large body's files are decoded a slice at a time (``routing.decode_body``)
+    long_list: ClassVar[str] = "files"
 
     layout: Literal["file", "tree"]
     files: Annotated[list[CommitFile], Meta(max_length=1_000_000)]

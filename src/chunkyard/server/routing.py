@@ -9,11 +9,15 @@ and returns a Starlette ``Response`` or anything msgspec can encode as JSON.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
+import anyio
+import anyio.lowlevel
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +30,7 @@ from ..errors import (
     InvalidName,
     InvalidReference,
     InvalidRequest,
+    RequestTimeout,
 )
 from ..repository import Repository
 from ..repository.access import ANYONE, Principal
@@ -35,9 +40,11 @@ P = TypeVar("P")
 Q = TypeVar("Q")
 B = TypeVar("B")
 
-#: default limit of a JSON body (a commit of a million files is ~200 MB; bigger
-#: versions are pushed as several trees)
-JSON_LIMIT = 64 * 1024 * 1024
+#: a JSON body up to this size is decoded in one call; a larger one a slice at a time
+#: (:func:`decode_body`)
+DECODE_AT_ONCE = 1024 * 1024
+#: items of a long list decoded between two turns of the event loop (about 1 ms)
+DECODE_SLICE = 1024
 _INT = re.compile(r"[0-9]{1,19}")
 #: a path parameter's Starlette convertor, as in ``{name:path}``
 _CONVERTOR = re.compile(r"{([a-z_]+)(:[a-z]+)?}")
@@ -68,7 +75,8 @@ class Endpoint:
     body_model: type | None = None  # a Struct, or Binary for raw bytes
     response_model: type | None = None  # a Struct, or Binary
     status: int = 200
-    body_limit: int = JSON_LIMIT
+    #: the largest body, bytes; None: the gateway's ``max_body`` (CHUNKYARD_MAX_BODY)
+    body_limit: int | None = None
     #: the handler reads the body itself (streamed uploads)
     streams_body: bool = False
     #: needs no token (health, this document, URLs the gateway signed)
@@ -122,13 +130,50 @@ class JSON(Response):
         return msgspec.json.encode(content)
 
 
+def body_stream(request: Request) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, under the gateway's body deadline
+    (``body_timeout`` and ``body_min_rate`` of its settings): see :func:`paced`."""
+    settings = request.app.state.repository.settings
+    return paced(request.stream(), settings.body_timeout, settings.body_min_rate)
+
+
+async def paced(
+    body: AsyncIterator[bytes], timeout: float, min_rate: float
+) -> AsyncIterator[bytes]:
+    """``body``, refused (:class:`RequestTimeout`, 408) as soon as it falls behind: no
+    pause between two pieces may last ``timeout`` seconds, and ``t`` seconds after the
+    start, at least ``min_rate · (t - timeout)`` bytes must have come. A client that
+    stalls, or trickles a byte at a time, so holds a connection (and what it sent) for
+    about ``timeout`` seconds, not forever; one on a slow link still gets through (a
+    whole-body deadline would refuse a 64 MiB part on a 1 MB/s link)."""
+    start = time.monotonic()
+    received = 0
+    pieces = body.__aiter__()
+    while True:
+        due = start + timeout + received / min_rate
+        wait = min(timeout, due - time.monotonic())
+        try:
+            with anyio.fail_after(max(wait, 0.0)):
+                piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body stalled: {received} bytes in {time.monotonic() - start:.0f} s",
+                received=received,
+            ) from None
+        received += len(piece)
+        yield piece
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes ``limit`` bytes."""
+    """The whole body, refusing (413) as soon as it passes ``limit`` bytes, whether it
+    declares its length or comes chunked, and (408) as soon as it falls behind."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body is larger than {limit} bytes", limit=limit)
     buf = bytearray()
-    async for piece in request.stream():
+    async for piece in body_stream(request):
         buf += piece
         if len(buf) > limit:
             raise BodyTooLarge(f"request body is larger than {limit} bytes", limit=limit)
@@ -195,10 +240,11 @@ _RULES = {
 
 
 def validation_error(
-    exc: msgspec.ValidationError, what: str, model: type | None = None
+    exc: msgspec.ValidationError | str, what: str, model: type | None = None
 ) -> ChunkyardError:
-    """A msgspec validation error as the project's typed error, naming the field. A
-    model may name errors of its own fields in a ``field_errors`` class variable."""
+    """A msgspec validation error (or its text) as the project's typed error, naming
+    the field. A model may name errors of its own fields in a ``field_errors`` class
+    variable."""
     text = str(exc)
     at = _AT.search(text)
     where = at.group(1) if at else "$"
@@ -211,13 +257,83 @@ def validation_error(
     return cls(f"invalid {what} at {where}: {reason}", field=where)
 
 
-def _decode_body(model: type, raw: bytes) -> Any:
+def _decode_body(model: type, raw: bytes, errors_of: type | None = None) -> Any:
     try:
         return msgspec.json.decode(raw or b"{}", type=model)
     except msgspec.ValidationError as exc:
-        raise validation_error(exc, "request body", model) from None
+        raise validation_error(exc, "request body", errors_of or model) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def decode_body(model: type, raw: bytes) -> Any:
+    """``raw`` decoded into ``model``, without holding up other requests.
+
+    msgspec decodes 48 MiB of commit (420,000 files) in 0.4 s, but in one C call that
+    holds the GIL throughout: every other request waited that long. A worker thread
+    does not help (measured: the same 0.4-0.5 s stall, the GIL is never let go), a
+    process pool would send the objects back through pickle (another long C call), and
+    a lower limit would split large trees into several versions. So a body larger than
+    ``DECODE_AT_ONCE`` whose model names a ``long_list`` field is decoded in two steps:
+    the body with that list's items left as raw JSON (one fast pass that also checks
+    the syntax of all of it), then the items ``DECODE_SLICE`` at a time with a turn of
+    the event loop between slices. The result and every error are the same as one
+    decode's; ``scripts/json_stall.py`` measures the stall."""
+    field = getattr(model, "long_list", None)
+    if len(raw) <= DECODE_AT_ONCE or field is None:
+        return _decode_body(model, raw)
+    head, item = _split_model(model, field)
+    shell = _decode_body(head, raw, errors_of=model)
+    raws: list[msgspec.Raw] = getattr(shell, field)
+    decoder = msgspec.json.Decoder(list[item])  # type: ignore[valid-type]
+    items: list[Any] = []
+    try:
+        for first in range(0, len(raws), DECODE_SLICE):
+            await anyio.lowlevel.checkpoint()
+            end = min(first + DECODE_SLICE, len(raws))
+            try:
+                items += decoder.decode(b"[" + b",".join(raws[first:end]) + b"]")
+            except msgspec.ValidationError as exc:  # "$[3]" is "$.files[first + 3]"
+                text = re.sub(
+                    r"`\$\[(\d+)\]",
+                    lambda m, at=first: f"`$.{field}[{at + int(m.group(1))}]",
+                    str(exc),
+                )
+                raise validation_error(text, "request body", model) from None
+            raws[first:end] = [None] * (end - first)  # type: ignore[list-item]  # freed as we go
+    except BaseException:
+        while items:  # half a million objects take tens of ms to free: a slice at a time
+            del items[-DECODE_SLICE:]
+            await anyio.lowlevel.checkpoint()
+        raise
+    values = {f: getattr(shell, f) for f in shell.__struct_fields__}
+    return model(**{**values, field: items})
+
+
+@functools.cache
+def _split_model(model: type, field: str) -> tuple[type, type]:
+    """``model`` with its list ``field`` holding raw JSON items (and the same
+    constraints on the list itself), and the type of that list's items."""
+    fields: list[tuple] = []
+    item: Any = None
+    for f in msgspec.structs.fields(model):
+        t = f.type
+        if f.name == field:
+            meta = get_args(t)[1:] if get_origin(t) is Annotated else ()
+            (item,) = get_args(get_args(t)[0] if meta else t)
+            t = Annotated[(list[msgspec.Raw], *meta)] if meta else list[msgspec.Raw]
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, t, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, t, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, t))
+    if item is None:
+        raise TypeError(f"{model.__name__} has no list field {field!r}")
+    head = msgspec.defstruct(
+        model.__name__, fields, forbid_unknown_fields=model.__struct_config__.forbid_unknown_fields
+    )
+    return head, item
 
 
 def _endpoint_app(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -233,10 +349,13 @@ def _endpoint_app(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             else None
         )
         body: Any = None
-        if ep.body_model is Binary and not ep.streams_body:
-            body = await read_body(request, ep.body_limit)
-        elif ep.body_model is not None and not ep.streams_body:
-            body = _decode_body(ep.body_model, await read_body(request, ep.body_limit))
+        if ep.body_model is not None and not ep.streams_body:
+            limit = ep.body_limit
+            if limit is None:
+                limit = repo.settings.max_body
+            body = await read_body(request, limit)
+            if ep.body_model is not Binary:
+                body = await decode_body(ep.body_model, body)
         result = await ep.handler(Call(repo, who, request, path, query, body))
         if isinstance(result, Response):
             return result
