@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from sqlalchemy import Connection
 
 from .. import digest as digests
@@ -321,7 +322,7 @@ async def commit(
 
     Content identical to the latest version (the same digest, which the gateway
     computes from verified chunks) returns that version instead of creating one."""
-    check_files(layout, files)
+    await anyio.to_thread.run_sync(check_files, layout, files)  # long lists: off the loop
     tags = check_tags(tags)
     await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
     return await repo.db.write(_commit, repo, who, sid, layout, files, tags)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from ..repository import uploads
 from ..stores.base import CompletedPart
 from . import models as m
@@ -73,7 +75,16 @@ async def complete_pack(call: Call[m.PackPath, None, m.CompletePack]) -> dict[st
     extra_status={200: "the content equals the latest version, which is answered"},
 )
 async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
-    files = [
+    # a commit may list a million files: turned into entries off the event loop, which
+    # meanwhile serves other requests between the thread's turns
+    files = await anyio.to_thread.run_sync(_entries, call.body.files)
+    b = call.body
+    result = await uploads.commit(call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags))
+    return JSON(result, status_code=201 if result["created"] else 200)
+
+
+def _entries(files: list[m.CommitFile]) -> list[uploads.FileEntry]:
+    return [
         uploads.FileEntry(
             f.path,
             f.size,
@@ -82,8 +93,5 @@ async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
             f.from_version,
             f.file_id or "",
         )
-        for f in call.body.files
+        for f in files
     ]
-    b = call.body
-    result = await uploads.commit(call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags))
-    return JSON(result, status_code=201 if result["created"] else 200)

@@ -4,8 +4,8 @@ Starts a gateway of its own (a temporary data dir, a free 127.0.0.1 port), posts
 bodies of ``--mib`` MiB (many empty files) while a thread times ``GET /v1/health`` in a
 loop, and prints the worst and 99th-percentile health latency seen meanwhile.
 
-    PYTHONPATH=src python scripts/json_stall.py                 # decode, then a commit
-    PYTHONPATH=src python scripts/json_stall.py --mib 48 --rounds 3 --only decode
+    PYTHONPATH=src python -m benchmarks.json_stall                 # decode, then a commit
+    PYTHONPATH=src python -m benchmarks.json_stall --mib 48 --rounds 3 --only decode
 
 ``decode``: a body refused at its very last value (a bad digest), so all of it is read
 and decoded first: the cost of reading and decoding alone. ``commit``: a valid tree
@@ -35,11 +35,11 @@ def free_port() -> int:
 
 
 def body(mib: int, kind: str) -> tuple[bytes, int]:
-    one = {"path": "", "size": 0, "digest": "0" * 64, "terms": []}
+    one = {"path": "", "size": 0, "b3sum": "0" * 64, "terms": []}
     n = mib * 1024 * 1024 // len(msgspec.json.encode({**one, "path": "d00/f0000000"}))
     files = [{**one, "path": f"d{i % 100:02d}/f{i:07d}"} for i in range(n)]
     if kind == "decode":  # the very last value is refused: everything before is decoded
-        files[-1]["digest"] = "not hex"
+        files[-1]["b3sum"] = "not hex"
     return msgspec.json.encode({"layout": "tree", "files": files}), n
 
 
