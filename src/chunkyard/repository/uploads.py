@@ -130,6 +130,7 @@ async def begin_pack(
     plan = store.plan_parts(size)
     if store.part_checksum and checksums is None:
         # the client cannot know the store's part plan: tell it, and it asks again
+        await repo.db.read(open_session, sid)
         return {
             "pack": pack_id,
             "state": "need_checksums",

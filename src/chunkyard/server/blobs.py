@@ -10,7 +10,7 @@ from ..errors import NotFound
 from ..repository import Repository
 from ..stores.local import LocalStore
 from . import models as m
-from .routing import Binary, Call, Endpoints
+from .routing import Binary, Call, Empty, Endpoints
 
 #: where the gateway serves the local store's objects
 BLOB_ROUTE = "/v1/blobs"
@@ -33,7 +33,9 @@ def _local_store(repo: Repository) -> LocalStore:
     params=m.BlobPath,
     query=m.BlobPutQuery,
     body=Binary,
+    response=Empty,
     streams_body=True,
+    headers={"ETag": "the part's ETag, for completing the upload"},
 )
 async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Response:
     request = call.request

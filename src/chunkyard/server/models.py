@@ -240,7 +240,9 @@ class Session(Struct):
 
 class Missing(Struct):
     packs: list[str]
-    locations: list[tuple[int, int] | None]
+    #: ``[pack index, chunk index]`` per id asked, or null (a pair as an array of two
+    #: rather than a tuple: schemathesis rejects ``prefixItems`` inside ``anyOf``)
+    locations: list[Annotated[list[int], Meta(min_length=2, max_length=2)] | None]
 
 
 class Request(Struct):
