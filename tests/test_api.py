@@ -81,6 +81,24 @@ def test_the_document_carries_the_constraints(doc):
     assert {p["name"] for p in blob["put"]["parameters"]} >= {"key", "sig", "exp", "size"}
 
 
+def test_the_document_says_what_the_server_accepts(api, doc):
+    """Found by the schema fuzzer (test_fuzz.py): what the server takes and answers
+    beyond the models themselves is in the document too."""
+    # an empty optional integer in a query is its default
+    (limit,) = (
+        p for p in doc["paths"]["/v1/artifacts"]["get"]["parameters"] if p["name"] == "limit"
+    )
+    assert {"type": "string", "maxLength": 0} in limit["schema"]["anyOf"]
+    assert api.get("/v1/artifacts?limit=").status_code == 200
+    # no body is the object {}: required only where a field is
+    ops = doc["paths"]
+    assert not ops["/v1/sessions/{sid}/packs/{pack}/complete"]["post"]["requestBody"]["required"]
+    assert ops["/v1/sessions/{sid}/commit"]["post"]["requestBody"]["required"]
+    # a part upload answers with an ETag and no body
+    put = ops["/v1/blobs/{key}"]["put"]["responses"]["200"]
+    assert "content" not in put and put["headers"]["ETag"]["required"]
+
+
 def error(r: httpx.Response) -> str:
     body = r.json()
     assert set(body) == {"error"} and body["error"]["message"], body

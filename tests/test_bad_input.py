@@ -206,7 +206,18 @@ def test_forged_and_expired_urls(gateway, api, session):
     assert r.status_code == 403 and error_code(r) == "url_expired"
     r = httpx.get(f"{gateway.url}/v1/blobs/packs/aa/{'a' * 64}?exp={int(time.time()) + 60}&sig=00")
     assert r.status_code == 403 and error_code(r) == "bad_signature"
+    # a signature that is not ASCII (hmac.compare_digest refuses to compare it) is wrong too
+    r = httpx.put(url._replace(query=urlencode({**q, "sig": "é" * 64})).geturl(), content=b"x")
+    assert r.status_code == 403 and error_code(r) == "bad_signature"
+    r = httpx.get(f"{gateway.url}/v1/blobs/packs/aa/{'a' * 64}?exp=1&sig=%C3%A9")
+    assert r.status_code == 403 and error_code(r) == "bad_signature"
     assert gateway.snapshot() == before
+
+
+def test_no_session_no_part_plan(gateway, api):
+    """The first begin of a pack (no checksums yet) needs an open session as well."""
+    r = api.post("/v1/sessions/0123abcd/packs", json={"pack": "a" * 64, "size": 100})
+    assert r.status_code == 404 and error_code(r) == "session_not_found"
 
 
 def test_commit_must_match_verified_content(gateway, api, session, client, tmp_path):

@@ -46,7 +46,8 @@ def verify(
     except ValueError:
         raise BadSignature("signed URL has no valid expiry") from None
     mac = hmac.new(secret, _message(method, path, params), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(mac, sig):
+    # compare_digest takes only ASCII strings: any other signature is simply wrong
+    if not sig.isascii() or not hmac.compare_digest(mac, sig):
         raise BadSignature("signature does not match this request")
     if exp < (now if now is not None else time.time()):
         raise UrlExpired("signed URL has expired", expired_at=exp)

@@ -191,6 +191,7 @@ async def begin_pack(
     plan = store.plan_parts(size)
     if store.part_checksum and checksums is None:
         # the client cannot know the store's part plan: tell it, and it asks again
+        await repo.db.read(open_session, sid, who)
         return {
             "pack": pack_id,
             "state": "need_checksums",

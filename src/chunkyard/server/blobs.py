@@ -12,7 +12,7 @@ from ..repository import Repository
 from ..stores.local import LocalStore
 from . import models as m
 from .ranges import parse_range
-from .routing import Binary, Call, Endpoints, body_stream
+from .routing import Binary, Call, Empty, Endpoints, body_stream
 
 #: where the gateway serves the local store's objects
 BLOB_ROUTE = "/v1/blobs"
@@ -35,8 +35,10 @@ def _local_store(repo: Repository) -> LocalStore:
     params=m.BlobPath,
     query=m.BlobPutQuery,
     body=Binary,
+    response=Empty,
     streams_body=True,
     public=True,
+    headers={"ETag": "the part's ETag, for completing the upload"},
 )
 async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Response:
     request = call.request

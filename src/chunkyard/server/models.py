@@ -271,7 +271,9 @@ class Session(Struct):
 
 class Missing(Struct):
     packs: list[str]
-    locations: list[tuple[int, int] | None]
+    #: ``[pack index, chunk index]`` per id asked, or null (a pair as an array of two
+    #: rather than a tuple: schemathesis rejects ``prefixItems`` inside ``anyOf``)
+    locations: list[Annotated[list[int], Meta(min_length=2, max_length=2)] | None]
 
 
 class Request(Struct):
@@ -345,12 +347,23 @@ class AliasMoved(Struct):
     previous: int | None
 
 
+class Get(Struct):
+    """A GET the client sends as it is (headers included: a signed ``Range``)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    reference: str | None = None  # chunks of an indexed reference object: its URI
+
+
 class Term(Struct):
     pack: str
     range: tuple[int, int]
     chunks: list[tuple[str, int, int, int]]
     skip: int
     take: int
+    url: Get | None = None  # single files: the GET of this term's bytes
+    read: int | None = None  # batches: the index of the read that holds them
 
 
 class Reconstruction(Struct):
@@ -360,11 +373,11 @@ class Reconstruction(Struct):
     path: str
     size: int
     digest: str
+    b3sum: str
     start: int
     end: int
     next: int | None
     terms: list[Term]
-    urls: dict[str, dict[str, Any]]
     reference: dict[str, Any] | None = None
 
 
@@ -373,14 +386,21 @@ class BatchFile(Struct):
     path: str
     size: int
     digest: str
+    b3sum: str
     terms: list[Term]
+
+
+class Read(Struct):
+    pack: str
+    range: tuple[int, int]
+    url: Get
 
 
 class BatchReconstruction(Struct):
     name: str
     version: int
     files: list[BatchFile]
-    urls: dict[str, dict[str, Any]]
+    reads: list[Read]
 
 
 class Stats(Struct):

@@ -54,6 +54,10 @@ class Binary:
     """Marks a raw ``application/octet-stream`` body or response."""
 
 
+class Empty:
+    """Marks a response without a body: what it says is in its headers."""
+
+
 @dataclass
 class Call(Generic[P, Q, B]):
     repo: Repository
@@ -73,7 +77,7 @@ class Endpoint:
     path_model: type | None = None
     query_model: type | None = None
     body_model: type | None = None  # a Struct, or Binary for raw bytes
-    response_model: type | None = None  # a Struct, or Binary
+    response_model: type | None = None  # a Struct, Binary, or Empty
     status: int = 200
     #: the largest body, bytes; None: the gateway's ``max_body`` (CHUNKYARD_MAX_BODY)
     body_limit: int | None = None
@@ -82,6 +86,8 @@ class Endpoint:
     #: needs no token (health, this document, URLs the gateway signed)
     public: bool = False
     extra_status: dict[int, str] = field(default_factory=dict)
+    #: headers every success carries: name -> what it holds
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Endpoints(list[Endpoint]):
@@ -395,17 +401,27 @@ def _parameters(model: type | None, where: str, components: dict) -> list[dict[s
         return []
     _schema_ref(model, components)
     props = components[model.__name__]
+    fields = msgspec.inspect.type_info(model).fields  # type: ignore[attr-defined]
+    ints = {f.encode_name for f in fields if _wants_int(f.type)}
     out = []
     for name, schema in props.get("properties", {}).items():
-        out.append(
-            {
-                "name": name,
-                "in": where,
-                "required": where == "path" or name in props.get("required", []),
-                "schema": schema,
-            }
-        )
+        required = where == "path" or name in props.get("required", [])
+        if where == "query" and name in ints and not required:
+            schema = _empty_is_default(schema)
+        out.append({"name": name, "in": where, "required": required, "schema": schema})
     del components[model.__name__]  # parameters are listed inline, not as a schema
+    return out
+
+
+def _empty_is_default(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional integer in a query, as :func:`_convert` reads it: an empty value
+    (``?limit=``) is the default, as if the parameter were not given. A query cannot
+    carry JSON's null, so an optional ``int | None`` is an integer or empty."""
+    alternatives = schema.get("anyOf", [{k: v for k, v in schema.items() if k != "default"}])
+    integers = [a for a in alternatives if a.get("type") != "null"]
+    out: dict[str, Any] = {"anyOf": [*integers, {"type": "string", "maxLength": 0}]}
+    if schema.get("default") is not None:
+        out["default"] = schema["default"]
     return out
 
 
@@ -420,31 +436,43 @@ def document(endpoints: list[Endpoint], title: str, version: str) -> dict[str, A
             "parameters": _parameters(ep.path_model, "path", components)
             + _parameters(ep.query_model, "query", components),
         }
+        # no body reads as an empty one (_decode_body): zero bytes, or the JSON object {}
+        # (so only a model with a required field needs one)
         if ep.body_model is Binary:
             op["requestBody"] = {
-                "required": True,
+                "required": False,
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             }
         elif ep.body_model is not None:
+            fields = msgspec.inspect.type_info(ep.body_model).fields  # type: ignore[attr-defined]
             op["requestBody"] = {
-                "required": True,
+                "required": any(f.required for f in fields),
                 "content": {"application/json": {"schema": _schema_ref(ep.body_model, components)}},
             }
         if not ep.public:
             op["security"] = [{"bearer": []}]
-        if ep.response_model is Binary:
-            ok: dict[str, Any] = {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            }
+        ok: dict[str, Any] | None
+        if ep.response_model is Empty:
+            ok = None
+        elif ep.response_model is Binary:
+            ok = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
         elif ep.response_model is not None:
             ok = {"application/json": {"schema": _schema_ref(ep.response_model, components)}}
         else:
             ok = {"application/json": {"schema": {"type": "object"}}}
-        responses: dict[str, Any] = {str(ep.status): {"description": "success", "content": ok}}
+        responses: dict[str, Any] = {str(ep.status): {"description": "success"}}
         for status, what in ep.extra_status.items():
-            responses[str(status)] = {"description": what, "content": ok}
+            responses[str(status)] = {"description": what}
+        for answer in responses.values():
+            if ok is not None:
+                answer["content"] = ok
+            if ep.headers:
+                answer["headers"] = {
+                    name: {"description": what, "required": True, "schema": {"type": "string"}}
+                    for name, what in ep.headers.items()
+                }
         responses["default"] = {
             "description": "error: a stable code, a message, and details",
             "content": {"application/json": {"schema": error}},
