@@ -39,6 +39,22 @@ def test_push_pull_file_round_trip(client: Client, tmp_path: Path):
     assert client.show("team/proj/model@1")["tags"] == {"stage": "dev"}
 
 
+@pytest.mark.parametrize("page", [1 * MiB + 12345, 200_000])
+def test_a_file_over_many_reconstruction_pages_pulls(client, tmp_path, monkeypatch, page):
+    """A chunk cut by a page boundary is listed by both pages; the file id counts it
+    once (a 1 GiB pull, over two 512 MiB pages, failed its digest check)."""
+    from chunkyard.repository import downloads
+
+    monkeypatch.setattr(downloads, "PAGE_BYTES", page)
+    block = random_bytes(700_000, seed=11)
+    data = random_bytes(2 * MiB, seed=12) + block + block + block
+    src = write(tmp_path / "paged.bin", data)
+    client.push(src, f"team/proj/paged-{page}")
+    out = tmp_path / "out.bin"
+    client.pull(f"team/proj/paged-{page}", out)
+    assert out.read_bytes() == data
+
+
 def test_identical_push_returns_the_same_version_and_sends_nothing(client, tmp_path):
     src = write(tmp_path / "w.bin", random_bytes(2 * MiB, seed=11))
     first = client.push(src, "team/same")

@@ -202,7 +202,7 @@ class Downloader:
             os.ftruncate(fd, entry["size"])
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
             for data, bufs, unit in pipelined(self.pool, self._fetch, _placed(units, fd), DEPTH):
-                check.update(unit["chunks"], data)
+                check.update(unit["chunks"], unit["skip"], data)
                 self.progress(len(data))
                 data.release()
                 self._recycle(bufs)
@@ -250,11 +250,10 @@ class Downloader:
         for fno, (entry, target) in enumerate(batch):
             terms = answer["files"][fno]["terms"]
             check = FileCheck(entry, self.format)
-            data = b"".join(pieces[(fno, tno)] for tno in range(len(terms)))
-            for term in terms:
-                check.update(term["chunks"], b"")
-            check.update([], data)
+            for tno, term in enumerate(terms):
+                check.update(term["chunks"], term["skip"], pieces[(fno, tno)])
             check.done()
+            data = b"".join(pieces[(fno, tno)] for tno in range(len(terms)))
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
@@ -303,7 +302,10 @@ class Downloader:
 class FileCheck:
     """What a pulled file must match: its file id, from the ids of the chunks its terms
     list (format 3; every chunk is checked against its id as it is decoded), and the
-    BLAKE3 its uploader declared, over the bytes written (format 2: the only check)."""
+    BLAKE3 its uploader declared, over the bytes written (format 2: the only check).
+
+    Pieces arrive in file order. A chunk cut by a page boundary is listed by both
+    pages; it counts once, by where it starts in the file."""
 
     def __init__(self, entry: dict, fmt: int) -> None:
         self.entry = entry
@@ -311,11 +313,18 @@ class FileCheck:
         self.want_b3 = entry.get("b3sum", "") if fmt >= 3 else entry["digest"]
         self.b3 = new_file_hasher() if self.want_b3 else None
         self.size = 0
+        self.counted = 0  # file offset where the last chunk counted in the file id ends
 
-    def update(self, chunks: list, data: bytes | memoryview) -> None:
+    def update(self, chunks: list, skip: int, data: bytes | memoryview) -> None:
+        """The next ``data`` of the file: the bytes after the first ``skip`` raw bytes
+        of ``chunks``."""
         if self.ids is not None:
+            at = self.size - skip
             for cid, _, raw_len, _ in chunks:
-                self.ids.update(bytes.fromhex(cid), raw_len)
+                if at >= self.counted:
+                    self.ids.update(bytes.fromhex(cid), raw_len)
+                    self.counted = at + raw_len
+                at += raw_len
         if self.b3 is not None:
             self.b3.update(data)
         self.size += len(data)

@@ -105,12 +105,13 @@ def _pieces(rows: list[tuple[int, EntryRow]]) -> Iterable[list[tuple[int, EntryR
 
 
 def plan(
-    conn: Connection, f: FileRow, start: int, end: int, page: int = PAGE_BYTES
+    conn: Connection, f: FileRow, start: int, end: int, page: int | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Terms covering content bytes ``[start, end)`` of file ``f`` (at most ``page``
-    bytes of it), each at most one read, and where the next page starts (None: done)."""
+    bytes of it, PAGE_BYTES by default), each at most one read, and where the next
+    page starts (None: done). A chunk cut by a page boundary is in both pages."""
     out: list[dict[str, Any]] = []
-    stop = min(end, start + page)
+    stop = min(end, start + (page or PAGE_BYTES))
     pos = 0
     for t in loads(f.manifest):
         t_start, pos = pos, pos + t.size
