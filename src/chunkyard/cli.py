@@ -2,7 +2,8 @@
 server's (``chunkyard.server.cli``) under one name.
 
 It catches only :class:`~chunkyard.errors.ChunkyardError`, prints it as one line (or as
-JSON with ``--json``) and exits non-zero: 2 for bad input, 3 for not found, 4 for a
+JSON with ``--json``) and exits non-zero: 2 for bad input or a catalog this chunkyard
+cannot use as it is (to upgrade, newer, unreachable), 3 for not found, 4 for a
 conflict, 5 for an integrity failure, 1 otherwise.
 """
 
@@ -15,7 +16,14 @@ import sys
 from collections.abc import Callable
 
 from .client import cli as client_cli
-from .errors import ChunkyardError, Conflict, IntegrityFailure, InvalidRequest, NotFound
+from .errors import (
+    CatalogError,
+    ChunkyardError,
+    Conflict,
+    IntegrityFailure,
+    InvalidRequest,
+    NotFound,
+)
 from .server import cli as server_cli
 
 
@@ -34,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     server_cli.add_commands(cmd)
     client_cli.add_commands(cmd, sub)
     _token_commands(sub)
+    _db_commands(sub)
     return p
 
 
@@ -74,8 +83,47 @@ def _token_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("id")
 
 
+def _db_commands(sub: argparse._SubParsersAction) -> None:
+    """``db status|upgrade|copy``: straight against catalogs, no gateway involved."""
+    d = sub.add_parser("db", help="the catalog's schema: status, upgrade, copy to another database")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+
+    def common(sp: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int]) -> None:
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def data(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--data",
+            help="the data dir whose catalog this is (default CHUNKYARD_DATA or "
+            "./chunkyard-data); CHUNKYARD_DB names the catalog instead, as for serve",
+        )
+
+    s = dsub.add_parser("status", help="the catalog's schema revision, the code's, and what to do")
+    common(s, server_cli.cmd_db_status)
+    data(s)
+    s = dsub.add_parser("upgrade", help="apply the migrations the catalog lacks (stop gateways)")
+    common(s, server_cli.cmd_db_upgrade)
+    data(s)
+    s = dsub.add_parser(
+        "copy",
+        help="copy a whole catalog into another database (SQLite <-> PostgreSQL), then "
+        "check it; packs stay in their store",
+    )
+    common(s, server_cli.cmd_db_copy)
+    s.add_argument("source", metavar="SOURCE_URL", help="sqlite:///PATH or postgresql://…")
+    s.add_argument("target", metavar="TARGET_URL", help="migrated first; must be empty")
+    s.add_argument("--force", action="store_true", help="empty a target that holds rows, then copy")
+
+
 def exit_code(exc: ChunkyardError) -> int:
-    for cls, code in ((InvalidRequest, 2), (NotFound, 3), (Conflict, 4), (IntegrityFailure, 5)):
+    for cls, code in (
+        (InvalidRequest, 2),
+        (CatalogError, 2),
+        (NotFound, 3),
+        (Conflict, 4),
+        (IntegrityFailure, 5),
+    ):
         if isinstance(exc, cls):
             return code
     return 1

@@ -17,7 +17,8 @@
     │   └── SourceNotFound         404  source_not_found
     ├── Conflict                   409  conflict
     │   ├── TagConflict            409  tag_conflict
-    │   └── AliasConflict          409  alias_conflict
+    │   ├── AliasConflict          409  alias_conflict
+    │   └── CatalogNotEmpty        409  catalog_not_empty  (``db copy`` without --force)
     ├── PreconditionFailed         412  precondition_failed
     ├── Unauthorized               401  unauthorized
     ├── Forbidden                  403  forbidden
@@ -29,9 +30,15 @@
     │   ├── PackCorrupt            422  pack_corrupt
     │   ├── DigestMismatch         422  digest_mismatch
     │   ├── UntrustedChunks        422  untrusted_chunks
-    │   └── ReferenceDrifted       422  reference_drifted
+    │   ├── ReferenceDrifted       422  reference_drifted
+    │   └── CopyMismatch           422  copy_mismatch  (``db copy``: the copy differs)
     ├── StoreError                 502  store_error
     │   └── StoreObjectMissing     502  store_object_missing
+    ├── CatalogError               503  catalog_error  (this chunkyard cannot use the catalog)
+    │   ├── CatalogOutdated        503  catalog_outdated  (run ``chunkyard db upgrade``)
+    │   ├── CatalogTooNew          503  catalog_too_new  (upgrade chunkyard)
+    │   ├── NotACatalog            503  not_a_catalog
+    │   └── CatalogUnreachable     503  catalog_unreachable
     └── GatewayUnavailable         503  gateway_unavailable  (client side: cannot reach it)
 
 Foreign errors (botocore, Azure, Google, SQLAlchemy, httpx) are translated at the
@@ -136,6 +143,12 @@ class AliasConflict(Conflict):
     code = "alias_conflict"
 
 
+class CatalogNotEmpty(Conflict):
+    """``db copy`` into a catalog that holds rows already (without ``--force``)."""
+
+    code = "catalog_not_empty"
+
+
 class PreconditionFailed(ChunkyardError):
     """A conditional read whose object changed (a pinned local-store URL)."""
 
@@ -194,12 +207,53 @@ class ReferenceDrifted(IntegrityFailure):
     code = "reference_drifted"
 
 
+class CopyMismatch(IntegrityFailure):
+    """``db copy`` found the target differing from the source (a row count, a file id or
+    a version digest recomputed from the copied rows); nothing was committed."""
+
+    code = "copy_mismatch"
+
+
 class StoreError(ChunkyardError):
     code, status = "store_error", 502
 
 
 class StoreObjectMissing(StoreError):
     code = "store_object_missing"
+
+
+class CatalogError(ChunkyardError):
+    """The catalog's database cannot be used as it is: operators act on these at start
+    (``chunkyard`` exits 2 with one line saying what to do)."""
+
+    code, status = "catalog_error", 503
+
+
+class CatalogOutdated(CatalogError):
+    """The catalog's schema is older than this chunkyard's: ``chunkyard db upgrade``.
+    A gateway does not upgrade it by itself, since older gateways sharing the catalog
+    would then fail in the middle of requests."""
+
+    code = "catalog_outdated"
+
+
+class CatalogTooNew(CatalogError):
+    """The catalog's schema revision is none this chunkyard knows: a newer chunkyard
+    upgraded it, so this one must be upgraded too."""
+
+    code = "catalog_too_new"
+
+
+class NotACatalog(CatalogError):
+    """A database with tables but no chunkyard schema revision (or not a database)."""
+
+    code = "not_a_catalog"
+
+
+class CatalogUnreachable(CatalogError):
+    """The catalog's database cannot be opened (no server, no such database or file)."""
+
+    code = "catalog_unreachable"
 
 
 class GatewayUnavailable(ChunkyardError):

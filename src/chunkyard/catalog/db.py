@@ -15,20 +15,37 @@ function calls. The service layer composes them; it never writes SQL.
 
 Reads and writes use separate pools, so that a crowd of readers (a hundred clients
 asking which chunks exist) never holds every connection while a commit waits.
+
+Schema: one Alembic chain for both databases. A gateway creates the schema in an empty
+database but never upgrades an existing one (:meth:`Database.require_current`): other
+gateways of older code may share the catalog, so upgrading is the operator's step
+(``chunkyard db upgrade``, :meth:`Database.migrate`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import (
+    CatalogOutdated,
+    CatalogTooNew,
+    CatalogUnreachable,
+    InvalidRequest,
+    NotACatalog,
+)
+from ..version import __version__
 
 T = TypeVar("T")
 
@@ -52,11 +69,66 @@ def batched(items: Iterable[T], size: int = BATCH) -> Iterator[list[T]]:
         yield batch
 
 
+def known_revisions() -> list[str]:
+    """Every migration's revision id, oldest first. Migrations form one chain and each
+    file is named after its revision (``0002_references.py`` holds revision ``0002``),
+    which a test checks against Alembic's own answer."""
+    return sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+
+
 def head_revision() -> str:
-    """The newest migration's revision id. Migrations form one chain and each file is
-    named after its revision (``0002_references.py`` holds revision ``0002``), which a
-    test checks against Alembic's own answer."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    """The newest migration's revision id."""
+    return known_revisions()[-1]
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that names no database chunkyard can keep a catalog in."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    if parsed is None or parsed.get_backend_name() not in ("sqlite", "postgresql", "postgres"):
+        raise InvalidRequest(
+            f"not a catalog URL: {safe_url(url)!r} (use sqlite:///PATH or "
+            "postgresql://USER@HOST:PORT/DATABASE)"
+        )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite catalog URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+#: files SQLite keeps beside a database while it is open (or after a crash)
+SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def sidecars(path: Path) -> set[str]:
+    """Which of SQLite's files beside ``path`` exist."""
+    return {s for s in SIDECARS if os.path.exists(f"{path}{s}")}
+
+
+def _read_only_sqlite_url(url: str) -> str:
+    """A URL that opens a SQLite file read-only and, when no process has it open (no
+    ``-wal`` or ``-shm`` beside it), as immutable: a plain read-only open of a WAL
+    database creates those two files, which would write beside a catalog that must be
+    left untouched. (With them present, SQLite uses them and creates nothing.)"""
+    path = sqlite_path(url)
+    if path is None:
+        raise InvalidRequest(f"{url!r} names no SQLite file to read")
+    query = "mode=ro&uri=true" + ("" if sidecars(path) else "&immutable=1")
+    return f"sqlite+pysqlite:///file:{quote(str(path))}?{query}"
 
 
 def _async_url(url: str) -> str:
@@ -65,9 +137,40 @@ def _async_url(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a catalog's schema stands against this code's migrations."""
+
+    url: str  # password masked
+    revision: str | None  # None: no schema revision at all
+    head: str
+    #: empty (no tables) | current | behind (``db upgrade``) | ahead (upgrade chunkyard)
+    #: | foreign (tables, but no schema revision: not a chunkyard catalog)
+    state: str
+    tables: tuple[str, ...] = ()
+
+    @property
+    def upgrade_needed(self) -> bool:
+        return self.state == "behind"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "catalog": self.url,
+            "revision": self.revision,
+            "head": self.head,
+            "state": self.state,
+            "upgrade_needed": self.upgrade_needed,
+        }
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False, name: str = "catalog") -> None:
+        """``read_only``: open so that nothing can be written, not even SQLite's files
+        beside the database (the source of ``db copy``, ``db status``). ``name`` says
+        which catalog messages are about ("source catalog")."""
         self.url = url
+        self.name = name
+        self.read_only = read_only
         self.is_sqlite = url.startswith("sqlite")
         self.dialect = "sqlite" if self.is_sqlite else "postgresql"
         self._engine: AsyncEngine | None = None
@@ -75,13 +178,16 @@ class Database:
         self._sync_reader: Engine | None = None
         self._sync_writer: Engine | None = None
         if self.is_sqlite:
-            sync_url = url.replace("sqlite:", "sqlite+pysqlite:", 1)
+            if read_only:
+                sync_url = _read_only_sqlite_url(url)
+            else:
+                sync_url = url.replace("sqlite:", "sqlite+pysqlite:", 1)
             args = {"connect_args": {"timeout": 60, "check_same_thread": False}}
             self._sync_reader = create_engine(sync_url, **args)
             # SQLite takes one writer at a time anyway: one connection, behind the lock
             self._sync_writer = create_engine(sync_url, **args, pool_size=1, max_overflow=0)
-            _sqlite_setup(self._sync_reader, write=False)
-            _sqlite_setup(self._sync_writer, write=True)
+            _sqlite_setup(self._sync_reader, write=False, read_only=read_only)
+            _sqlite_setup(self._sync_writer, write=True, read_only=read_only)
             # own threads for each: a crowd of queries must not queue ahead of commits
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="cy-db-read")
             self._writers = ThreadPoolExecutor(1, thread_name_prefix="cy-db-write")
@@ -89,8 +195,12 @@ class Database:
             # which would hold threads in busy-wait
             self._write_lock = asyncio.Lock()
         else:
-            self._engine = create_async_engine(_async_url(url))
-            self._writer = create_async_engine(_async_url(url))
+            pg_args: dict[str, Any] = {}
+            if read_only:  # the server refuses every write, whatever the code does
+                settings = {"default_transaction_read_only": "on"}
+                pg_args["connect_args"] = {"server_settings": settings}
+            self._engine = create_async_engine(_async_url(url), **pg_args)
+            self._writer = create_async_engine(_async_url(url), **pg_args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` inside one read transaction; its result."""
@@ -120,19 +230,114 @@ class Database:
         async with engine.connect() as conn, conn.begin():
             yield conn
 
+    @asynccontextmanager
+    async def transaction(self, write: bool = False) -> AsyncIterator[Connection]:
+        """One transaction held open across awaits, for a long job (``db copy``) that
+        works on two databases at once; committed when the block ends, rolled back if
+        it raises. Reads see one snapshot (REPEATABLE READ on PostgreSQL). On
+        PostgreSQL the connection may only be used inside SQLAlchemy's
+        ``greenlet_spawn``, as ``run_sync`` does."""
+        if self.is_sqlite:
+            engine = self._sync_writer if write else self._sync_reader
+            assert engine is not None
+            with engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        async_engine = self._writer if write else self._engine
+        assert async_engine is not None
+        async with async_engine.connect() as aconn:
+            if not write:
+                aconn = await aconn.execution_options(isolation_level="REPEATABLE READ")
+            async with aconn.begin():
+                assert aconn.sync_connection is not None
+                yield aconn.sync_connection
+
     async def revision(self) -> str | None:
         """The catalog's Alembic revision; None for a database without one."""
-        try:
-            return await self.read(_revision)
-        except DBAPIError:  # no alembic_version table yet
-            return None
+        return (await self.schema()).revision
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision. A catalog already there is
-        left alone without importing Alembic, a third of a gateway's start-up time."""
-        if await self.revision() == head_revision():
-            return
-        await self.write(_upgrade)
+    async def schema(self) -> SchemaStatus:
+        """Where the schema stands, without importing Alembic (a third of a gateway's
+        start-up time). A database that cannot be opened is a :class:`CatalogUnreachable`
+        (a file that is no SQLite database: :class:`NotACatalog`)."""
+        try:
+            revision, tables = await self.read(_probe)
+        except DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if "file is not a database" in reason:
+                raise NotACatalog(
+                    f"the {self.name} {safe_url(self.url)} is not a chunkyard catalog: {reason}"
+                ) from exc
+            raise self._unreachable(reason) from exc
+        except OSError as exc:  # asyncpg: no server at that address
+            raise self._unreachable(str(exc)) from exc
+        head = head_revision()
+        if revision is None:
+            state = "foreign" if tables else "empty"
+        elif revision == head:
+            state = "current"
+        elif revision in known_revisions():
+            state = "behind"
+        else:
+            state = "ahead"
+        return SchemaStatus(safe_url(self.url), revision, head, state, tuple(tables))
+
+    def _unreachable(self, reason: str) -> CatalogUnreachable:
+        return CatalogUnreachable(
+            f"cannot open the {self.name} {safe_url(self.url)}: {reason}", catalog=self.name
+        )
+
+    async def require_current(self, upgrade_hint: str = "chunkyard db upgrade") -> None:
+        """What a gateway does at start: create the schema in an empty database, accept
+        one at this code's head, and refuse any other with a typed error that says
+        what to run (``upgrade_hint`` names the catalog for ``db upgrade``)."""
+        status = await self.schema()
+        if status.state == "empty":
+            try:
+                await self.write(_upgrade)
+            except DBAPIError:  # another gateway starting at once may have made it
+                if (await self.schema()).state != "current":
+                    raise
+        elif status.state == "behind":
+            raise CatalogOutdated(
+                f"the {self.name} {status.url} is at schema revision {status.revision}, "
+                f"older than this chunkyard's {status.head}: stop the gateways that use it "
+                f"and run `{upgrade_hint}`",
+                revision=status.revision,
+                head=status.head,
+            )
+        elif status.state != "current":
+            self._refuse(status)
+
+    def _refuse(self, status: SchemaStatus) -> NoReturn:
+        """Raise the error for a schema no migration of this code can start from."""
+        if status.state == "ahead":
+            raise CatalogTooNew(
+                f"the {self.name} {status.url} is at schema revision {status.revision}, "
+                f"which this chunkyard ({__version__}, newest revision {status.head}) does "
+                "not know: a newer chunkyard upgraded it; upgrade chunkyard",
+                revision=status.revision,
+                head=status.head,
+            )
+        shown = ", ".join(status.tables[:5]) + (", ..." if len(status.tables) > 5 else "")
+        raise NotACatalog(
+            f"the {self.name} {status.url} is not a chunkyard catalog: it has tables "
+            f"({shown}) but no schema revision (alembic_version)",
+            tables=list(status.tables[:20]),
+        )
+
+    async def migrate(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest Alembic revision: ``(from, to)``. An empty
+        database gets the whole schema; one at a revision this code does not know, or
+        with tables but no revision, is refused with a typed error rather than
+        Alembic's own."""
+        status = await self.schema()
+        if status.state == "current":
+            return status.revision, status.head
+        if status.state in ("ahead", "foreign"):
+            self._refuse(status)
+        before = await self.write(_upgrade)
+        return before, status.head
 
     async def close(self) -> None:
         for engine in (self._engine, self._writer):
@@ -146,20 +351,23 @@ class Database:
             self._writers.shutdown(wait=True)
 
 
-def _sqlite_setup(engine: Engine, write: bool) -> None:
+def _sqlite_setup(engine: Engine, write: bool, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        if read_only:
+            cur.execute("PRAGMA query_only=ON")
+        else:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write and not read_only else "BEGIN")
 
 
 def _in_transaction(engine: Engine, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
@@ -167,18 +375,25 @@ def _in_transaction(engine: Engine, fn: Callable[..., Any], args: Sequence[Any])
         return fn(conn, *args)
 
 
-def _revision(conn: Connection) -> str | None:
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+def _probe(conn: Connection) -> tuple[str | None, list[str]]:
+    """The schema revision (None without one) and the tables of the database."""
+    tables = sorted(inspect(conn).get_table_names())
+    if "alembic_version" not in tables:
+        return None, tables
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar(), tables
 
 
-def _upgrade(conn: Connection) -> None:
+def _upgrade(conn: Connection) -> str | None:
+    """Run the migrations up to the head; the revision the schema was at."""
     from alembic import command
     from alembic.config import Config
 
+    before = _probe(conn)[0]
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
+    return before
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Any) -> Any:

@@ -10,6 +10,7 @@ any number of gateway processes can serve one repository.
 from __future__ import annotations
 
 import asyncio
+import shlex
 
 from ..catalog import Database
 from ..catalog.settings import DEDUP_DOMAIN_DEPTH, setting
@@ -45,12 +46,22 @@ class Repository:
 
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Repository:
-        """Check the store, bring the catalog's schema up to date."""
+        """Check the store and the catalog's schema: an empty database gets one, a
+        catalog at another revision than this code's is refused
+        (:class:`~chunkyard.errors.CatalogOutdated`, ``CatalogTooNew``), since other
+        gateways may share it: upgrading is ``chunkyard db upgrade``."""
+        opened = store is None
         store = store or open_store(settings.store_url, secret=settings.secret)
         await store.check()
         db = Database(settings.db_url)
-        await db.migrate()
-        depth = await db.read(setting, DEDUP_DOMAIN_DEPTH)
+        try:
+            await db.require_current(upgrade_command(settings))
+            depth = await db.read(setting, DEDUP_DOMAIN_DEPTH)
+        except BaseException:
+            await db.close()
+            if opened:
+                await store.close()
+            raise
         return cls(settings, db, store, int(depth or 1))
 
     def domain(self, name: str) -> str:
@@ -61,3 +72,15 @@ class Repository:
         await self.sources.close()
         await self.store.close()
         await self.db.close()
+
+
+def default_catalog(data_dir: object) -> str:
+    """The catalog URL of a data dir when ``CHUNKYARD_DB`` is not set."""
+    return f"sqlite:///{data_dir}/catalog.db"
+
+
+def upgrade_command(settings: Settings) -> str:
+    """The command that upgrades this gateway's catalog, for the refusal to start."""
+    if settings.db_url == default_catalog(settings.data_dir):
+        return f"chunkyard db upgrade --data {shlex.quote(str(settings.data_dir))}"
+    return "chunkyard db upgrade (with the same CHUNKYARD_DB)"

@@ -1,6 +1,7 @@
-"""The server's commands: ``serve`` (the gateway) and ``verifier`` (pack verification
-in a process of its own). Heavy imports happen inside the commands, so that the client
-commands of the same ``chunkyard`` program start fast."""
+"""The server's commands: ``serve`` (the gateway), ``verifier`` (pack verification
+in a process of its own) and ``db status|upgrade|copy`` (the catalog's schema, and
+moving a catalog to another database). Heavy imports happen inside the commands, so
+that the client commands of the same ``chunkyard`` program start fast."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 #: files and directories the gateway creates are its owner's alone (0600 / 0700)
@@ -88,7 +92,11 @@ def _warn_if_open(data_dir: Any) -> None:
         )
 
 
-async def _check_store(settings: Any) -> None:
+async def _preflight(settings: Any) -> None:
+    """Refuse to start on a store it cannot use, or a catalog at another schema
+    revision than this code's (an empty database gets the schema here, once, before
+    any worker starts)."""
+    from ..repository import maintenance
     from .app import open_repository_store
 
     store = open_repository_store(settings)
@@ -96,6 +104,7 @@ async def _check_store(settings: Any) -> None:
         await store.check()
     finally:
         await store.close()
+    await maintenance.check(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -123,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.auth = args.auth
         logs.remember(settings.secret)
         _warn_if_open(settings.data_dir)
-        asyncio.run(_check_store(settings))  # refuse to start on a useless store
+        asyncio.run(_preflight(settings))  # refuse to start on a useless store or catalog
     print(banner(settings, args.host, args.port), file=sys.stderr)
     log_config = logs.uvicorn_log_config()
     if args.workers > 1:
@@ -196,6 +205,170 @@ def token_offline(args: argparse.Namespace) -> Any:
             token_id=getattr(args, "id", None),
         )
     )
+
+
+def catalog_url(data: str | None, create: bool = False) -> str:
+    """The catalog ``serve --data DATA`` would use: ``CHUNKYARD_DB``, else
+    ``DATA/catalog.db``, made owner-only when ``create`` (as the gateway makes it)."""
+    from ..config import create_private
+    from ..repository import default_catalog
+
+    url = os.environ.get("CHUNKYARD_DB")
+    if url:
+        return url
+    data_dir = Path(data or os.environ.get("CHUNKYARD_DATA", "./chunkyard-data")).resolve()
+    if create:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_private(data_dir / "catalog.db")
+    return default_catalog(data_dir)
+
+
+def _upgrade_hint(args: argparse.Namespace) -> str:
+    if os.environ.get("CHUNKYARD_DB"):
+        return "chunkyard db upgrade (with the same CHUNKYARD_DB)"
+    data = Path(args.data or os.environ.get("CHUNKYARD_DATA", "./chunkyard-data")).resolve()
+    return f"chunkyard db upgrade --data {shlex.quote(str(data))}"
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    """Where the catalog's schema stands; reads only (a missing SQLite file stays
+    missing)."""
+    from ..repository import maintenance
+
+    with redacted_errors():
+        r = asyncio.run(maintenance.status(catalog_url(args.data)))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    state = {
+        "empty": "empty: no schema yet (`chunkyard serve` creates it on first start)",
+        "current": "current: at this chunkyard's head, nothing to do",
+        "behind": "behind: upgrade needed: stop the gateways that use it and run "
+        f"`{_upgrade_hint(args)}`",
+        "ahead": "ahead: a newer chunkyard upgraded it: upgrade chunkyard",
+        "foreign": "not a chunkyard catalog: it has tables but no schema revision",
+    }[r["state"]]
+    print(f"catalog   {r['catalog']}")
+    print(f"revision  {r['revision'] or '-'}")
+    print(f"head      {r['head']}")
+    print(f"state     {state}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Apply the migrations the catalog lacks. Gateways never do it themselves, since
+    gateways of older code may share the catalog: stop them first."""
+    os.umask(PRIVATE_UMASK)
+    from ..repository import maintenance
+
+    with redacted_errors():
+        r = asyncio.run(maintenance.upgrade(catalog_url(args.data, create=True)))
+    if args.json:
+        print(json.dumps(r))
+    elif not r["upgraded"]:
+        print(f"the catalog {r['catalog']} is at revision {r['to']}, this chunkyard's head")
+    elif r["from"] is None:
+        print(f"created the schema of the catalog {r['catalog']} at revision {r['to']}")
+    else:
+        print(f"upgraded the catalog {r['catalog']} from revision {r['from']} to {r['to']}")
+    return 0
+
+
+class _Lines:
+    """Copy progress without a terminal: notes on stderr, nothing else."""
+
+    def note(self, message: str) -> None:
+        print(f"chunkyard: {message}", file=sys.stderr)
+
+    def table(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, name: str, rows: int) -> None:
+        pass
+
+
+class _Bars(_Lines):
+    """Copy progress on a terminal: a bar per table, rows copied of its total."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console = Console(stderr=True)
+        self.bars = Progress(
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            console=self.console,
+            refresh_per_second=5,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def note(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+    def table(self, name: str, total: int) -> None:
+        self.tasks[name] = self.bars.add_task(name, total=total)
+
+    def advance(self, name: str, rows: int) -> None:
+        self.bars.advance(self.tasks[name], rows)
+
+
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    """Copy a whole catalog into another database, then check the copy."""
+    os.umask(PRIVATE_UMASK)
+    from ..repository import maintenance
+
+    progress: _Lines | None = None
+    if not args.json:
+        progress = _Bars() if sys.stderr.isatty() else _Lines()
+    with redacted_errors():
+        if isinstance(progress, _Bars):
+            with progress.bars:
+                r = asyncio.run(maintenance.copy(args.source, args.target, args.force, progress))
+        else:
+            r = asyncio.run(maintenance.copy(args.source, args.target, args.force, progress))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    for line in copy_summary(r):
+        print(line)
+    return 0
+
+
+def copy_summary(r: dict[str, Any]) -> list[str]:
+    """What ``db copy`` says when it is done, from its JSON summary."""
+    c = r["checked"]
+    width = max(len(t) for t in r["tables"])
+    lines = [f"copied {r['source']} -> {r['target']}: {r['rows']} rows"]
+    lines += [f"  {name:<{width}}  {n}" for name, n in r["tables"].items()]
+    if r["emptied"]:
+        lines.append(f"emptied first (--force): {sum(r['emptied'].values())} rows")
+    lines.append(
+        f"checked: row counts equal in all {len(r['tables'])} tables; "
+        f"{c['stored_versions']} stored versions ({c['files']} files): every file id and "
+        "version digest recomputed from the copied pack entries and manifests matches"
+    )
+    if c["reference_content"]:
+        lines.append(
+            f"  reference versions with a content digest: {c['reference_content']}, "
+            "recomputed from their files' recorded file ids (no chunks to rebuild them from)"
+        )
+    if c["reference_pins"] or c["format2_versions"]:
+        lines.append(
+            f"  not recomputable: reference versions with a pin digest: {c['reference_pins']}, "
+            f"stored versions of format 2 (uploaders' digests): {c['format2_versions']}; "
+            "their file counts were checked and manifests parsed"
+        )
+    if r["sequences"]:
+        nxt = ", ".join(f"{k} {v}" for k, v in r["sequences"].items())
+        lines.append(f"next ids set on the target: {nxt}")
+    lines.append(
+        "the packs were not copied: serve the new catalog with the same CHUNKYARD_STORE, "
+        "or copy the store's objects to the new store too"
+    )
+    return lines
 
 
 def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
