@@ -3,12 +3,17 @@ named queries, one migration chain, the same answers on both."""
 
 from __future__ import annotations
 
+import random
+import re
+import string
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+from sqlalchemy import event
 
 from chunkyard import packs as packfmt
 from chunkyard.catalog import Database
@@ -23,24 +28,37 @@ from chunkyard.digest import chunk_id
 from stores.conftest import require_env
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request, tmp_path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
+@asynccontextmanager
+async def new_database(
+    kind: str, tmp_path, migrate: bool = True, create: str = ""
+) -> AsyncIterator[Database]:
+    """An empty catalog of ``kind`` (a throwaway database on PostgreSQL, made with the
+    options ``create``), migrated to the head unless ``migrate`` is False."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
         drop = None
     else:
         base = require_env("postgres", "CHUNKYARD_TEST_POSTGRES_URL")["CHUNKYARD_TEST_POSTGRES_URL"]
         name = "c_" + uuid.uuid4().hex[:10]
-        subprocess.run(["psql", base, "-qc", f"create database {name}"], check=True)
+        subprocess.run(["psql", base, "-qc", f"create database {name} {create}"], check=True)
         url = base.rsplit("/", 1)[0] + "/" + name
         drop = (base, name)
     database = Database(url)
-    await database.migrate()
-    yield database
-    await database.close()
-    if drop is not None:
-        base, name = drop
-        subprocess.run(["psql", base, "-qc", f"drop database {name} with (force)"], check=False)
+    try:
+        if migrate:
+            await database.migrate()
+        yield database
+    finally:
+        await database.close()
+        if drop is not None:
+            base, name = drop
+            subprocess.run(["psql", base, "-qc", f"drop database {name} with (force)"], check=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request, tmp_path) -> AsyncIterator[Database]:
+    async with new_database(request.param, tmp_path) as database:
+        yield database
 
 
 def entries(n: int, seed: int = 0) -> list[tuple[bytes, bytes, int, int, int, int]]:
@@ -302,3 +320,236 @@ async def test_reference_objects_and_their_index(db):
     ]
     page = await db.read(refs_q.files_page, vid, 1, 10)
     assert [(f[0], f[1], f[3].id) for f in page] == [(1, "o", "o" * 64)]
+
+
+def _add(conn, name: str, tags: dict[str, str], now: float = 1.0) -> versions_q.VersionRow:
+    """A stored version of ``name`` with ``tags`` (what a commit writes, in short)."""
+    art = versions_q.ensure_artifact(conn, name, now)
+    v = versions_q.add_version(
+        conn, art, kind="stored", layout="file", digest="0" * 64, size=1, file_count=1,
+        created_at=now,
+    )  # fmt: skip
+    versions_q.insert_tags(conn, v.id, tags)
+    return v
+
+
+#: a tag value as long as a value may be, that does not compress: a B-tree index on
+#: whole values refuses it on PostgreSQL ("index row size exceeds maximum")
+LONG = "".join(random.Random(5).choices(string.ascii_letters + string.digits, k=4096))
+
+
+async def test_versions_by_tag(db):
+    x300, x299y, x200 = "x" * 300, "x" * 299 + "y", "x" * 200
+    for name, tags in [
+        ("team/a", {"branch": "main", "author": "alice"}),
+        ("team/a", {"branch": "dev", "author": "alice"}),
+        ("team/b", {"branch": "main", "author": "bob"}),
+        ("teamx/c", {"branch": "main", "author": "alice"}),
+        ("team/d", {"note": x300}),
+        ("team/d", {"note": x299y}),
+        ("team/d", {"note": x200, "long": LONG}),
+        ("team/d", {"note": "x" * 199}),
+    ]:
+        await db.write(_add, name, tags)
+
+    async def find(prefix, tags, after=None, limit=100) -> list[str]:
+        rows = await db.read(versions_q.tagged_versions, prefix, tags, after, limit)
+        return [f"{n}@{v.number}" for n, v in rows]
+
+    assert await find("", [("branch", "main")]) == ["team/a@1", "team/b@1", "teamx/c@1"]
+    assert await find("team/", [("branch", "main")]) == ["team/a@1", "team/b@1"]
+    assert await find("team", [("branch", "main")]) == ["team/a@1", "team/b@1", "teamx/c@1"]
+    assert await find("", [("branch", "main"), ("author", "alice")]) == ["team/a@1", "teamx/c@1"]
+    assert await find("team/", [("author", "alice"), ("branch", "main")]) == ["team/a@1"]
+    assert await find("", [("branch", "main"), ("branch", "dev")]) == []
+    assert await find("", [("branch", "nope")]) == []
+    # values past the indexed prefix: the whole value decides
+    assert await find("", [("note", x300)]) == ["team/d@1"]
+    assert await find("", [("note", x299y)]) == ["team/d@2"]
+    assert await find("", [("note", x200)]) == ["team/d@3"]
+    assert await find("", [("note", "x" * 199)]) == ["team/d@4"]
+    assert await find("", [("note", "x" * 201)]) == []
+    assert await find("", [("long", LONG)]) == ["team/d@3"]
+    assert await find("", [("long", LONG[:-1])]) == []
+    # paged by (name, number)
+    assert await find("", [("author", "alice")], None, 2) == ["team/a@1", "team/a@2"]
+    assert await find("", [("author", "alice")], ("team/a", 1), 2) == ["team/a@2", "teamx/c@1"]
+    assert await find("", [("author", "alice")], ("team/a", 2), 2) == ["teamx/c@1"]
+    assert await find("", [("author", "alice")], ("teamx/c", 1), 2) == []
+    # without tags: every version under the prefix
+    assert await find("team/", []) == ["team/a@1", "team/a@2", "team/b@1"] + [
+        f"team/d@{i}" for i in range(1, 5)
+    ]
+    assert await find("team/", [], ("team/b", 0), 3) == ["team/b@1", "team/d@1", "team/d@2"]
+
+
+async def test_alias_moves_and_their_history(db):
+    a1 = await db.write(_add, "team/a", {})
+    a2 = await db.write(_add, "team/a", {})
+    art = a1.artifact_id
+
+    def move(conn, alias: str, version_id: int | None, now: float, by: str | None):
+        versions_q.lock_artifact(conn, art)
+        if version_id is None:
+            return versions_q.remove_alias(conn, art, alias, now, by)
+        return versions_q.point_alias(conn, art, alias, version_id, now, by)
+
+    assert await db.write(move, "prod", a1.id, 10.0, "tok1") is None
+    assert await db.write(move, "prod", a2.id, 11.0, None) == 1
+    assert await db.write(move, "prod", a2.id, 11.5, "tok9") == 2  # where it is: no move
+    assert await db.write(move, "canary", a1.id, 12.0, "tok2") is None
+    assert await db.read(versions_q.list_aliases, art, "", 10) == [
+        versions_q.AliasRow("canary", 1, 12.0),
+        versions_q.AliasRow("prod", 2, 11.0),
+    ]
+    assert await db.read(versions_q.list_aliases, art, "canary", 10) == [
+        versions_q.AliasRow("prod", 2, 11.0)
+    ]
+    assert await db.read(versions_q.alias_row, art, "prod") == versions_q.AliasRow("prod", 2, 11.0)
+    assert await db.write(move, "prod", None, 13.0, "tok1") == 2
+    assert await db.write(move, "prod", None, 14.0, "tok1") is None  # gone: nothing recorded
+    assert await db.read(versions_q.alias_row, art, "prod") is None
+    assert await db.read(versions_q.find_version, art, "prod") is None
+    assert await db.write(move, "prod", a1.id, 15.0, "tok3") is None
+    history = await db.read(versions_q.alias_history, art, "prod", 0, 10)
+    assert [(m.version, m.previous, m.moved_at, m.moved_by) for m in history] == [
+        (1, None, 10.0, "tok1"),
+        (2, 1, 11.0, None),
+        (None, 2, 13.0, "tok1"),
+        (1, None, 15.0, "tok3"),
+    ]
+    page = await db.read(versions_q.alias_history, art, "prod", history[1].id, 1)
+    assert page == [history[2]]
+    assert [m.version for m in await db.read(versions_q.alias_history, art, "canary", 0, 9)] == [1]
+
+
+async def test_0005_records_existing_aliases_and_names_sort_bytewise(request, tmp_path):
+    """From a catalog at 0004 with an alias: the upgrade writes its history's first move;
+    on PostgreSQL artifact names take the "C" collation."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from chunkyard.catalog.db import MIGRATIONS
+
+    def upgrade(conn, to: str) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, to)
+
+    def seed(conn) -> None:
+        for sql in (
+            "INSERT INTO artifacts (name, created_at) VALUES ('team/a', 1)",
+            "INSERT INTO versions (artifact_id, number, kind, layout, digest, size, file_count,"
+            " created_at) VALUES (1, 1, 'stored', 'file', '', 0, 0, 1)",
+            "INSERT INTO aliases (artifact_id, name, version_id, updated_at) VALUES (1, 'prod',"
+            " 1, 5)",
+        ):
+            conn.execute(text(sql))
+
+    for kind in ("sqlite", "postgresql"):
+        async with new_database(kind, tmp_path / kind, migrate=False) as old:
+            (tmp_path / kind).mkdir(exist_ok=True)
+            await old.write(upgrade, "0004")
+            await old.write(seed)
+            await old.migrate()
+            history = await old.read(versions_q.alias_history, 1, "prod", 0, 10)
+            assert [(m.version, m.previous, m.moved_at, m.moved_by) for m in history] == [
+                (1, None, 5.0, None)
+            ]
+            if kind == "postgresql":
+                collation = await old.read(
+                    lambda conn: conn.execute(
+                        text(
+                            "SELECT collation_name FROM information_schema.columns"
+                            " WHERE table_name = 'artifacts' AND column_name = 'name'"
+                        )
+                    ).scalar()
+                )
+                assert collation == "C"
+
+
+async def test_a_prefix_is_a_prefix_on_a_database_with_a_locale(tmp_path):
+    """Under ICU's English collation ``'team/x' >= 'Team/'`` and ``< 'Team0'``: names
+    compare bytewise (migration 0005), so a prefix lists what starts with it, and the
+    order is SQLite's."""
+    icu = "template template0 encoding 'UTF8' locale_provider icu icu_locale 'en' locale 'C'"
+    async with new_database("postgresql", tmp_path, create=icu) as db:
+        names = ["Team/a", "team/x", "Teamb", "team-y", "Team/B"]
+        for name in names:
+            await db.write(_add, name, {"k": "v"})
+        listed = await db.read(versions_q.list_artifacts, "Team/", "", 10)
+        assert [n for n, _, _ in listed] == ["Team/B", "Team/a"]
+        everything = await db.read(versions_q.list_artifacts, "", "", 10)
+        assert [n for n, _, _ in everything] == sorted(names)
+        tagged = await db.read(versions_q.tagged_versions, "Team/", [("k", "v")], None, 10)
+        assert [n for n, _ in tagged] == ["Team/B", "Team/a"]
+
+
+def _plans(conn, fn, *args) -> list[str]:
+    """The query plan of every statement ``fn(conn, *args)`` runs. On PostgreSQL with
+    sequential scans off: a table it still scans whole has no index the query can use
+    (on tables this small the planner would otherwise rightly prefer a scan)."""
+    seen: list[tuple[str, object]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        seen.append((statement, parameters))
+
+    pg = conn.dialect.name == "postgresql"
+    if pg:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    event.listen(conn, "before_cursor_execute", record)
+    try:
+        fn(conn, *args)
+    finally:
+        event.remove(conn, "before_cursor_execute", record)
+    out = []
+    for statement, parameters in seen:
+        rows = conn.exec_driver_sql(("EXPLAIN " if pg else "EXPLAIN QUERY PLAN ") + statement,
+                                    parameters).all()  # fmt: skip
+        out.append("\n".join(str(r[0] if pg else r[3]) for r in rows))
+    return out
+
+
+async def test_listings_use_indexes(db):
+    """Artifacts by prefix, versions by tags (and without), aliases and their history:
+    each statement reads indexes only, no table from end to end."""
+    for i in range(30):
+        v = await db.write(_add, f"team/m{i:02}", {"branch": "main" if i % 2 else "dev"})
+    art = v.artifact_id
+
+    def alias_moves(conn) -> None:
+        versions_q.lock_artifact(conn, art)
+        versions_q.point_alias(conn, art, "prod", v.id, 1.0, None)
+
+    await db.write(alias_moves)
+    calls = {
+        "list_artifacts": (versions_q.list_artifacts, "team/", "team/m03", 7),
+        "tagged_one": (versions_q.tagged_versions, "team/", [("branch", "main")], None, 7),
+        "tagged_two": (
+            versions_q.tagged_versions,
+            "team/",
+            [("branch", "main"), ("x", "y" * 300)],
+            ("team/m05", 1),
+            7,
+        ),
+        "untagged": (versions_q.tagged_versions, "team/", [], ("team/m05", 1), 7),
+        "aliases": (versions_q.list_aliases, art, "", 7),
+        "history": (versions_q.alias_history, art, "prod", 0, 7),
+    }
+    for what, (fn, *args) in calls.items():
+        plans = await db.read(_plans, fn, *args)
+        print(what, *plans, sep="\n")
+        assert plans, what
+        for plan in plans:
+            if db.dialect == "postgresql":
+                assert "Seq Scan" not in plan, (what, plan)
+            else:
+                assert not re.search(r"\bSCAN (?!CONSTANT)", plan), (what, plan)
+                assert re.search(r"USING (COVERING )?INDEX|USING INTEGER PRIMARY KEY", plan), (
+                    what,
+                    plan,
+                )
+        if what.startswith("tagged_"):
+            assert "ix_tags_key_value" in plans[0], plans[0]

@@ -120,7 +120,7 @@ def seeded(fuzzed: RunningGateway, source: Source, tmp_path_factory) -> dict[str
     uri = source.put("/files/ref.bin", random_bytes(50_000, seed=8))
     auth = {"authorization": f"Bearer {fuzzed.token}"}
     with Client(fuzzed.url, token=fuzzed.token) as c:
-        c.push(f, "team/model")
+        c.push(f, "team/model", tags={"branch": "main"})
         c.ref("team/ref", uri)
     with httpx.Client(base_url=fuzzed.url, headers=auth) as api:
         # a session for each operation on sessions (a commit closes its session)
@@ -161,6 +161,9 @@ def with_examples(doc: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]
         "name": ["team/model", "team/ref"],
         "ref": ["1", "latest"],
         "index": [0],
+        "alias": ["prod"],
+        "tag": [["branch=main"]],
+        "prefix": ["team/"],
     }
     bodies = {
         "/v1/references": {"name": "team/ref", "uri": seeded["uri"], "tags": {"k": "v"}},
@@ -184,7 +187,7 @@ def with_examples(doc: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]
                         f"seeded{i}": {"value": v} for i, v in enumerate(values[p["name"]])
                     }
             content = op.get("requestBody", {}).get("content", {})
-            if path in bodies:
+            if path in bodies and "application/json" in content:  # not its GET or DELETE
                 content["application/json"]["examples"] = {"seeded": {"value": bodies[path]}}
             binary = {"/v1/blobs/{key}": PART, "/v1/sessions/{sid}/missing": b"0" * 32}
             if path in binary and "application/octet-stream" in content:

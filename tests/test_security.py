@@ -66,6 +66,9 @@ def test_no_token_or_a_wrong_one_is_401_and_changes_nothing(secured):
                 ("GET", "/v1/artifacts", None),
                 ("GET", "/v1/stats", None),
                 ("PUT", "/v1/artifacts/team-a/x/-/aliases/prod", {"version": 1}),
+                ("DELETE", "/v1/artifacts/team-a/x/-/aliases/prod", None),
+                ("GET", "/v1/artifacts/team-a/x/-/aliases/prod/history", None),
+                ("GET", "/v1/versions", None),
                 ("POST", "/v1/references", {"name": "a/b", "uri": "s3://b/k"}),
                 ("POST", "/v1/tokens", {"scopes": ["admin"]}),
             ):
@@ -103,10 +106,13 @@ def test_scopes_decide_who_reads_and_writes_what(secured, tmp_path):
         with pytest.raises(Forbidden):
             c.set_alias("team-a/vision/model", "prod", 1)
         with pytest.raises(Forbidden):
+            c.remove_alias("team-a/vision/model", "prod")
+        with pytest.raises(Forbidden):
             c.tag("team-a/vision/model@1", {"k": "v"})
         assert secured.snapshot() == before
     with Client(secured.url, token=outsider) as c:
         assert c.ls("") == []  # it sees only what it may read
+        assert c.find_versions("") == {"versions": [], "next": None}
         with pytest.raises(Forbidden):
             c.show("team-a/vision/model")
         with pytest.raises(Forbidden):

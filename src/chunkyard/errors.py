@@ -12,6 +12,7 @@
     ├── NotFound                   404  not_found
     │   ├── ArtifactNotFound       404  artifact_not_found
     │   ├── VersionNotFound        404  version_not_found
+    │   ├── AliasNotFound          404  alias_not_found
     │   ├── SessionNotFound        404  session_not_found
     │   ├── PackNotFound           404  pack_not_found
     │   └── SourceNotFound         404  source_not_found
@@ -115,6 +116,13 @@ class ArtifactNotFound(NotFound):
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    """No such alias (to remove or show); resolving ``name:alias`` stays
+    ``version_not_found``, as for any version reference."""
+
+    code = "alias_not_found"
 
 
 class SessionNotFound(NotFound):

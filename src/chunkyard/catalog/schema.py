@@ -12,6 +12,8 @@ Facts and who writes them:
   without touching the store.
 - ``chunks``: the dedup index per dedup domain, chunk key → one verified location.
 - ``artifacts`` / ``versions`` / ``version_files`` / ``tags`` / ``aliases``: names.
+  ``alias_moves``: every move of an alias (and removal: ``version_id`` NULL), written
+  in the transaction that moves it, so ``alias history`` is complete.
 - ``sessions``: pushes in progress (who, which artifact, the proof key), so a push can
   resume.
 - ``tokens``: bearer tokens, by the hash of the secret only; ``catalog_settings``:
@@ -44,9 +46,17 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
+    literal_column,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
+
+#: characters of a tag value the ``ix_tags_key_value`` index holds: a B-tree entry on
+#: PostgreSQL is at most 2,704 bytes and a value may be 4,096 characters, so the index
+#: is on this prefix (a value shorter than it is matched by the index alone)
+TAG_INDEXED = 200
 
 packs = Table(
     "packs",
@@ -106,7 +116,14 @@ artifacts = Table(
     "artifacts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(256), nullable=False, unique=True),
+    # byte order on PostgreSQL too (as on SQLite): a prefix is then one range of the
+    # name index, and listings sort the same on both (a locale's collation would not)
+    Column(
+        "name",
+        String(256).with_variant(String(256, collation="C"), "postgresql"),
+        nullable=False,
+        unique=True,
+    ),
     Column("created_at", Float, nullable=False),
 )
 
@@ -154,6 +171,16 @@ tags = Table(
     Column("value", Text, nullable=False),
 )
 
+
+def tag_value_prefix(value: ColumnElement[str]) -> ColumnElement[str]:
+    """The indexed prefix of a tag value, written with literal bounds: SQLite uses an
+    index on an expression only for the very same expression (bound parameters are not)."""
+    return func.substr(value, literal_column("1"), literal_column(str(TAG_INDEXED)))
+
+
+#: versions by tag: ``ls --tag KEY=VALUE`` starts from here (see TAG_INDEXED)
+Index("ix_tags_key_value", tags.c.key, tag_value_prefix(tags.c.value), tags.c.version_id)
+
 aliases = Table(
     "aliases",
     metadata,
@@ -161,6 +188,19 @@ aliases = Table(
     Column("name", String(64), primary_key=True),
     Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+alias_moves = Table(
+    "alias_moves",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),  # None: removed
+    Column("previous", Integer, nullable=True),  # the version number before; None: none
+    Column("moved_at", Float, nullable=False),
+    Column("moved_by", String(16), nullable=True),  # the token id (None: no auth)
+    Index("ix_alias_moves_alias", "artifact_id", "alias", "id"),
 )
 
 sessions = Table(

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from ..version import FORMAT_VERSION
 from .db import batched, insert_ignoring_duplicates
-from .schema import aliases, artifacts, tags, version_files, versions
+from .schema import (
+    TAG_INDEXED,
+    alias_moves,
+    aliases,
+    artifacts,
+    tag_value_prefix,
+    tags,
+    version_files,
+    versions,
+)
 
 #: a version reference: a number, an alias, or None for the latest
 Ref = int | str | None
@@ -73,12 +82,8 @@ def list_artifacts(
     """(name, latest version, number of versions) of up to ``limit`` artifacts whose
     name starts with ``prefix`` and sorts after ``after``, by name. A range over the
     name index, then one grouped query over just that page's versions."""
-    q = select(artifacts.c.id, artifacts.c.name).order_by(artifacts.c.name).limit(limit)
-    if prefix:
-        q = q.where(artifacts.c.name >= prefix)
-        upper = _successor(prefix)
-        if upper is not None:
-            q = q.where(artifacts.c.name < upper)
+    q = _name_range(select(artifacts.c.id, artifacts.c.name), prefix)
+    q = q.order_by(artifacts.c.name).limit(limit)
     if after:
         q = q.where(artifacts.c.name > after)
     page = conn.execute(q).all()
@@ -93,6 +98,17 @@ def list_artifacts(
         )
     }
     return [(name, *counts[aid]) for aid, name in page if aid in counts]
+
+
+def _name_range(q: Any, prefix: str) -> Any:
+    """``q`` limited to artifact names that start with ``prefix``: one range of the
+    name index (names compare bytewise on both databases, see ``schema.artifacts``)."""
+    if prefix:
+        q = q.where(artifacts.c.name >= prefix)
+        upper = _successor(prefix)
+        if upper is not None:
+            q = q.where(artifacts.c.name < upper)
+    return q
 
 
 def _successor(prefix: str) -> str | None:
@@ -148,6 +164,50 @@ def list_versions(conn: Connection, art_id: int, after: int, limit: int) -> list
         .limit(limit)
     )
     return [VersionRow(*r) for r in rows]
+
+
+def tagged_versions(
+    conn: Connection,
+    prefix: str,
+    tagged: Sequence[tuple[str, str]],
+    after: tuple[str, int] | None,
+    limit: int,
+) -> list[tuple[str, VersionRow]]:
+    """(name, version) of up to ``limit`` versions that carry every ``(key, value)`` of
+    ``tagged``, of artifacts whose name starts with ``prefix``, after ``after`` in
+    (name, number) order.
+
+    From the tag side: the first tag's versions come from ``ix_tags_key_value``, each
+    further tag is a look-up of the tags key (version, key), then the version and its
+    artifact by id; only the matches are sorted. Without tags: the artifacts of the name
+    range in index order, and their versions from the (artifact, number) index."""
+    q = select(artifacts.c.name, *_VERSION)
+    if tagged:
+        first = None
+        for i, (key, value) in enumerate(tagged):
+            t = tags.alias(f"t{i}")
+            match = and_(t.c.key == key, tag_value_prefix(t.c.value) == value[:TAG_INDEXED])
+            if len(value) >= TAG_INDEXED:  # the index holds a prefix: compare the rest too
+                match = and_(match, t.c.value == value)
+            if first is None:
+                first = t
+                q = q.select_from(t).where(match)
+            else:
+                q = q.join(t, and_(t.c.version_id == first.c.version_id, match))
+        assert first is not None
+        q = q.join(versions, versions.c.id == first.c.version_id)
+        q = q.join(artifacts, artifacts.c.id == versions.c.artifact_id)
+    else:
+        q = q.select_from(artifacts).join(versions, versions.c.artifact_id == artifacts.c.id)
+    q = _name_range(q, prefix)
+    if after is not None:  # name >= on its own too: where the name index's range starts
+        name, number = after
+        q = q.where(
+            artifacts.c.name >= name,
+            or_(artifacts.c.name > name, versions.c.number > number),
+        )
+    rows = conn.execute(q.order_by(artifacts.c.name, versions.c.number).limit(limit))
+    return [(r[0], VersionRow(*r[1:])) for r in rows]
 
 
 def totals(conn: Connection) -> dict[str, int]:
@@ -262,16 +322,126 @@ def alias_target(conn: Connection, art_id: int, alias: str) -> int | None:
     ).scalar()
 
 
-def point_alias(conn: Connection, art_id: int, alias: str, version_id: int, now: float) -> None:
-    """Create or move an alias (call with the artifact locked)."""
-    moved = conn.execute(
-        aliases.update()
+class AliasRow(NamedTuple):
+    alias: str
+    version: int  # the number of the version it points at
+    updated_at: float
+
+
+class AliasMove(NamedTuple):
+    id: int
+    version: int | None  # the version number it points at since; None: removed
+    previous: int | None  # the version number it pointed at before; None: none
+    moved_at: float
+    moved_by: str | None  # the token id (None: a gateway without auth)
+
+
+_ALIAS_ROW = select(aliases.c.name, versions.c.number, aliases.c.updated_at).join(
+    versions, versions.c.id == aliases.c.version_id
+)
+
+
+def list_aliases(conn: Connection, art_id: int, after: str, limit: int) -> list[AliasRow]:
+    """An artifact's aliases after ``after``, by name, and where they point."""
+    rows = conn.execute(
+        _ALIAS_ROW.where(aliases.c.artifact_id == art_id, aliases.c.name > after)
+        .order_by(aliases.c.name)
+        .limit(limit)
+    )
+    return [AliasRow(*r) for r in rows]
+
+
+def alias_row(conn: Connection, art_id: int, alias: str) -> AliasRow | None:
+    row = conn.execute(
+        _ALIAS_ROW.where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
+    ).first()
+    return None if row is None else AliasRow(*row)
+
+
+def point_alias(
+    conn: Connection, art_id: int, alias: str, version_id: int, now: float, by: str | None = None
+) -> int | None:
+    """Create or move an alias, and record the move; the version number it pointed at
+    before (None: it did not exist). Pointing it where it points already changes and
+    records nothing. Call with the artifact locked (:func:`lock_artifact`)."""
+    current = conn.execute(
+        select(aliases.c.version_id, versions.c.number)
+        .join(versions, versions.c.id == aliases.c.version_id)
         .where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
-        .values(version_id=version_id, updated_at=now)
-    ).rowcount
-    if not moved:
+    ).first()
+    if current is None:
         conn.execute(
             aliases.insert().values(
                 artifact_id=art_id, name=alias, version_id=version_id, updated_at=now
             )
         )
+    elif current.version_id != version_id:
+        conn.execute(
+            aliases.update()
+            .where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
+            .values(version_id=version_id, updated_at=now)
+        )
+    else:
+        return current.number
+    previous = None if current is None else current.number
+    _record_move(conn, art_id, alias, version_id, previous, now, by)
+    return previous
+
+
+def remove_alias(
+    conn: Connection, art_id: int, alias: str, now: float, by: str | None = None
+) -> int | None:
+    """Remove an alias and record it; the version number it pointed at (None: there was
+    no such alias, and nothing changed). Call with the artifact locked."""
+    previous = alias_target(conn, art_id, alias)
+    if previous is not None:
+        conn.execute(
+            aliases.delete().where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
+        )
+        _record_move(conn, art_id, alias, None, previous, now, by)
+    return previous
+
+
+def _record_move(
+    conn: Connection,
+    art_id: int,
+    alias: str,
+    version_id: int | None,
+    previous: int | None,
+    now: float,
+    by: str | None,
+) -> None:
+    conn.execute(
+        alias_moves.insert().values(
+            artifact_id=art_id,
+            alias=alias,
+            version_id=version_id,
+            previous=previous,
+            moved_at=now,
+            moved_by=by,
+        )
+    )
+
+
+def alias_history(
+    conn: Connection, art_id: int, alias: str, after: int, limit: int
+) -> list[AliasMove]:
+    """The moves of an alias after move ``after`` (a move's id), oldest first."""
+    rows = conn.execute(
+        select(
+            alias_moves.c.id,
+            versions.c.number,
+            alias_moves.c.previous,
+            alias_moves.c.moved_at,
+            alias_moves.c.moved_by,
+        )
+        .outerjoin(versions, versions.c.id == alias_moves.c.version_id)
+        .where(
+            alias_moves.c.artifact_id == art_id,
+            alias_moves.c.alias == alias,
+            alias_moves.c.id > after,
+        )
+        .order_by(alias_moves.c.id)
+        .limit(limit)
+    )
+    return [AliasMove(*r) for r in rows]

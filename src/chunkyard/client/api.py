@@ -115,14 +115,34 @@ class Client:
         return out
 
     def ls(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Every artifact whose name starts with ``prefix`` (that the token may read)."""
         out, cursor = [], ""
         while cursor is not None:
-            page = self.transport.call(
-                "GET", "/v1/artifacts", params={"prefix": prefix, "cursor": cursor}
-            )
+            page = self.ls_page(prefix, cursor)
             out += page["artifacts"]
             cursor = page["next"]
         return out
+
+    def ls_page(self, prefix: str = "", cursor: str = "", limit: int = 100) -> dict[str, Any]:
+        """One page of artifacts by name: ``{"artifacts": [{"name", "latest",
+        "versions"}], "next"}``; ``next`` (None on the last page) is the next cursor."""
+        return self.transport.call(
+            "GET", "/v1/artifacts", params={"prefix": prefix, "cursor": cursor, "limit": limit}
+        )
+
+    def find_versions(
+        self,
+        prefix: str = "",
+        tags: dict[str, str] | None = None,
+        cursor: str = "",
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of the versions that carry every tag of ``tags``, of artifacts whose
+        name starts with ``prefix``, by name and version: ``{"versions": [summary...],
+        "next"}``; ``next`` (None on the last page) is the next cursor."""
+        params: dict[str, Any] = {"prefix": prefix, "cursor": cursor, "limit": limit}
+        params["tag"] = [f"{k}={v}" for k, v in check_tags(tags).items()]
+        return self.transport.call("GET", "/v1/versions", params=params)
 
     def set_alias(
         self, name: str, alias: str, version: int, expect: int | None = None
@@ -133,6 +153,44 @@ class Client:
         if expect is not None:
             body["expect"] = expect
         return self.transport.call("PUT", f"/v1/artifacts/{name}/-/aliases/{alias}", json=body)
+
+    def remove_alias(self, name: str, alias: str, expect: int | None = None) -> dict[str, Any]:
+        """Remove an alias (with ``expect``: only if it points at that version now)."""
+        check_name(name)
+        check_alias(alias)
+        params = {} if expect is None else {"expect": expect}
+        return self.transport.call(
+            "DELETE", f"/v1/artifacts/{name}/-/aliases/{alias}", params=params
+        )
+
+    def aliases(self, name: str) -> list[dict[str, Any]]:
+        """An artifact's aliases: ``[{"alias", "version", "updated_at"}]``, by alias."""
+        check_name(name)
+        out, cursor = [], ""
+        while cursor is not None:
+            page = self.transport.call(
+                "GET", f"/v1/artifacts/{name}/-/aliases", params={"cursor": cursor}
+            )
+            out += page["aliases"]
+            cursor = page["next"]
+        return out
+
+    def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
+        """Every move of an alias, oldest first: ``[{"id", "version", "previous",
+        "moved_at", "moved_by"}]`` (``version`` None: removed; ``previous`` None: it
+        did not exist; ``moved_by``: the token id)."""
+        check_name(name)
+        check_alias(alias)
+        out, cursor = [], 0
+        while cursor is not None:
+            page = self.transport.call(
+                "GET",
+                f"/v1/artifacts/{name}/-/aliases/{alias}/history",
+                params={"cursor": cursor},
+            )
+            out += page["moves"]
+            cursor = page["next"]
+        return out
 
     def tag(self, ref: str, tags: dict[str, str]) -> dict[str, Any]:
         name, version = parse_ref(ref)

@@ -104,11 +104,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if r["ok"] else 5
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    """One page, sorted; with ``--tag``, versions instead of artifacts. The last line
+    is ``next: CURSOR`` when there is more (``--cursor CURSOR`` goes on from there)."""
+    tags = _tags(args.tag)
     with _client(args) as c:
-        items = c.ls(args.prefix or "")
-    lines = [f"{a['name']}  latest={a['latest']}  versions={a['versions']}" for a in items]
-    _print(args, items, "\n".join(lines) if lines else "(no artifacts)")
+        if tags:
+            page = c.find_versions(args.prefix or "", tags, args.cursor or "", args.limit)
+            lines = [
+                f"{v['name']}@{v['version']}  {_when(v['created_at'])}  "
+                f"{_human_size(v['size'])}  "
+                + " ".join(f"{k}={val}" for k, val in sorted(v["tags"].items()))
+                for v in page["versions"]
+            ]
+            empty = "(no versions)"
+        else:
+            page = c.ls_page(args.prefix or "", args.cursor or "", args.limit)
+            lines = [
+                f"{a['name']}  latest={a['latest']}  versions={a['versions']}"
+                for a in page["artifacts"]
+            ]
+            empty = "(no artifacts)"
+    if page["next"] is not None:
+        lines.append(f"next: {page['next']}")
+    _print(args, page, "\n".join(lines) if lines else empty)
     return 0
 
 
@@ -143,10 +166,36 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
+    """``alias set|rm|ls|history``. A compare-and-set that loses (``--expect``) exits 4
+    with the gateway's message, which names where the alias points now."""
     with _client(args) as c:
-        r = c.set_alias(args.name, args.alias, args.version, args.expect)
-    _print(args, r, f"{r['name']}:{r['alias']} → {r['version']} (was {r['previous']})")
+        if args.alias_command == "set":
+            r = c.set_alias(args.name, args.alias, args.version, args.expect)
+            was = r["previous"] if r["previous"] is not None else "none"
+            human = f"{r['name']}:{r['alias']} → {r['version']} (was {was})"
+        elif args.alias_command == "rm":
+            r = c.remove_alias(args.name, args.alias, args.expect)
+            human = f"{r['name']}:{r['alias']} removed (was {r['previous']})"
+        elif args.alias_command == "ls":
+            r = {"name": args.name, "aliases": c.aliases(args.name)}
+            human = "\n".join(
+                f"{a['alias']}  → {a['version']}  since {_when(a['updated_at'])}"
+                for a in r["aliases"]
+            )
+            human = human or "(no aliases)"
+        else:
+            r = {"name": args.name, "alias": args.alias}
+            r["moves"] = c.alias_history(args.name, args.alias)
+            human = "\n".join(_move_line(m) for m in r["moves"]) or "(never set)"
+    _print(args, r, human)
     return 0
+
+
+def _move_line(m: dict[str, Any]) -> str:
+    before = "(none)" if m["previous"] is None else str(m["previous"])
+    after = "(removed)" if m["version"] is None else str(m["version"])
+    by = m["moved_by"] or "(no auth)"
+    return f"{_when(m['moved_at'])}  {before} → {after}  by {by}"
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -225,7 +274,13 @@ def add_commands(
     s = cmd("push", cmd_push, "push a file or directory as a new version")
     s.add_argument("path")
     s.add_argument("name")
-    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    s.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="tag the version, repeatable; any key, e.g. author=alice, branch=main, "
+        "purpose=ab-test (then: chunkyard ls PREFIX --tag branch=main)",
+    )
     s = cmd("pull", cmd_pull, "pull NAME[@VERSION|:ALIAS] to DEST")
     s.add_argument("ref")
     s.add_argument("dest")
@@ -241,8 +296,16 @@ def add_commands(
     s.add_argument("--tag", action="append", metavar="KEY=VALUE")
     s = cmd("verify", cmd_verify, "check NAME[@VERSION|:ALIAS] against its sources")
     s.add_argument("ref")
-    s = cmd("ls", cmd_ls, "list artifacts")
+    s = cmd("ls", cmd_ls, "list artifacts by name prefix, or with --tag the versions")
     s.add_argument("prefix", nargs="?")
+    s.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="list the versions that carry this tag; repeatable: all must match",
+    )
+    s.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    s.add_argument("--cursor", help="go on from a page's 'next:'")
     s = cmd("show", cmd_show, "show NAME[@VERSION|:ALIAS]")
     s.add_argument("ref")
     s = cmd("tag", cmd_tag, "add write-once tags to a version")
@@ -250,15 +313,25 @@ def add_commands(
     s.add_argument("--tag", action="append", metavar="KEY=VALUE", required=True)
     a = sub.add_parser("alias", help="manage aliases")
     asub = a.add_subparsers(dest="alias_command", required=True)
-    s = asub.add_parser("set", help="point NAME:ALIAS at VERSION")
-    s.set_defaults(fn=cmd_alias)
-    s.add_argument("--json", action="store_true")
-    s.add_argument("name")
-    s.add_argument("alias")
+
+    def alias_cmd(name: str, help: str, with_alias: bool = True) -> argparse.ArgumentParser:
+        sp = asub.add_parser(name, help=help)
+        sp.set_defaults(fn=cmd_alias)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.add_argument("name")
+        if with_alias:
+            sp.add_argument("alias")
+        return sp
+
+    s = alias_cmd("set", "point NAME:ALIAS at VERSION")
     s.add_argument("version", type=int)
     s.add_argument(
         "--expect",
         type=int,
         help="only if the alias points at this version now (0: only if it does not exist)",
     )
+    s = alias_cmd("rm", "remove NAME:ALIAS (its history stays)")
+    s.add_argument("--expect", type=int, help="only if the alias points at this version now")
+    alias_cmd("ls", "list NAME's aliases and where they point", with_alias=False)
+    alias_cmd("history", "every move of NAME:ALIAS: when, from and to which version, by whom")
     cmd("stats", cmd_stats, "storage statistics")

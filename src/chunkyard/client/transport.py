@@ -370,10 +370,11 @@ class Transport:
         read: Callable[[urllib3.BaseHTTPResponse], T] | None = None,
     ) -> Any:
         """One gateway request; its JSON answer, or the typed error the gateway named.
+        ``params`` go in the query, a list value as its parameter repeated (``tag=a&tag=b``).
         With ``read``, a successful answer is handed over unbuffered (a stream of
         progress lines) and ``read``'s result returned; a connection lost while it
         reads is retried like any other (the gateway's streaming calls are idempotent)."""
-        url = self.url + path + (f"?{urlencode(params)}" if params else "")
+        url = self.url + path + (f"?{urlencode(params, doseq=True)}" if params else "")
         if json is not None:
             body, sent = jsonlib.dumps(json).encode(), {"content-type": "application/json"}
         elif content is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -11,7 +12,14 @@ from ..catalog import packs as packs_q
 from ..catalog import references as refs_q
 from ..catalog import versions as q
 from ..catalog.versions import Ref, VersionRow
-from ..errors import AliasConflict, ArtifactNotFound, TagConflict, VersionNotFound
+from ..errors import (
+    AliasConflict,
+    AliasNotFound,
+    ArtifactNotFound,
+    InvalidRequest,
+    TagConflict,
+    VersionNotFound,
+)
 from ..names import check_alias, check_name, check_tags
 from . import Repository
 from .access import Principal
@@ -47,14 +55,18 @@ def apply_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
     q.insert_tags(conn, version_id, {k: v for k, v in new.items() if k not in have})
 
 
-def summaries(conn: Connection, name: str, rows: list[VersionRow]) -> list[dict[str, Any]]:
-    """What the API says about versions (without their files)."""
+def summaries(
+    conn: Connection, name: str | Sequence[str], rows: list[VersionRow]
+) -> list[dict[str, Any]]:
+    """What the API says about versions (without their files): of one artifact
+    ``name``, or each of the artifact named at the same place in ``name``."""
     ids = [v.id for v in rows]
     tags, aliases = q.tags_of(conn, ids), q.aliases_of(conn, ids)
+    names = [name] * len(rows) if isinstance(name, str) else name
     out = []
-    for v in rows:
+    for n, v in zip(names, rows, strict=True):
         s: dict[str, Any] = {
-            "name": name,
+            "name": n,
             "version": v.number,
             "kind": v.kind,
             "layout": v.layout,
@@ -157,6 +169,77 @@ async def list_versions(
     return await repo.db.read(tx)
 
 
+#: rows a listing across artifacts reads per query at least
+SCAN_BATCH = 200
+#: cursor of a listing of versions across artifacts: ``NAME@NUMBER``, the last one given
+VERSION_CURSOR_SEP = "@"
+
+
+def _version_cursor(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    name, sep, number = text.rpartition(VERSION_CURSOR_SEP)
+    if not sep or not (number.isascii() and number.isdigit()) or len(number) > 18:
+        raise InvalidRequest(f"invalid cursor {text[:300]!r}: NAME@VERSION, as a page's next")
+    return check_name(name), int(number)
+
+
+async def find_versions(
+    repo: Repository,
+    who: Principal,
+    prefix: str = "",
+    tags: Sequence[tuple[str, str]] = (),
+    cursor: str = "",
+    limit: int = 100,
+) -> dict[str, Any]:
+    """Versions that carry every tag of ``tags`` (none: all versions), of artifacts whose
+    name starts with ``prefix`` and that ``who`` may read, by name and number, paged by
+    a cursor ``NAME@NUMBER`` (the last version looked at). Like :func:`list_artifacts`,
+    a page looks at ``MAX_SCAN`` versions at most, so one may come back short."""
+    for key, value in tags:
+        check_tags({key: value})
+    tags = list(dict.fromkeys(tags))  # the same pair twice is one condition
+    limit = max(1, min(limit, MAX_PAGE))
+    after = _version_cursor(cursor)
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        rows: list[tuple[str, VersionRow]] = []
+        scanned, at, more = 0, after, True
+        while len(rows) < limit and scanned < MAX_SCAN and more:
+            # at least SCAN_BATCH at a time: a token that may read little of the prefix
+            # then costs a few queries, not one per page of versions it may not see
+            n = min(max(limit - len(rows), SCAN_BATCH), MAX_SCAN - scanned)
+            page = q.tagged_versions(conn, prefix, tags, at, n + 1)
+            looked = 0
+            for art, v in page[:n]:
+                looked += 1
+                at = (art, v.number)
+                if who.can("read", art):
+                    rows.append((art, v))
+                    if len(rows) == limit:
+                        break
+            scanned += looked
+            more = len(page) > looked
+        items = summaries(conn, [art for art, _ in rows], [v for _, v in rows])
+        return {"versions": items, "next": f"{at[0]}@{at[1]}" if more and at else None}
+
+    return await repo.db.read(tx)
+
+
+def _alias_conflict(name: str, alias: str, current: int | None, expect: int) -> AliasConflict:
+    """A failed compare-and-set, naming where the alias points now (so the loser of a
+    race knows what it lost to)."""
+    now = f"points at version {current}" if current else "does not exist"
+    wanted = "not to exist" if expect == 0 else f"to point at version {expect}"
+    return AliasConflict(
+        f"alias {alias!r} of {name!r} {now} (expected it {wanted})",
+        name=name,
+        alias=alias,
+        current=current,
+        expected=expect,
+    )
+
+
 async def set_alias(
     repo: Repository,
     who: Principal,
@@ -166,7 +249,10 @@ async def set_alias(
     expect: int | None = None,
 ) -> dict[str, Any]:
     """Point ``alias`` at version ``number``; with ``expect``, only if it points there now
-    (compare-and-set; ``expect=0`` means the alias must not exist yet)."""
+    (compare-and-set; ``expect=0`` means the alias must not exist yet). The artifact's
+    row is locked before the alias is read, so two moves of one artifact's aliases run
+    one after the other (PostgreSQL; SQLite has one writer): the second sees the first.
+    The move is recorded in the alias's history in the same transaction."""
     check_alias(alias)
     who.require("write", name)
 
@@ -175,13 +261,88 @@ async def set_alias(
         q.lock_artifact(conn, v.artifact_id)
         current = q.alias_target(conn, v.artifact_id, alias)
         if expect is not None and (current or 0) != expect:
-            raise AliasConflict(
-                f"alias {alias!r} does not point at version {expect}", current=current
-            )
-        q.point_alias(conn, v.artifact_id, alias, v.id, time.time())
+            raise _alias_conflict(name, alias, current, expect)
+        q.point_alias(conn, v.artifact_id, alias, v.id, time.time(), who.token_id)
         return {"name": name, "alias": alias, "version": number, "previous": current}
 
     return await repo.db.write(tx)
+
+
+async def remove_alias(
+    repo: Repository, who: Principal, name: str, alias: str, expect: int | None = None
+) -> dict[str, Any]:
+    """Remove ``alias``; with ``expect``, only if it points at that version now. The
+    removal stays in the alias's history."""
+    check_alias(alias)
+    who.require("write", name)
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        art_id = find_artifact(conn, name)
+        q.lock_artifact(conn, art_id)
+        current = q.alias_target(conn, art_id, alias)
+        if current is None:
+            raise AliasNotFound(f"artifact {name!r} has no alias {alias!r}", name=name, alias=alias)
+        if expect is not None and current != expect:
+            raise _alias_conflict(name, alias, current, expect)
+        q.remove_alias(conn, art_id, alias, time.time(), who.token_id)
+        return {"name": name, "alias": alias, "previous": current}
+
+    return await repo.db.write(tx)
+
+
+async def show_alias(repo: Repository, who: Principal, name: str, alias: str) -> dict[str, Any]:
+    """Where ``alias`` points now, and since when."""
+    check_alias(alias)
+    who.require("read", name)
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        row = q.alias_row(conn, find_artifact(conn, name), alias)
+        if row is None:
+            raise AliasNotFound(f"artifact {name!r} has no alias {alias!r}", name=name, alias=alias)
+        return {"name": name, **row._asdict()}
+
+    return await repo.db.read(tx)
+
+
+async def list_aliases(
+    repo: Repository, who: Principal, name: str, cursor: str = "", limit: int = 100
+) -> dict[str, Any]:
+    """An artifact's aliases by name, where each points and since when, paged by a
+    cursor (the last alias given)."""
+    who.require("read", name)
+    limit = max(1, min(limit, MAX_PAGE))
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        rows = q.list_aliases(conn, find_artifact(conn, name), cursor, limit + 1)
+        items = [r._asdict() for r in rows[:limit]]
+        return {
+            "name": name,
+            "aliases": items,
+            "next": rows[limit - 1].alias if len(rows) > limit else None,
+        }
+
+    return await repo.db.read(tx)
+
+
+async def alias_history(
+    repo: Repository, who: Principal, name: str, alias: str, cursor: int = 0, limit: int = 100
+) -> dict[str, Any]:
+    """Every move of ``alias`` (removals too), oldest first, paged by a cursor (the id
+    of the last move given): when, from which version to which, and by which token."""
+    check_alias(alias)
+    who.require("read", name)
+    limit = max(1, min(limit, MAX_PAGE))
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        rows = q.alias_history(conn, find_artifact(conn, name), alias, cursor, limit + 1)
+        return {
+            "name": name,
+            "alias": alias,
+            "moves": [r._asdict() for r in rows[:limit]],
+            "next": rows[limit - 1].id if len(rows) > limit else None,
+        }
+
+    return await repo.db.read(tx)
 
 
 async def set_tags(

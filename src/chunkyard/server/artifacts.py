@@ -28,6 +28,19 @@ async def list_artifacts(call: Call[None, m.ListArtifactsQuery, None]) -> dict[s
 
 
 @api.get(
+    "/v1/versions",
+    "versions carrying every tag given (tag=KEY=VALUE, repeatable), under a name prefix, "
+    "by name and number, paged by a cursor",
+    query=m.FindVersionsQuery,
+    response=m.VersionsFound,
+)
+async def find_versions(call: Call[None, m.FindVersionsQuery, None]) -> dict[str, Any]:
+    q = call.query
+    tags = [(key, value) for key, _, value in (t.partition("=") for t in q.tag)]
+    return await artifacts.find_versions(call.repo, call.who, q.prefix, tags, q.cursor, q.limit)
+
+
+@api.get(
     V + "/versions",
     "list the versions of an artifact, paged by a cursor",
     params=m.NamePath,
@@ -75,6 +88,50 @@ async def add_tags(call: Call[m.VersionPath, None, m.SetTags]) -> dict[str, Any]
 async def set_alias(call: Call[m.AliasPath, None, m.SetAlias]) -> dict[str, Any]:
     p, b = call.path, call.body
     return await artifacts.set_alias(call.repo, call.who, p.name, p.alias, b.version, b.expect)
+
+
+@api.delete(
+    V + "/aliases/{alias}",
+    "remove an alias (with expect: only if it points at that version); kept in its history",
+    params=m.AliasPath,
+    query=m.RemoveAliasQuery,
+    response=m.AliasRemoved,
+)
+async def remove_alias(call: Call[m.AliasPath, m.RemoveAliasQuery, None]) -> dict[str, Any]:
+    p = call.path
+    return await artifacts.remove_alias(call.repo, call.who, p.name, p.alias, call.query.expect)
+
+
+@api.get(
+    V + "/aliases/{alias}", "where an alias points", params=m.AliasPath, response=m.AliasTarget
+)
+async def show_alias(call: Call[m.AliasPath, None, None]) -> dict[str, Any]:
+    return await artifacts.show_alias(call.repo, call.who, call.path.name, call.path.alias)
+
+
+@api.get(
+    V + "/aliases",
+    "an artifact's aliases and where they point, by alias, paged by a cursor",
+    params=m.NamePath,
+    query=m.AliasesQuery,
+    response=m.AliasesPage,
+)
+async def list_aliases(call: Call[m.NamePath, m.AliasesQuery, None]) -> dict[str, Any]:
+    q = call.query
+    return await artifacts.list_aliases(call.repo, call.who, call.path.name, q.cursor, q.limit)
+
+
+@api.get(
+    V + "/aliases/{alias}/history",
+    "every move of an alias, removals too, oldest first: when, from and to which version, "
+    "by which token",
+    params=m.AliasPath,
+    query=m.PageQuery,
+    response=m.AliasHistory,
+)
+async def alias_history(call: Call[m.AliasPath, m.PageQuery, None]) -> dict[str, Any]:
+    p, q = call.path, call.query
+    return await artifacts.alias_history(call.repo, call.who, p.name, p.alias, q.cursor, q.limit)
 
 
 @api.get(

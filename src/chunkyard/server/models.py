@@ -47,6 +47,29 @@ TagValue = Annotated[str, Meta(pattern=names.TAG_VALUE_PATTERN, max_length=names
 Tags = Annotated[dict[TagKey, TagValue], Meta(max_length=names.MAX_TAGS)]
 FilePath = Annotated[str, Meta(min_length=1, max_length=names.MAX_PATH)]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
+#: tags a listing may filter on, and the longest value a filter may name: a request
+#: target is at most 64 KiB (the gateway's HTTP parser), and a character can take 12
+#: (4 bytes of UTF-8, percent-encoded), so 8 filters of 512 characters stay below it
+MAX_TAG_FILTERS = 8
+MAX_FILTER_VALUE = 512
+#: a tag a version must carry, ``KEY=VALUE`` (the key holds no ``=``)
+TagFilter = Annotated[
+    str,
+    Meta(
+        pattern=f"^{names.TAG_KEY_PATTERN[1:-1]}=[^{names.UNSAFE_CHARS}]{{0,{MAX_FILTER_VALUE}}}$",
+        max_length=128 + 1 + MAX_FILTER_VALUE,
+        description="KEY=VALUE",
+    ),
+]
+#: where a listing of versions across artifacts goes on: ``NAME@NUMBER``, or "" to start
+VersionCursor = Annotated[
+    str,
+    Meta(
+        pattern=f"^({names.NAME_PATTERN[1:-1]}@[0-9]{{1,18}})?$",
+        max_length=names.MAX_NAME + 19,
+        description="the next of the previous page (NAME@VERSION), or empty",
+    ),
+]
 
 
 class Model(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -104,6 +127,25 @@ class ListArtifactsQuery(Model):
 class PageQuery(Model):
     cursor: Int = 0
     limit: Limit = 100
+
+
+class FindVersionsQuery(Model):
+    """``?prefix=team/&tag=branch=main&tag=purpose=ab-test``: a repeated ``tag`` is one
+    more tag every version listed carries."""
+
+    prefix: Annotated[str, Meta(max_length=names.MAX_NAME)] = ""
+    tag: Annotated[list[TagFilter], Meta(max_length=MAX_TAG_FILTERS)] = []
+    cursor: VersionCursor = ""
+    limit: Limit = 100
+
+
+class AliasesQuery(Model):
+    cursor: Annotated[str, Meta(max_length=64)] = ""
+    limit: Limit = 100
+
+
+class RemoveAliasQuery(Model):
+    expect: PositiveInt | None = None
 
 
 class SourcesQuery(Model):
@@ -340,11 +382,56 @@ class VersionsPage(Struct):
     next: int | None
 
 
+class VersionsFound(Struct):
+    versions: list[VersionSummary]
+    next: str | None
+
+
 class AliasMoved(Struct):
     name: str
     alias: str
     version: int
     previous: int | None
+
+
+class AliasRemoved(Struct):
+    name: str
+    alias: str
+    previous: int
+
+
+class AliasItem(Struct):
+    alias: str
+    version: int
+    updated_at: float
+
+
+class AliasTarget(Struct):
+    name: str
+    alias: str
+    version: int
+    updated_at: float
+
+
+class AliasesPage(Struct):
+    name: str
+    aliases: list[AliasItem]
+    next: str | None
+
+
+class AliasMove(Struct):
+    id: int
+    version: int | None  # None: removed
+    previous: int | None  # None: did not exist
+    moved_at: float
+    moved_by: str | None  # the token id; None: a gateway without auth
+
+
+class AliasHistory(Struct):
+    name: str
+    alias: str
+    moves: list[AliasMove]
+    next: int | None
 
 
 class Get(Struct):

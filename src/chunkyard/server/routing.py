@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
@@ -128,6 +128,9 @@ class Endpoints(list[Endpoint]):
     def put(self, path: str, summary: str, **kw: Any) -> Callable:
         return self.add("PUT", path, summary, **kw)
 
+    def delete(self, path: str, summary: str, **kw: Any) -> Callable:
+        return self.add("DELETE", path, summary, **kw)
+
 
 class JSON(Response):
     media_type = "application/json"
@@ -186,19 +189,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
-def _convert(model: type, values: dict[str, str], what: str) -> Any:
+def _convert(model: type, values: Iterable[tuple[str, str]], what: str) -> Any:
     """Path or query strings into ``model``: integers only in ASCII digits (``int()``
-    would take ``³`` or ``1_000``)."""
+    would take ``³`` or ``1_000``). A list field takes every value of its repeated
+    parameter (``?tag=a&tag=b``), as strings; any other field the last one."""
     info = msgspec.inspect.type_info(model)
     known = {f.name: f for f in info.fields}  # type: ignore[attr-defined]
     out: dict[str, Any] = {}
-    for key, raw in values.items():
+    for key, raw in values:
         f = known.get(key)
         if f is None:
             if what == "query":
                 continue  # unknown query parameters are ignored, as HTTP caches add them
             raise InvalidRequest(f"unexpected {what} parameter {key!r}")
-        if _wants_int(f.type) and raw != "":
+        if isinstance(f.type, msgspec.inspect.ListType):
+            out.setdefault(key, []).append(raw)
+        elif _wants_int(f.type) and raw != "":
             if not _INT.fullmatch(raw):
                 raise InvalidRequest(f"{what} parameter {key!r} must be a non-negative integer")
             out[key] = int(raw)
@@ -348,9 +354,11 @@ def _endpoint_app(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         who = (
             ANYONE if ep.public else await authenticate(repo, request.headers.get("authorization"))
         )
-        path = _convert(ep.path_model, dict(request.path_params), "path") if ep.path_model else None
+        path = (
+            _convert(ep.path_model, request.path_params.items(), "path") if ep.path_model else None
+        )
         query = (
-            _convert(ep.query_model, dict(request.query_params), "query")
+            _convert(ep.query_model, request.query_params.multi_items(), "query")
             if ep.query_model
             else None
         )
