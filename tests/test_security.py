@@ -124,6 +124,23 @@ def test_scopes_decide_who_reads_and_writes_what(secured, tmp_path):
         assert r.status_code == 403
 
 
+def test_small_pushes_need_write_on_the_name(secured):
+    """The one-request push is held to the same scopes as an upload session."""
+    import base64
+
+    body = {"layout": "file", "files": [{"path": "m", "data": base64.b64encode(b"x").decode()}]}
+    reader = token(secured, "read:team-a/")
+    writer = token(secured, "write:team-b/")
+    before = secured.snapshot()
+    for tok, status in ((None, 401), (reader, 403), (writer, 403)):
+        with as_(secured, tok) as h:
+            r = h.post("/v1/artifacts/team-a/small/-/versions", json=body)
+            assert r.status_code == status, r.text
+    assert secured.snapshot() == before
+    with as_(secured, writer) as h:
+        assert h.post("/v1/artifacts/team-b/small/-/versions", json=body).status_code == 201
+
+
 def test_sessions_belong_to_the_token_that_opened_them(secured):
     a = token(secured, "write:team-a/")
     b = token(secured, "write:team-a/")

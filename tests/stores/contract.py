@@ -136,6 +136,15 @@ class StoreContract:
         await store.delete("packs/ab/one")
         assert await store.stat("packs/ab/one") is None
 
+    async def test_put(self, store: Store) -> None:
+        data = os.urandom(70_000)
+        await store.put("packs/cd/small.0123456789abcdef", data)
+        assert await store.get("packs/cd/small.0123456789abcdef") == data
+        assert await store.get("packs/cd/small.0123456789abcdef", 5, 10) == data[5:10]
+        info = await store.stat("packs/cd/small.0123456789abcdef")
+        assert info is not None and info.size == len(data)
+        await store.delete("packs/cd/small.0123456789abcdef")
+
     async def test_ranged_get(self, store: Store, http: httpx.AsyncClient) -> None:
         data = os.urandom(10_000)
         await self.write(http, store, "r", data)

@@ -140,33 +140,47 @@ def promote(
     domain: str,
     now: float,
 ) -> bool:
-    """A verified upload becomes the pack's live copy, unless the pack has one already.
-    ``entries``: (chunk id, chunk key, offset, stored_len, raw_len, scheme) in order.
-    Either way the upload row goes and the pack's chunks enter ``domain``'s index.
+    """A verified upload becomes the pack's live copy, unless the pack has one already;
+    either way the upload row goes. See :func:`make_live`."""
+    drop_upload(conn, upload.id)
+    return make_live(conn, upload.pack_id, upload.size, upload.key, entries, domain, now)
+
+
+def make_live(
+    conn: Connection,
+    pack_id: str,
+    size: int,
+    key: str,
+    entries: Sequence[tuple[bytes, bytes, int, int, int, int]],
+    domain: str,
+    now: float,
+) -> bool:
+    """A verified copy of a pack (at store ``key``) becomes its live copy, unless the
+    pack has a live one already. ``entries``: (chunk id, chunk key, offset, stored_len,
+    raw_len, scheme) in order. Either way the pack's chunks enter ``domain``'s index.
     Returns whether this copy became the live one (otherwise it is redundant)."""
-    live = conn.execute(select(packs.c.state).where(packs.c.id == upload.pack_id)).scalar()
+    live = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
     promoted = live in (None, "corrupt")
     if live == "corrupt":  # a good copy replaces one found damaged
         conn.execute(
             packs.update()
-            .where(packs.c.id == upload.pack_id)
-            .values(state="verified", key=upload.key, verified_at=now)
+            .where(packs.c.id == pack_id)
+            .values(state="verified", key=key, verified_at=now)
         )
     elif live is None:
         conn.execute(
             packs.insert().values(
-                id=upload.pack_id,
-                size=upload.size,
+                id=pack_id,
+                size=size,
                 chunk_count=len(entries),
                 state="verified",
-                created_at=upload.created_at,
+                created_at=now,
                 verified_at=now,
-                key=upload.key,
+                key=key,
             )
         )
-        insert_entries(conn, upload.pack_id, entries)
-    drop_upload(conn, upload.id)
-    index_chunks(conn, upload.pack_id, domain)
+        insert_entries(conn, pack_id, entries)
+    index_chunks(conn, pack_id, domain)
     return promoted
 
 

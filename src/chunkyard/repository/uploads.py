@@ -142,7 +142,7 @@ async def find_chunks(repo: Repository, who: Principal, sid: str, body: bytes) -
     def tx(conn: Connection) -> dict[bytes, tuple[str, int]]:
         sess = open_session(conn, sid, who)
         found = packs_q.chunk_locations(conn, repo.domain(sess.artifact_name), keys)
-        return _readable(conn, who, found)
+        return readable_locations(conn, who, found)
 
     found = await repo.db.read(tx)
     pack_pos: dict[str, int] = {}
@@ -156,7 +156,7 @@ async def find_chunks(repo: Repository, who: Principal, sid: str, body: bytes) -
     return {"packs": list(pack_pos), "locations": locations}
 
 
-def _readable(
+def readable_locations(
     conn: Connection, who: Principal, found: dict[bytes, tuple[str, int]]
 ) -> dict[bytes, tuple[str, int]]:
     """Chunks of indexed reference objects serve only those who may read the artifact
@@ -361,6 +361,22 @@ def _commit(
         return {**summary(conn, name, v), "created": False}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
     rows = _file_rows(conn, who, sess, art_id, files)
+    v, created = add_version(conn, art_id, layout, rows, tags)
+    sessions_q.mark_committed(conn, sid, v.id)
+    if not created:
+        return {**summary(conn, name, v), "created": False}
+    domain = repo.domain(name)
+    for pack, first, end in _merged((t.pack, t.first, t.end) for f in files for t in f.terms):
+        packs_q.index_chunks(conn, pack, domain, first, end)  # proven: dedup targets here
+    return {**summary(conn, name, v), "created": True}
+
+
+def add_version(
+    conn: Connection, art_id: int, layout: str, rows: list[dict[str, Any]], tags: dict[str, str]
+) -> tuple[versions_q.VersionRow, bool]:
+    """A new version of the files ``rows`` (``version_files`` rows, their digests from
+    verified chunks), or the latest version if its content is the same: then the tags
+    move to it. Returns the version and whether it is new."""
     digest = (
         rows[0]["digest"]
         if layout == "file"
@@ -373,25 +389,20 @@ def _commit(
         and (latest.kind, latest.layout, latest.digest) == ("stored", layout, digest)
     ):
         apply_tags(conn, latest.id, tags)
-        sessions_q.mark_committed(conn, sid, latest.id)
-        return {**summary(conn, name, latest), "created": False}
+        return latest, False
     v = versions_q.add_version(
         conn,
         art_id,
         kind="stored",
         layout=layout,
         digest=digest,
-        size=sum(f.size for f in files),
-        file_count=len(files),
+        size=sum(r["size"] for r in rows),
+        file_count=len(rows),
         created_at=time.time(),
     )
     versions_q.insert_files(conn, v.id, rows)
     apply_tags(conn, v.id, tags)
-    sessions_q.mark_committed(conn, sid, v.id)
-    domain = repo.domain(name)
-    for pack, first, end in _merged((t.pack, t.first, t.end) for f in files for t in f.terms):
-        packs_q.index_chunks(conn, pack, domain, first, end)  # proven: dedup targets here
-    return {**summary(conn, name, v), "created": True}
+    return v, True
 
 
 def _merged(ranges: Any) -> list[tuple[str, int, int]]:

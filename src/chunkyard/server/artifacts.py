@@ -7,10 +7,10 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from ..names import version_ref
-from ..repository import artifacts, downloads
+from ..repository import artifacts, downloads, small
 from . import models as m
 from .ranges import parse_range
-from .routing import Binary, Call, Endpoints
+from .routing import JSON, Binary, Call, Endpoints
 
 V = "/v1/artifacts/{name:path}/-"
 api = Endpoints()
@@ -50,6 +50,24 @@ async def find_versions(call: Call[None, m.FindVersionsQuery, None]) -> dict[str
 async def list_versions(call: Call[m.NamePath, m.PageQuery, None]) -> dict[str, Any]:
     q = call.query
     return await artifacts.list_versions(call.repo, call.who, call.path.name, q.cursor, q.limit)
+
+
+@api.post(
+    V + "/versions",
+    "push small content in one request: the gateway chunks, dedups and stores it "
+    "(201: a new version; 200: the content equals the latest version, which is answered)",
+    params=m.NamePath,
+    body=m.SmallPush,
+    response=m.SmallPushResult,
+    status=201,
+    extra_status={200: "the content equals the latest version, which is answered"},
+    body_limit=small.MAX_BODY,
+)
+async def push_small(call: Call[m.NamePath, None, m.SmallPush]) -> Any:
+    b = call.body
+    files = [small.SmallFile(f.path, f.data) for f in b.files]
+    result = await small.push(call.repo, call.who, call.path.name, b.layout, files, dict(b.tags))
+    return JSON(result, status_code=201 if result["created"] else 200)
 
 
 @api.get(

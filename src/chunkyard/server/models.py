@@ -20,6 +20,7 @@ from msgspec import Meta, Struct
 
 from .. import names
 from ..errors import ChunkyardError, InvalidManifest
+from ..repository import small
 
 MAX_INT = 2**63 - 1
 Int = Annotated[int, Meta(ge=0, le=MAX_INT)]
@@ -231,6 +232,21 @@ class Commit(Model):
     tags: Tags = {}
 
 
+class SmallFile(Model):
+    path: FilePath
+    data: Annotated[bytes, Meta(description="the file's bytes, base64")]
+
+
+class SmallPush(Model):
+    field_errors: ClassVar[dict[str, type[ChunkyardError]]] = {
+        f: InvalidManifest for f in ("layout", "files", "path", "data")
+    }
+
+    layout: Literal["file", "tree"]
+    files: Annotated[list[SmallFile], Meta(max_length=small.MAX_FILES)]
+    tags: Tags = {}
+
+
 class SetTags(Model):
     tags: Tags
 
@@ -364,6 +380,12 @@ class VersionSummary(Struct):
     source: str | None = None
     file_list: list[dict[str, Any]] | None = None
     created: bool | None = None
+
+
+class SmallPushResult(VersionSummary):
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_uploaded: int = 0
 
 
 class ArtifactItem(Struct):

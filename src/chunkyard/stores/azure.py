@@ -177,6 +177,12 @@ class AzureStore(Store):
                 operation="check",
             )
 
+    async def put(self, key: str, data: bytes) -> None:
+        try:
+            await self._blob(key).upload_blob(data, overwrite=True)
+        except AzureError as exc:
+            raise self._error("put", exc, key) from exc
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         length = None if end is None else end - start
         try:

@@ -3,8 +3,8 @@
 Rules every implementation keeps (the shared contract suite in
 ``tests/stores/contract.py`` checks them against each store):
 
-- Objects are write-once: a key is written by a completed multipart upload, never
-  modified afterwards. Only GC deletes.
+- Objects are write-once: a key is written by a completed multipart upload (or, for
+  small objects the gateway writes itself, by ``put``), never modified afterwards.
 - ``get`` with ``start``/``end`` returns exactly bytes ``[start, end)``; reading a
   missing key raises :class:`~chunkyard.errors.StoreObjectMissing`.
 - ``stat`` returns ``None`` for a missing key; ``delete`` of a missing key is fine.
@@ -96,6 +96,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def check(self) -> None:
         """Fail fast at gateway start with a clear error if the store is unusable."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Write a small object whole, from the gateway itself (packs it builds from
+        small pushes). Keys are fresh: nothing else ever writes the same one."""
 
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:

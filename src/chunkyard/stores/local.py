@@ -103,6 +103,17 @@ class LocalStore(Store):
                 f"local store {self.url} {what}: {exc}", store=self.url, operation="check"
             ) from exc
 
+    async def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        await anyio.to_thread.run_sync(write)
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         path = self._path(key)
 

@@ -180,6 +180,12 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as exc:
             raise self._error("check", exc) from exc
 
+    async def put(self, key: str, data: bytes) -> None:
+        try:
+            await (await self._s3()).put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("put", exc, key) from exc
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         if end is not None and end <= start:
             if await self.stat(key) is None:
