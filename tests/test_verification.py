@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from chunkyard import Client, packs
+from chunkyard.catalog import packs as packs_q
 from chunkyard.errors import NotFound
 from conftest import begin_pack, chunk_keys, proof, random_bytes, start_gateway
 
@@ -52,8 +53,22 @@ def test_uploaded_chunks_are_not_dedup_targets_until_verified(external, tmp_path
     verifier, or by its own session's commit."""
     data = random_bytes(2_000_000, seed=80)
     keys = chunk_keys(data)
-    with httpx.Client(base_url=external.url) as c:
-        s = c.post("/v1/sessions", json={"name": "trust/a"}).json()
+    upload_complete_pack(external, "trust/a", data)
+    joined = b"".join(keys)
+    assert missing_count(external, joined) == len(keys)
+    assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 0
+    run_verifier(external)
+    assert missing_count(external, joined) == 0  # in its domain...
+    assert missing_count(external, joined, "other/probe") == len(keys)  # ...and only there
+    assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 1
+
+
+def upload_complete_pack(gw, name: str, data: bytes) -> str:  # type: ignore[no-untyped-def]
+    """Upload ``data`` as one pack in a session of ``name`` and complete it, as a client
+    does (not verified yet: the gateway's verification is external); returns its id."""
+    keys = chunk_keys(data)
+    with httpx.Client(base_url=gw.url) as c:
+        s = c.post("/v1/sessions", json={"name": name}).json()
         w = packs.PackWriter(4 * 1024 * 1024)
         pos = 0
         for key, n in zip(keys, [len(b) for b in _split(data)], strict=True):
@@ -66,12 +81,34 @@ def test_uploaded_chunks_are_not_dedup_targets_until_verified(external, tmp_path
             f"/v1/sessions/{s['session']}/packs/{p.id}/complete", json={"parts": [{"number": 1}]}
         )
         assert done.json()["state"] == "complete"
-    joined = b"".join(keys)
-    assert missing_count(external, joined) == len(keys)
-    assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 0
-    run_verifier(external)
-    assert missing_count(external, joined) == 0  # in its domain...
-    assert missing_count(external, joined, "other/probe") == len(keys)  # ...and only there
+    return p.id
+
+
+def test_two_verifiers_of_one_upload_keep_the_pack(external):
+    """Two processes (verifiers, or a verifier and a committing gateway) that verify the
+    same upload at once: one makes it the pack's live copy, the other must see that it
+    was settled, and must not delete the object as a redundant copy."""
+    import asyncio
+
+    from chunkyard.config import Settings
+    from chunkyard.repository import Repository, verifier
+
+    pack_id = upload_complete_pack(external, "trust/race", random_bytes(1_000_000, seed=87))
+
+    async def both() -> list[str]:
+        repos = [await Repository.open(Settings.load(external.data)) for _ in range(2)]
+        try:
+            ids = await repos[0].db.read(packs_q.uploads_awaiting_verification, 10)
+            assert len(ids) == 1
+            return await asyncio.gather(*(verifier.verify_upload(r, ids[0]) for r in repos))
+        finally:
+            for r in repos:
+                await r.close()
+
+    assert asyncio.run(both()) == ["verified", "verified"]
+    store = external.data / "store"
+    objects = [p for p in store.rglob(f"{pack_id}*") if ".uploads" not in p.parts]
+    assert len(objects) == 1, objects
     assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 1
 
 
@@ -142,7 +179,7 @@ def test_a_commit_verifies_its_own_uploads_first(external, tmp_path: Path):
     """Nobody verified the session's packs yet (the external verifier has not run):
     its commit verifies them on the spot before it may name them."""
     src = tmp_path / "c.bin"
-    src.write_bytes(random_bytes(600_000, seed=84))
+    src.write_bytes(random_bytes(1_500_000, seed=84))  # above the small-push limit
     with Client(external.url) as c:
         c.push(src, "trust/c1")
         assert c.stats()["packs"] == 1

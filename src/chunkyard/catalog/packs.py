@@ -139,10 +139,16 @@ def promote(
     entries: Sequence[tuple[bytes, bytes, int, int, int, int]],
     domain: str,
     now: float,
-) -> bool:
+) -> bool | None:
     """A verified upload becomes the pack's live copy, unless the pack has one already;
-    either way the upload row goes. See :func:`make_live`."""
-    drop_upload(conn, upload.id)
+    either way the upload row goes. See :func:`make_live`. None: another verifier (a
+    process, or a committing gateway) settled this upload first; its object may now be
+    the live copy, so it must be left alone."""
+    taken = conn.execute(
+        uploads.delete().where(uploads.c.id == upload.id, uploads.c.state == "complete")
+    )
+    if taken.rowcount == 0:
+        return None
     return make_live(conn, upload.pack_id, upload.size, upload.key, entries, domain, now)
 
 

@@ -102,7 +102,7 @@ async def _verify(repo: Repository, upload_id: str, forget_on_failure: bool) -> 
         _buffers.put(buf)
     entries = [(e.chunk_id, key, e.offset, e.stored_len, e.raw_len, e.scheme) for e, key in checked]
     live = await repo.db.write(packs_q.promote, upload, entries, domain, time.time())
-    if not live:  # another copy of the same pack is live: this one is not needed
+    if live is False:  # another copy of the same pack is live: this one is not needed
         with contextlib.suppress(Exception):
             await repo.store.delete(upload.key)
     return "verified"
