@@ -116,10 +116,12 @@ async def test_uploads_and_the_verified_pack(db):
     await db.write(packs_q.mark_upload, first.id, "complete")
     await db.write(packs_q.mark_upload, second.id, "complete")
     assert await db.read(packs_q.uploads_awaiting_verification, 10) == [first.id, second.id]
+    assert await db.read(packs_q.still_complete, [second.id, "gone"]) == ([second.id], first.id)
     keys = [e[1] for e in es]
     assert await db.read(packs_q.chunk_locations, "team", keys) == {}
     assert await db.write(packs_q.promote, first, es, "team", now) is True
     assert await db.write(packs_q.promote, second, es, "other", now) is False  # redundant
+    assert await db.write(packs_q.promote, first, es, "team", now) is None  # settled before
     assert await db.read(packs_q.upload_by_id, first.id) is None
     assert await db.read(packs_q.uploads_awaiting_verification, 10) == []
     row = await db.read(packs_q.pack_row, "p1")
@@ -167,7 +169,7 @@ async def test_a_failed_upload_is_dropped_or_marked(db):
 
 async def test_many_ids_in_one_query_are_batched(db):
     es = entries(BATCH * 2 + 7)
-    u = upload("big", size=10**6)
+    u = upload("big", size=10**6)._replace(state="complete")
     await db.write(packs_q.insert_upload, u)
     await db.write(packs_q.promote, u, es, "d", time.time())
     keys = [e[1] for e in es] + [bytes(32)] * 10

@@ -191,10 +191,16 @@ def test_the_catalog_keeps_only_hashes(secured):
 def open_gw(tmp_path_factory):
     """A gateway without auth (loopback): anyone may write, so trust must come from
     the bytes alone."""
-    gw, server, thread = start_gateway(tmp_path_factory.mktemp("open"), CHUNKYARD_VERIFY="external")
-    yield gw
-    server.should_exit = True
-    thread.join(timeout=10)
+    from chunkyard.repository import verifier
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(verifier, "STALL", 0.3)  # no verifier runs: commits verify soon
+        gw, server, thread = start_gateway(
+            tmp_path_factory.mktemp("open"), CHUNKYARD_VERIFY="external"
+        )
+        yield gw
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_a_false_digest_poisons_nothing(open_gw, tmp_path):

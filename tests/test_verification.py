@@ -20,7 +20,10 @@ from conftest import begin_pack, chunk_keys, proof, random_bytes, start_gateway
 
 
 @pytest.fixture
-def external(tmp_path):
+def external(tmp_path, monkeypatch):
+    from chunkyard.repository import verifier
+
+    monkeypatch.setattr(verifier, "STALL", 0.3)  # no verifier runs: commits verify soon
     gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_VERIFY="external")
     yield gw
     server.should_exit = True
@@ -185,6 +188,33 @@ def test_a_commit_verifies_its_own_uploads_first(external, tmp_path: Path):
         assert c.stats()["packs"] == 1
         c.pull("trust/c1", tmp_path / "c1")
     assert (tmp_path / "c1").read_bytes() == src.read_bytes()
+
+
+def test_a_commit_waits_for_a_running_verifier(external, tmp_path, monkeypatch):
+    """With ``chunkyard verifier`` running, the commit leaves verification to it: the
+    gateway reads back and checks no pack itself."""
+    from chunkyard.repository import uploads, verifier
+
+    monkeypatch.setattr(verifier, "STALL", 30.0)
+    in_gateway: list[str] = []
+    monkeypatch.setattr(
+        uploads.verifier, "verify_upload", lambda repo, uid, *a: in_gateway.append(uid)
+    )
+    env = {**os.environ, "CHUNKYARD_DATA": str(external.data)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chunkyard.cli", "verifier"], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        src = tmp_path / "w.bin"
+        src.write_bytes(random_bytes(3_000_000, seed=88))
+        with Client(external.url) as c:
+            c.push(src, "trust/waits")
+            c.pull("trust/waits", tmp_path / "back")
+        assert (tmp_path / "back").read_bytes() == src.read_bytes()
+        assert in_gateway == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_pack_stored_but_not_yet_verified_is_not_uploaded_again(external, tmp_path):

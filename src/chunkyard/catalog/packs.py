@@ -108,6 +108,17 @@ def uploads_awaiting_verification(conn: Connection, limit: int) -> list[str]:
     )
 
 
+def still_complete(conn: Connection, upload_ids: Sequence[str]) -> tuple[list[str], str | None]:
+    """Which of these uploads still wait for verification, and the oldest upload that
+    waits (of anyone's: whether a verifier makes progress)."""
+    left = []
+    for batch in batched(sorted(set(upload_ids))):
+        q = select(uploads.c.id).where(uploads.c.id.in_(batch), uploads.c.state == "complete")
+        left.extend(conn.execute(q).scalars())
+    oldest = uploads_awaiting_verification(conn, 1)
+    return left, oldest[0] if oldest else None
+
+
 def session_uploads(conn: Connection, sid: str, pack_ids: Iterable[str]) -> dict[str, UploadRow]:
     """The session's uploads of those packs."""
     out: dict[str, UploadRow] = {}

@@ -331,7 +331,7 @@ async def commit(
 
 async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names: set[str]) -> None:
     """This session's uploads of named packs that nobody verified yet are checked now,
-    before the commit may rely on them."""
+    before the commit may rely on them (by the external verifier, when one runs)."""
     if not names:
         return
 
@@ -339,10 +339,12 @@ async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names:
         open_session(conn, sid, who, open_only=False)
         return list(packs_q.session_uploads(conn, sid, names).values())
 
-    for upload in await repo.db.read(tx):
-        if upload.state == "complete":
-            with contextlib.suppress(PackCorrupt):
-                await verifier.verify_upload(repo, upload.id)
+    waiting = [u.id for u in await repo.db.read(tx) if u.state == "complete"]
+    if waiting and repo.verify_mode == "external":
+        waiting = await verifier.await_external(repo, waiting)
+    for upload_id in waiting:
+        with contextlib.suppress(PackCorrupt):
+            await verifier.verify_upload(repo, upload_id)
 
 
 def _commit(

@@ -8,7 +8,9 @@ Modes (``CHUNKYARD_VERIFY``):
 - ``background``: a task in the gateway verifies completed uploads while the client
   goes on uploading (default on cloud stores); a commit verifies whatever of its own
   uploads is still waiting;
-- ``external``: a separate ``chunkyard verifier`` process does it.
+- ``external``: a separate ``chunkyard verifier`` process does it; a commit waits for it
+  while it makes progress, and verifies its own uploads itself only when no verifier
+  seems to run (so the gateway's CPU stays with requests).
 
 An upload that fails is removed from the store and marked ``corrupt`` for its session
 (inline: forgotten at once). A verified upload becomes its pack's live copy, or, when
@@ -44,6 +46,14 @@ _buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2, factory=lambda n: mmap.mmap(
 BATCH = 8
 #: how often the background verifier looks for work without being woken
 IDLE_POLL = 5.0
+#: how often an external verifier looks (nothing wakes it across processes; the query
+#: is one index lookup)
+EXTERNAL_POLL = 0.2
+#: a commit in external mode waits for the verifier as long as it settles some upload
+#: at least this often, looking every COMMIT_POLL seconds
+STALL = 3.0
+COMMIT_POLL = 0.05
+_warned = False
 
 
 async def verify_upload(repo: Repository, upload_id: str, forget_on_failure: bool = False) -> str:
@@ -132,9 +142,36 @@ async def verify_pending(repo: Repository, limit: int = BATCH) -> int:
     return settled
 
 
-async def run(repo: Repository, once: bool = False) -> None:
+async def await_external(repo: Repository, upload_ids: list[str]) -> list[str]:
+    """Wait while an external verifier settles these uploads; returns those still
+    waiting when it stopped making progress (none settled, neither these nor older
+    ones, for ``STALL`` seconds): the caller verifies them itself."""
+    global _warned
+    last, since = None, time.monotonic()
+    while True:
+        left, oldest = await repo.db.read(packs_q.still_complete, upload_ids)
+        if not left:
+            return []
+        now = time.monotonic()
+        if (len(left), oldest) != last:
+            last, since = (len(left), oldest), now
+        elif now - since > STALL:
+            if not _warned:
+                _warned = True
+                log.warning(
+                    "CHUNKYARD_VERIFY=external, but no verifier settled an upload for %.0f s: "
+                    "commits verify their own packs in the gateway until `chunkyard "
+                    "verifier` runs",
+                    STALL,
+                )
+            return left
+        await asyncio.sleep(COMMIT_POLL)
+
+
+async def run(repo: Repository, once: bool = False, idle: float = IDLE_POLL) -> None:
     """Verify complete uploads until cancelled (or, with ``once``, until none is left);
-    :attr:`Repository.verify_wakeup` cuts the wait short when an upload completes."""
+    :attr:`Repository.verify_wakeup` cuts the wait short when an upload completes in
+    this process; others are found every ``idle`` seconds."""
     while True:
         if await verify_pending(repo):
             continue
@@ -142,4 +179,4 @@ async def run(repo: Repository, once: bool = False) -> None:
             return
         repo.verify_wakeup.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=IDLE_POLL)
+            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=idle)

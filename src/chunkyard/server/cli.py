@@ -179,7 +179,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         settings.verify = "external"
         repo = await Repository.open(settings)
         try:
-            await verifier.run(repo, once=args.once)
+            await verifier.run(repo, once=args.once, idle=verifier.EXTERNAL_POLL)
         finally:
             await repo.close()
 
