@@ -7,6 +7,8 @@ import asyncio
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -189,3 +191,14 @@ def proof(session: dict, keys: list[bytes]) -> str:
     from chunkyard.digest import term_proof
 
     return term_proof(bytes.fromhex(session["proof_key"]), keys)
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``chunkyard ARGS`` in a new process with ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "chunkyard.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

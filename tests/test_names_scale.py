@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ import pytest
 
 from chunkyard import Client
 from chunkyard.errors import AliasConflict, AliasNotFound, VersionNotFound
-from conftest import RunningGateway, start_gateway
+from conftest import RunningGateway, cli, start_gateway
 from stores.conftest import require_env
 
 PREFIX = "scale/"
@@ -386,13 +385,7 @@ def test_cli(gw, seeded, tmp_path):
     env = {**os.environ, "CHUNKYARD_URL": gw.url, "CHUNKYARD_TOKEN": gw.admin}
 
     def cy(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "chunkyard.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        return cli(env, *args)
 
     # ls: a page, and the cursor of the next on the last line
     p = cy("ls", PREFIX, "--limit", "7")

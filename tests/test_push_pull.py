@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from chunkyard import Client
 from chunkyard.digest import tree_digest
 from chunkyard.errors import AliasConflict, TagConflict, VersionNotFound
-from conftest import file_id, random_bytes
+from conftest import cli, file_id, random_bytes
 
 MiB = 1024 * 1024
 
@@ -239,13 +238,7 @@ def test_cli_json_and_exit_codes(gateway, tmp_path):
     src = write(tmp_path / "cli.bin", random_bytes(500_000, seed=60))
 
     def cy(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "chunkyard.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        return cli(env, *args)
 
     p = cy("push", str(src), "cli/model", "--tag", "k=v", "--json")
     assert p.returncode == 0, p.stderr

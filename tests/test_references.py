@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -24,7 +23,7 @@ from chunkyard.errors import (
     ReferenceNotAllowed,
     SourceNotFound,
 )
-from conftest import RunningGateway, file_id, random_bytes, start_gateway
+from conftest import RunningGateway, cli, file_id, random_bytes, start_gateway
 from http_source import Source
 
 MiB = 1024 * 1024
@@ -542,13 +541,7 @@ def test_cli_ref_verify_show(gateway, source, tmp_path):
     env = {**os.environ, "CHUNKYARD_URL": gateway.url}
 
     def cy(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "chunkyard.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        return cli(env, *args)
 
     data = random_bytes(300_000, seed=13)
     uri = source.put("/files/cli.bin", data)
