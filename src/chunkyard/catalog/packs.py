@@ -145,26 +145,33 @@ def promote(
     Either way the upload row goes and the pack's chunks enter ``domain``'s index.
     Returns whether this copy became the live one (otherwise it is redundant)."""
     live = conn.execute(select(packs.c.state).where(packs.c.id == upload.pack_id)).scalar()
-    promoted = live in (None, "corrupt")
+    promoted = False
+    # Another session's copy of the same pack may be promoted at the same moment (on
+    # PostgreSQL, in a concurrent transaction): the row decides, the first copy wins.
     if live == "corrupt":  # a good copy replaces one found damaged
-        conn.execute(
-            packs.update()
-            .where(packs.c.id == upload.pack_id)
-            .values(state="verified", key=upload.key, verified_at=now)
+        promoted = bool(
+            conn.execute(
+                packs.update()
+                .where(packs.c.id == upload.pack_id, packs.c.state == "corrupt")
+                .values(state="verified", key=upload.key, verified_at=now)
+            ).rowcount
         )
     elif live is None:
-        conn.execute(
-            packs.insert().values(
-                id=upload.pack_id,
-                size=upload.size,
-                chunk_count=len(entries),
-                state="verified",
-                created_at=upload.created_at,
-                verified_at=now,
-                key=upload.key,
-            )
+        promoted = bool(
+            conn.execute(
+                insert_ignoring_duplicates(conn, packs).values(
+                    id=upload.pack_id,
+                    size=upload.size,
+                    chunk_count=len(entries),
+                    state="verified",
+                    created_at=upload.created_at,
+                    verified_at=now,
+                    key=upload.key,
+                )
+            ).rowcount
         )
-        insert_entries(conn, upload.pack_id, entries)
+        if promoted:
+            insert_entries(conn, upload.pack_id, entries)
     drop_upload(conn, upload.id)
     index_chunks(conn, upload.pack_id, domain)
     return promoted
