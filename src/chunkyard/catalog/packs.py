@@ -213,12 +213,15 @@ def index_chunks(
     conn: Connection, pack_id: str, domain: str, first: int = 0, end: int | None = None
 ) -> None:
     """Chunks ``first .. end-1`` of the pack become dedup targets in ``domain``, where
-    no other copy is one there already."""
+    no other copy is one there already. Inserted in key order: transactions indexing
+    the same new chunks at once (two pushes of the same content, packed in another
+    order) then wait for one another on PostgreSQL instead of deadlocking."""
     q = select(pack_entries.c.chunk_key, pack_entries.c.pack_id, pack_entries.c.idx).where(
         pack_entries.c.pack_id == pack_id, pack_entries.c.idx >= first
     )
     if end is not None:
         q = q.where(pack_entries.c.idx < end)
+    q = q.order_by(pack_entries.c.chunk_key)
     conn.execute(
         insert_ignoring_duplicates(conn, chunks).from_select(
             ["key", "pack_id", "idx", "domain"], q.add_columns(_literal(domain))
