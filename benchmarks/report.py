@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, fmt, human_size, mbps
 
-ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load")
+ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load", "team")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
@@ -353,6 +353,8 @@ def workload_md(data: dict[str, Any]) -> list[str]:
             vrows,
             set(range(8)),
         )
+    if name == "team":
+        lines += team_scale_md(data.get("params", {}).get("scale") or [])
     if data.get("errors"):
         lines += ["", "Errors:", ""] + [f"- `{_cell(e.splitlines()[0])}`" for e in data["errors"]]
     load = data.get("load") or {}
@@ -363,6 +365,31 @@ def workload_md(data: dict[str, Any]) -> list[str]:
             + "; ".join(f"{k}: {v['others_cores']:.2f}" for k, v in load.items()),
         ]
     return lines + [""]
+
+
+def team_scale_md(rows: list[dict[str, Any]]) -> list[str]:
+    """The catalog-at-scale matrix of ``team``: p50 / p99 per request, catalog and size."""
+    done = [r for r in rows if "alias" in r]
+    if not done:
+        return []
+
+    def cell(v: dict[str, Any] | None, hi: str = "p99_ms") -> str:
+        if not v or v.get("p50_ms") is None:
+            return "—"
+        return f"{v['p50_ms']:.1f} / {v[hi]:.1f}"
+
+    header = ["request (p50 / p99 ms; 100k keys: median / max)"]
+    header += [f"{r['db']}, {r['versions']:,} versions" for r in done]
+    ops = (
+        ("alias", "resolve NAME:ALIAS", "p99_ms"),
+        ("show", "show NAME@VERSION", "p99_ms"),
+        ("prefix_page", "prefix page of 100", "p99_ms"),
+        ("missing_100k", "missing-chunk query, 100,000 keys (2 requests)", "max_ms"),
+        ("function_100k", "… the catalog function alone", "max_ms"),
+    )
+    body = [[label] + [cell(r.get(op), hi) for r in done] for op, label, hi in ops]
+    body.append(["fill, s"] + [f"{r.get('fill_s', 0):.0f}" for r in done])
+    return ["", "Catalog at scale:", ""] + _table(header, body, set(range(1, len(header))))
 
 
 def write_report(results: Path = RESULTS) -> Path:

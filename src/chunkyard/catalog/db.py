@@ -383,11 +383,19 @@ def _probe(conn: Connection) -> tuple[str | None, list[str]]:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar(), tables
 
 
+#: the PostgreSQL advisory lock that migrations hold (any constant; "chky")
+MIGRATION_LOCK = 0x63686B79
+
+
 def _upgrade(conn: Connection) -> str | None:
     """Run the migrations up to the head; the revision the schema was at."""
     from alembic import command
     from alembic.config import Config
 
+    if conn.dialect.name == "postgresql":
+        # gateways (or the workers of one) that start at once on a catalog migrate it one
+        # at a time: the others wait here, then find it at head (SQLite: BEGIN IMMEDIATE)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     before = _probe(conn)[0]
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

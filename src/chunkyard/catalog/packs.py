@@ -177,26 +177,33 @@ def make_live(
     raw_len, scheme) in order. Either way the pack's chunks enter ``domain``'s index.
     Returns whether this copy became the live one (otherwise it is redundant)."""
     live = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
-    promoted = live in (None, "corrupt")
+    promoted = False
+    # Another session's copy of the same pack may be made live at the same moment (on
+    # PostgreSQL, in a concurrent transaction): the row decides, the first copy wins.
     if live == "corrupt":  # a good copy replaces one found damaged
-        conn.execute(
-            packs.update()
-            .where(packs.c.id == pack_id)
-            .values(state="verified", key=key, verified_at=now)
+        promoted = bool(
+            conn.execute(
+                packs.update()
+                .where(packs.c.id == pack_id, packs.c.state == "corrupt")
+                .values(state="verified", key=key, verified_at=now)
+            ).rowcount
         )
     elif live is None:
-        conn.execute(
-            packs.insert().values(
-                id=pack_id,
-                size=size,
-                chunk_count=len(entries),
-                state="verified",
-                created_at=now,
-                verified_at=now,
-                key=key,
-            )
+        promoted = bool(
+            conn.execute(
+                insert_ignoring_duplicates(conn, packs).values(
+                    id=pack_id,
+                    size=size,
+                    chunk_count=len(entries),
+                    state="verified",
+                    created_at=now,
+                    verified_at=now,
+                    key=key,
+                )
+            ).rowcount
         )
-        insert_entries(conn, pack_id, entries)
+        if promoted:
+            insert_entries(conn, pack_id, entries)
     index_chunks(conn, pack_id, domain)
     return promoted
 
@@ -237,12 +244,15 @@ def index_chunks(
     conn: Connection, pack_id: str, domain: str, first: int = 0, end: int | None = None
 ) -> None:
     """Chunks ``first .. end-1`` of the pack become dedup targets in ``domain``, where
-    no other copy is one there already."""
+    no other copy is one there already. Inserted in key order: transactions indexing
+    the same new chunks at once (two pushes of the same content, packed in another
+    order) then wait for one another on PostgreSQL instead of deadlocking."""
     q = select(pack_entries.c.chunk_key, pack_entries.c.pack_id, pack_entries.c.idx).where(
         pack_entries.c.pack_id == pack_id, pack_entries.c.idx >= first
     )
     if end is not None:
         q = q.where(pack_entries.c.idx < end)
+    q = q.order_by(pack_entries.c.chunk_key)
     conn.execute(
         insert_ignoring_duplicates(conn, chunks).from_select(
             ["key", "pack_id", "idx", "domain"], q.add_columns(_literal(domain))
