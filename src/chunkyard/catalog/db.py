@@ -164,10 +164,13 @@ class SchemaStatus:
 
 
 class Database:
-    def __init__(self, url: str, read_only: bool = False, name: str = "catalog") -> None:
+    def __init__(
+        self, url: str, read_only: bool = False, name: str = "catalog", pool: int = 5
+    ) -> None:
         """``read_only``: open so that nothing can be written, not even SQLite's files
         beside the database (the source of ``db copy``, ``db status``). ``name`` says
-        which catalog messages are about ("source catalog")."""
+        which catalog messages are about ("source catalog"). ``pool``: PostgreSQL
+        connections kept open per pool (as many more for bursts)."""
         self.url = url
         self.name = name
         self.read_only = read_only
@@ -195,7 +198,7 @@ class Database:
             # which would hold threads in busy-wait
             self._write_lock = asyncio.Lock()
         else:
-            pg_args: dict[str, Any] = {}
+            pg_args: dict[str, Any] = {"pool_size": pool, "max_overflow": pool}
             if read_only:  # the server refuses every write, whatever the code does
                 settings = {"default_transaction_read_only": "on"}
                 pg_args["connect_args"] = {"server_settings": settings}

@@ -143,17 +143,19 @@ def version_by_id(conn: Connection, version_id: int) -> VersionRow:
     return VersionRow(*conn.execute(select(*_VERSION).where(versions.c.id == version_id)).one())
 
 
-def add_version(conn: Connection, art_id: int, **values: Any) -> VersionRow:
-    """Insert the artifact's next version (latest + 1). Call with the artifact locked
-    (:func:`ensure_artifact`), so that concurrent commits take distinct numbers."""
-    latest = conn.execute(
-        select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
-    ).scalar()
-    number = (latest or 0) + 1
-    result = conn.execute(
-        versions.insert().values(artifact_id=art_id, number=number, format=FORMAT_VERSION, **values)
-    )
-    return version_by_id(conn, result.inserted_primary_key[0])
+def add_version(
+    conn: Connection, art_id: int, number: int | None = None, **values: Any
+) -> VersionRow:
+    """Insert the artifact's next version (``number``, or latest + 1). Call with the
+    artifact locked (:func:`ensure_artifact`), so that concurrent commits take distinct
+    numbers."""
+    if number is None:
+        latest = conn.execute(
+            select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
+        ).scalar()
+        number = (latest or 0) + 1
+    q = versions.insert().values(artifact_id=art_id, number=number, format=FORMAT_VERSION, **values)
+    return VersionRow(*conn.execute(q.returning(*_VERSION)).one())
 
 
 def list_versions(conn: Connection, art_id: int, after: int, limit: int) -> list[VersionRow]:

@@ -53,7 +53,7 @@ class Repository:
         opened = store is None
         store = store or open_store(settings.store_url, secret=settings.secret)
         await store.check()
-        db = Database(settings.db_url)
+        db = Database(settings.db_url, pool=settings.db_pool)
         try:
             await db.require_current(upgrade_command(settings))
             depth = await db.read(setting, DEDUP_DOMAIN_DEPTH)

@@ -37,6 +37,9 @@ from .uploads import add_version, readable_locations
 #: the most content one small push carries (its body is base64: a third more)
 MAX_BYTES = 4 * 1024 * 1024
 MAX_FILES = 1000
+#: content up to this size is cut and packed on the event loop (~0.1 ms for 64 KiB: less
+#: than a trip to a worker thread and back)
+INLINE_BYTES = 64 * 1024
 #: its body: base64 content, paths and JSON around them
 MAX_BODY = MAX_BYTES * 4 // 3 + MAX_FILES * (MAX_PATH + 64) + 64 * 1024
 
@@ -82,14 +85,18 @@ async def push(
         raise InvalidManifest("a path appears twice")
     check_tree_paths(f.path for f in files)
     domain = repo.domain(name)
-    cut = await anyio.to_thread.run_sync(_cut, files)
+    total = sum(len(f.data) for f in files)
+    cut = _cut(files) if total <= INLINE_BYTES else await anyio.to_thread.run_sync(_cut, files)
     wanted = {k for _, chunks, _, _ in cut for k, _ in chunks}
 
     def lookup(conn: Connection) -> dict[bytes, tuple[str, int]]:
         return readable_locations(conn, who, packs_q.chunk_locations(conn, domain, wanted))
 
     known = await repo.db.read(lookup)
-    prepared = await anyio.to_thread.run_sync(_pack, cut, known)
+    if total <= INLINE_BYTES:
+        prepared = _pack(cut, known)
+    else:
+        prepared = await anyio.to_thread.run_sync(_pack, cut, known)
     key = None
     if prepared.pack is not None:
         key = f"{packfmt.pack_key(prepared.pack.id)}.{uuid.uuid4().hex[:16]}"
@@ -97,10 +104,9 @@ async def push(
     result, live = await repo.db.write(_commit, repo, who, name, prepared, layout, key, tags)
     if key is not None and not live:  # another copy of the same pack is live
         await repo.store.delete(key)
-    total = sum(len(chunks) for _, chunks, _, _ in cut)
     return {
         **result,
-        "chunks_total": total,
+        "chunks_total": sum(len(chunks) for _, chunks, _, _ in cut),
         "chunks_new": len(prepared.new_keys),
         "bytes_uploaded": prepared.pack.size if prepared.pack is not None and live else 0,
     }

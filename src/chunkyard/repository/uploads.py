@@ -395,6 +395,7 @@ def add_version(
     v = versions_q.add_version(
         conn,
         art_id,
+        number=latest.number + 1 if latest is not None else 1,
         kind="stored",
         layout=layout,
         digest=digest,

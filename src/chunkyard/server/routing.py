@@ -193,8 +193,7 @@ def _convert(model: type, values: Iterable[tuple[str, str]], what: str) -> Any:
     """Path or query strings into ``model``: integers only in ASCII digits (``int()``
     would take ``³`` or ``1_000``). A list field takes every value of its repeated
     parameter (``?tag=a&tag=b``), as strings; any other field the last one."""
-    info = msgspec.inspect.type_info(model)
-    known = {f.name: f for f in info.fields}  # type: ignore[attr-defined]
+    known = _fields(model)
     out: dict[str, Any] = {}
     for key, raw in values:
         f = known.get(key)
@@ -214,6 +213,13 @@ def _convert(model: type, values: Iterable[tuple[str, str]], what: str) -> Any:
         return msgspec.convert(out, model)
     except msgspec.ValidationError as exc:
         raise validation_error(exc, f"{what} parameter", model) from None
+
+
+@functools.cache
+def _fields(model: type) -> dict[str, Any]:
+    """A model's fields by name (inspecting a model cost ~0.7 ms, on every request)."""
+    info = msgspec.inspect.type_info(model)
+    return {f.name: f for f in info.fields}  # type: ignore[attr-defined]
 
 
 def _wants_int(t: msgspec.inspect.Type) -> bool:
