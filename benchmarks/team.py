@@ -411,7 +411,7 @@ def _push_figures(r: Report, key: str, label: str, db: str, res: dict[str, Any])
         for p in (50, 99):
             r.add(
                 f"{key}_{db}_{what}_p{p}_ms",
-                f"{'commit request' if what == 'commit' else 'whole push'} p{p}",
+                f"{'commit (or small push) request' if what == 'commit' else 'whole push'} p{p}",
                 _ms(_pct(values, p)),
                 "ms",
                 beside=f"{key}_{db}_pushes_per_s",

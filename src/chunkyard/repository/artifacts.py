@@ -63,26 +63,32 @@ def summaries(
     ids = [v.id for v in rows]
     tags, aliases = q.tags_of(conn, ids), q.aliases_of(conn, ids)
     names = [name] * len(rows) if isinstance(name, str) else name
-    out = []
-    for n, v in zip(names, rows, strict=True):
-        s: dict[str, Any] = {
-            "name": n,
-            "version": v.number,
-            "kind": v.kind,
-            "layout": v.layout,
-            "digest": v.digest,
-            "size": v.size,
-            "files": v.file_count,
-            "created_at": v.created_at,
-            "digest_of": v.digest_of,  # "content", or "pins" for a reference never hashed
-            "format": v.format,  # the repository format: how the digests were made
-            "tags": tags.get(v.id, {}),
-            "aliases": aliases.get(v.id, []),
-        }
-        if v.kind == "reference":
-            s["source"] = v.source
-        out.append(s)
-    return out
+    return [
+        describe(n, v, tags.get(v.id, {}), aliases.get(v.id, []))
+        for n, v in zip(names, rows, strict=True)
+    ]
+
+
+def describe(name: str, v: VersionRow, tags: dict[str, str], aliases: list[str]) -> dict[str, Any]:
+    """What the API says about a version whose tags and aliases are known (a version
+    just made has the tags it was made with and no alias: no need to ask the catalog)."""
+    s: dict[str, Any] = {
+        "name": name,
+        "version": v.number,
+        "kind": v.kind,
+        "layout": v.layout,
+        "digest": v.digest,
+        "size": v.size,
+        "files": v.file_count,
+        "created_at": v.created_at,
+        "digest_of": v.digest_of,  # "content", or "pins" for a reference never hashed
+        "format": v.format,  # the repository format: how the digests were made
+        "tags": tags,
+        "aliases": aliases,
+    }
+    if v.kind == "reference":
+        s["source"] = v.source
+    return s
 
 
 def summary(conn: Connection, name: str, v: VersionRow, files: bool = False) -> dict[str, Any]:

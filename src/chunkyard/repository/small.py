@@ -31,7 +31,7 @@ from ..manifest import Term, dumps
 from ..names import MAX_PATH, check_name, check_tags, check_tree_paths
 from . import Repository
 from .access import Principal
-from .artifacts import summary
+from .artifacts import describe, summary
 from .uploads import add_version, readable_locations
 
 #: the most content one small push carries (its body is base64: a third more)
@@ -210,4 +210,6 @@ def _commit(
             }
         )
     v, created = add_version(conn, art_id, layout, rows_out, tags)
-    return {**summary(conn, name, v), "created": created}, live
+    if not created:
+        return {**summary(conn, name, v), "created": False}, live
+    return {**describe(name, v, tags, []), "created": True}, live

@@ -50,7 +50,7 @@ from ..names import check_name, check_tags, check_tree_paths
 from ..stores.base import CompletedPart
 from . import Repository, verifier
 from .access import Principal
-from .artifacts import apply_tags, summary
+from .artifacts import apply_tags, describe, summary
 
 #: keys per missing-chunk query: 64 Ki keys = a 2 MiB body
 MAX_QUERY_IDS = 65536
@@ -370,7 +370,7 @@ def _commit(
     domain = repo.domain(name)
     for pack, first, end in _merged((t.pack, t.first, t.end) for f in files for t in f.terms):
         packs_q.index_chunks(conn, pack, domain, first, end)  # proven: dedup targets here
-    return {**summary(conn, name, v), "created": True}
+    return {**describe(name, v, tags, []), "created": True}
 
 
 def add_version(
