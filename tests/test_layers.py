@@ -129,3 +129,19 @@ def test_no_import_cycles():
     for n in sorted(graph):
         if n not in state:
             visit(n)
+
+
+def test_the_cli_starts_without_the_server_side():
+    """Every ``chunkyard push`` pays for what the program imports: the server's app and
+    the catalog (SQLAlchemy, Starlette) are loaded only by the commands that use them
+    (they cost 0.4 s of each start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chunkyard.cli; "
+        "print(sorted(m for m in ('sqlalchemy', 'starlette', 'uvicorn', 'chunkyard.catalog') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
