@@ -73,7 +73,7 @@ def _token_commands(sub: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SCOPE",
-        help="read:PREFIX, write:PREFIX (reads too) or admin; repeatable",
+        help="read:PREFIX, write:PREFIX (reads too), metrics or admin; repeatable",
     )
     s.add_argument("--ttl", type=client_cli.parse_duration, help="lifetime: 30d, 12h, 90m, 45s")
     s.add_argument("--label", help="a note to tell tokens apart")
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChunkyardError as exc:
         if getattr(args, "json", False):
             print(json.dumps(exc.to_json()), file=sys.stdout)
-        print(f"chunkyard: error: {exc.message} [{exc.code}]", file=sys.stderr)
+        rid = f" (request id {exc.request_id})" if exc.request_id else ""
+        print(f"chunkyard: error: {exc.message} [{exc.code}]{rid}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
