@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
 from .base import (
     CompletedPart,
+    HeldPart,
     ObjectInfo,
     PartPlan,
     PresignedRequest,
@@ -322,6 +323,27 @@ class GCSStore(Store):
                 operation="complete_upload",
                 key=key,
             )
+
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        """The parts the resumable session holds whole, from its status query: GCS
+        answers ``308`` with ``Range: bytes=0-N``, the bytes it persisted (none without
+        the header); a finished or forgotten session holds none."""
+        resp = await self._call(
+            "list_parts",
+            "PUT",
+            self._session(upload_id),
+            key=key,
+            ok=(200, 201, 308, 404, 410),
+            headers={"Content-Range": "bytes */*"},
+        )
+        got = resp.headers.get("range", "") if resp.status_code == 308 else ""
+        first, _, last = got.removeprefix("bytes=").partition("-")
+        persisted = int(last) + 1 if first == "0" and last.isdigit() else 0
+        return [
+            HeldPart(p.number, p.size)
+            for p in self.plan_parts(size)
+            if p.offset + p.size <= persisted
+        ]
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         # GCS answers 499 to a cancelled session; the emulator cannot cancel (501)
