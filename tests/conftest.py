@@ -316,3 +316,25 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def s3_url() -> Iterator[str]:
+    """A fresh prefix in the test bucket, emptied afterwards."""
+    from stores.conftest import S3_ENV, fresh_url, require_env
+
+    env = require_env("s3", *S3_ENV)
+    url = fresh_url(env["CHUNKYARD_TEST_S3_URL"])
+    yield url
+
+    async def empty() -> None:
+        from chunkyard.stores.s3 import S3Store
+
+        store = S3Store(url)
+        try:
+            for key in [info.key async for info in store.list("")]:
+                await store.delete(key)
+        finally:
+            await store.close()
+
+    asyncio.run(empty())

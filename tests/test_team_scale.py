@@ -25,7 +25,7 @@ import pytest
 from chunkyard import Client
 from chunkyard.client.transport import RetryPolicy, Wait
 from conftest import GatewayProcess, child_env, random_bytes, start_gateway
-from stores.conftest import S3_ENV, fresh_url, require_env
+from stores.conftest import require_env
 
 WRITER = Path(__file__).with_name("team_writer.py")
 WRITERS = 8
@@ -45,26 +45,6 @@ def pg_url() -> Iterator[str]:
     psql(base, f"create database {name}")
     yield base.rsplit("/", 1)[0] + "/" + name
     psql(base, f"drop database {name} with (force)", check=False)
-
-
-@pytest.fixture
-def s3_url() -> Iterator[str]:
-    """A fresh prefix in the test bucket, emptied afterwards."""
-    env = require_env("s3", *S3_ENV)
-    url = fresh_url(env["CHUNKYARD_TEST_S3_URL"])
-    yield url
-
-    async def empty() -> None:
-        from chunkyard.stores.s3 import S3Store
-
-        store = S3Store(url)
-        try:
-            for key in [info.key async for info in store.list("")]:
-                await store.delete(key)
-        finally:
-            await store.close()
-
-    asyncio.run(empty())
 
 
 # -- many writers -----------------------------------------------------------------------

@@ -40,12 +40,12 @@ from ..errors import (
     PackCorrupt,
     StoreError,
 )
-from ..names import MAX_SEGMENT, check_path, check_tree_paths
+from ..names import check_path, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
 from .packer import pipelined
 from .references import drifted, refusals_as_drift
-from .resume import PartialFile
+from .resume import PartialFile, partial_paths
 from .transport import Transport, with_fresh_url
 
 UNIT_BYTES = 8 * 1024 * 1024
@@ -396,11 +396,9 @@ def _reread(unit: dict, buf: bytearray) -> memoryview | None:
 
 
 def partial_path(dest: Path) -> Path:
-    """Where ``dest`` is written before it is renamed into place: beside it, hidden,
-    and short enough for a file system when ``dest``'s own name is near the limit."""
-    suffix = f".{uuid.uuid4().hex[:8]}.partial"
-    name = dest.name.encode()[: MAX_SEGMENT - 1 - len(suffix)].decode(errors="ignore")
-    return dest.with_name(f".{name}{suffix}")
+    """Where ``dest`` is written before it is renamed into place, when it cannot be
+    resumed (small files, references): beside it, hidden, under a name of its own."""
+    return partial_paths(dest, uuid.uuid4().hex)[0]
 
 
 def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
