@@ -353,6 +353,7 @@ def _push_through_an_outage(
     part of the version's packs sent once (a part counts when the store answered it),
     the version pulls back identical. Returns the push's answer."""
     data, _, env, push = start_push(tmp_path, state, url, held, size, parts=2)
+    assert push.poll() is None, "the push finished before the outage"
     outage()
     throttle.rate = None
     result = finished(push, timeout=120)
@@ -484,7 +485,7 @@ def test_a_push_rides_out_seaweedfs_killed_and_restarted(tmp_path, state):
     until it is back, and the push goes on in its session."""
     require_env("s3", *S3_ENV)  # the binary comes with the S3 test setup
     weed = Seaweed(tmp_path / "weed").start()
-    throttle = Throttle(weed.port, rate=8 * MiB)
+    throttle = Throttle(weed.port, rate=6 * MiB)
     s3 = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     url = f"s3://{BUCKET}/t"
     env = {**s3, "CHUNKYARD_STORE": url, "CHUNKYARD_PACK_TARGET": str(16 * MiB)}
@@ -499,7 +500,7 @@ def test_a_push_rides_out_seaweedfs_killed_and_restarted(tmp_path, state):
     try:
         wait_until("the bucket", lambda: _bucket(weed.url), timeout=30)
         gw.start().wait_ready()
-        _push_through_an_outage(tmp_path, state, gw.url, throttle, held, 32 * MiB, outage)
+        _push_through_an_outage(tmp_path, state, gw.url, throttle, held, 48 * MiB, outage)
     finally:
         gw.stop()
         throttle.close()
