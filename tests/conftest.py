@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +21,15 @@ import httpx
 import pytest
 import uvicorn
 
+import chunkyard
 from chunkyard import Client
 from chunkyard.config import Settings
 from chunkyard.server import create_app
+
+#: the code under test, for processes started here (whatever their working directory)
+SRC = str(Path(chunkyard.__file__).resolve().parents[1])
+#: pushes made by tests remember their sessions here, not in the user's ~/.cache
+os.environ.setdefault("CHUNKYARD_STATE_DIR", tempfile.mkdtemp(prefix="chunkyard-state-"))
 
 
 def free_port() -> int:
@@ -240,3 +247,94 @@ class ServedGateway:
                 self.proc.kill()
                 self.proc.wait()
         return self.log.read_text()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKYARD_")}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.update(extra)
+    return env
+
+
+class GatewayProcess:
+    """``python -m chunkyard.cli serve`` on a fixed port, so it can be killed and
+    restarted where its clients expect it."""
+
+    def __init__(self, data: Path, env: dict[str, str], workers: int = 1) -> None:
+        self.data, self.env, self.workers = data, env, workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data.with_suffix(".log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> GatewayProcess:
+        argv = [sys.executable, "-m", "chunkyard.cli", "serve", "--port", str(self.port)]
+        argv += ["--data", str(self.data), "--workers", str(self.workers)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                env=child_env(**self.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its workers go with it
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 40.0) -> GatewayProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway {self.url} exited:\n{self.log_text()[-4000:]}")
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"gateway {self.url} did not start:\n{self.log_text()[-4000:]}"
+                )
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: whatever it held in memory is gone."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def s3_url() -> Iterator[str]:
+    """A fresh prefix in the test bucket, emptied afterwards."""
+    from stores.conftest import S3_ENV, fresh_url, require_env
+
+    env = require_env("s3", *S3_ENV)
+    url = fresh_url(env["CHUNKYARD_TEST_S3_URL"])
+    yield url
+
+    async def empty() -> None:
+        from chunkyard.stores.s3 import S3Store
+
+        store = S3Store(url)
+        try:
+            for key in [info.key async for info in store.list("")]:
+                await store.delete(key)
+        finally:
+            await store.close()
+
+    asyncio.run(empty())

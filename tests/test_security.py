@@ -145,10 +145,14 @@ def test_sessions_belong_to_the_token_that_opened_them(secured):
     a = token(secured, "write:team-a/")
     b = token(secured, "write:team-a/")
     with as_(secured, a) as ca, as_(secured, b) as cb:
-        sid = ca.post("/v1/sessions", json={"name": "team-a/s"}).json()["session"]
+        opened = ca.post("/v1/sessions", json={"name": "team-a/s"}).json()
+        sid = opened["session"]
         before = secured.snapshot()
         r = cb.post(f"/v1/sessions/{sid}/missing", content=b"\0" * 32)
         assert r.status_code == 404 and code(r) == "session_not_found"
+        r = cb.get(f"/v1/sessions/{sid}")  # resuming it, proof key and all: its owner only
+        assert r.status_code == 404 and code(r) == "session_not_found"
+        assert ca.get(f"/v1/sessions/{sid}").json() == opened
         r = cb.post(f"/v1/sessions/{sid}/commit", json={"layout": "tree", "files": []})
         assert r.status_code == 404
         assert secured.snapshot() == before

@@ -48,6 +48,9 @@ class Settings:
     #: Opening one costs more than most requests: 32 pushers with the default of 5
     #: opened some 25 a second and doubled commit latency
     db_pool: int = 16
+    #: the size clients close their packs at, bytes (CHUNKYARD_PACK_TARGET, 1 MiB to
+    #: 64 MiB): smaller packs resume and deduplicate in smaller steps, at more requests
+    pack_target: int = 32 * 1024 * 1024
 
     @classmethod
     def load(
@@ -79,6 +82,7 @@ class Settings:
             body_timeout=_positive(env, "CHUNKYARD_BODY_TIMEOUT", float, cls.body_timeout),
             body_min_rate=_positive(env, "CHUNKYARD_BODY_MIN_RATE", int, cls.body_min_rate),
             db_pool=_positive(env, "CHUNKYARD_DB_POOL", int, cls.db_pool),
+            pack_target=_pack_target(env),
         )
 
 
@@ -94,6 +98,13 @@ def _positive(env: Mapping[str, str], key: str, kind: type, default: float) -> A
     if not 0 < value < float("inf"):  # also refuses nan
         raise ValueError(f"{key} must be a positive {kind.__name__}, got {text!r}")
     return value
+
+
+def _pack_target(env: Mapping[str, str]) -> int:
+    target = _positive(env, "CHUNKYARD_PACK_TARGET", int, Settings.pack_target)
+    if not 1024 * 1024 <= target <= 64 * 1024 * 1024:
+        raise ValueError(f"CHUNKYARD_PACK_TARGET must be 1 MiB to 64 MiB, got {target}")
+    return target
 
 
 def _flag(value: str | None) -> bool:

@@ -133,6 +133,15 @@ class PackWriter:
         projected = self._pos + stored_len + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
         return not self.entries or projected <= self.target_size
 
+    def full(self) -> bool:
+        """True once one more record of the largest size might take the pack past its
+        target. Writers that close a pack as soon as it is full (rather than when the
+        next record does not fit) make where a pack ends depend on its own records only:
+        a push run again after an interruption, skipping packs that were finished,
+        rebuilds the others byte for byte."""
+        projected = self._pos + MAX_RECORD + (len(self.entries) + 1) * ENTRY.size + FOOTER_SIZE
+        return projected > self.target_size
+
     def add(self, key: bytes, raw_len: int, scheme: int, stored: bytes | memoryview) -> int:
         """Append a chunk's record; ``key`` is its chunk key (the index gets its id)."""
         n = len(stored)

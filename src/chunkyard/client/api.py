@@ -55,7 +55,12 @@ class Client:
         """Push a file or directory as a new version of ``name`` (or return the latest
         version if its content is identical). Returns a summary: ``name``, ``version``,
         ``digest``, ``size``, ``files``, ``chunks_total``, ``chunks_new``,
-        ``bytes_uploaded``, ``created``."""
+        ``bytes_uploaded``, ``parts_sent``, ``created``.
+
+        A push of the same files that stopped before it committed (the process was
+        killed, or gave up on an unreachable gateway) is resumed in its session: what
+        the store holds of it is not sent again (``resumed``, ``parts_resumed``,
+        ``packs_resumed``; see :mod:`chunkyard.client.resume`)."""
         check_name(name)
         tags = check_tags(tags)
         with self._bar(f"push {name}") as factory:
@@ -64,7 +69,9 @@ class Client:
     def pull(self, ref: str, dest: str | os.PathLike) -> dict[str, Any]:
         """Write ``name``, ``name@VERSION`` or ``name:ALIAS`` to ``dest``; every chunk and
         the whole content are verified. A reference version comes straight from its
-        source, pinned; drift there raises :class:`~chunkyard.errors.ReferenceDrifted`."""
+        source, pinned; drift there raises :class:`~chunkyard.errors.ReferenceDrifted`.
+        What an interrupted pull of the same file to the same place verified is kept
+        (checked again) and the rest fetched: ``bytes_resumed``, ``bytes_downloaded``."""
         name, version = parse_ref(ref)
         with self._bar(f"pull {name}") as factory:
             return download.pull(self.transport, name, version, dest, factory)

@@ -40,9 +40,16 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """A client whose waits for an unreachable gateway or store are said on stderr
+    unless ``--quiet``, with or without a progress bar: a command that waits a minute
+    must not look hung (nor does a line on stderr disturb ``--json`` on stdout)."""
     from .api import Client
+    from .transport import print_waits
 
-    return Client(progress=not (args.json or args.quiet) and sys.stderr.isatty())
+    return Client(
+        progress=not (args.json or args.quiet) and sys.stderr.isatty(),
+        on_wait=None if args.quiet else print_waits(),
+    )
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -55,7 +62,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         f"{r['name']}@{r['version']}  ({what})\n"
         f"  digest {r['digest']}\n  {_human_size(r['size'])} in {r['files']} file(s), "
         f"{r['chunks_new']}/{r['chunks_total']} chunks new, "
-        f"{_human_size(r['bytes_uploaded'])} uploaded",
+        f"{_human_size(r['bytes_uploaded'])} uploaded"
+        + (
+            f" (resumed: {r['packs_resumed']} pack(s) and {r['parts_resumed']} part(s) sent before)"
+            if r.get("resumed")
+            else ""
+        ),
     )
     return 0
 

@@ -30,20 +30,22 @@ from typing import Any
 
 import zstandard
 
-from ..digest import FileIdHasher, new_file_hasher
+from ..digest import FileIdHasher, chunk_id, chunk_key, new_file_hasher
 from ..errors import (
     ChunkyardError,
     DigestMismatch,
+    IntegrityFailure,
     InvalidName,
     InvalidRequest,
     PackCorrupt,
     StoreError,
 )
-from ..names import MAX_SEGMENT, check_path, check_tree_paths
+from ..names import check_path, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
 from .packer import pipelined
 from .references import drifted, refusals_as_drift
+from .resume import PartialFile, partial_paths
 from .transport import Transport, with_fresh_url
 
 UNIT_BYTES = 8 * 1024 * 1024
@@ -113,6 +115,9 @@ class Downloader:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._free: list[tuple[bytearray, bytearray]] = []
+        #: pack bytes read from the store, and file bytes an interrupted pull had written
+        self.bytes_downloaded = 0
+        self.bytes_resumed = 0
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -129,7 +134,14 @@ class Downloader:
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
         try:
+            kept = _reread(unit, bufs[1]) if unit["kept"] else None
+            if kept is not None:  # an interrupted pull wrote them: read back, checked
+                with self._lock:
+                    self.bytes_resumed += len(kept)
+                return kept, bufs, unit
             data = self._read(page, url, unit, bufs[0])
+            with self._lock:
+                self.bytes_downloaded += len(data)
             out = decode_run(unit["chunks"], data, unit["skip"], unit["take"], dctx, bufs[1])
             if "out" in unit:
                 fd, pos = unit["out"]
@@ -193,28 +205,31 @@ class Downloader:
 
     def file(self, base: str, entry: dict, dest: Path) -> None:
         """Workers write their units in place (``pwrite``: the kernel's copy into the page
-        cache runs on both cores); this thread hashes them in order, then renames."""
+        cache runs on both cores); this thread hashes them in order, then renames.
+
+        The file is written to a :class:`~chunkyard.client.resume.PartialFile`: what an
+        interrupted pull of it wrote and verified is read back and checked instead of
+        fetched, and a pull interrupted here leaves what it verified for the next."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(dest)
+        part = PartialFile(dest, entry["digest"], entry["size"])
         check = FileCheck(entry, self.format)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.ftruncate(fd, entry["size"])
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
-            for data, bufs, unit in pipelined(self.pool, self._fetch, _placed(units, fd), DEPTH):
+            jobs = _placed(units, part.fd, part.kept)
+            for data, bufs, unit in pipelined(self.pool, self._fetch, jobs, DEPTH):
                 check.update(unit["chunks"], unit["skip"], data)
                 self.progress(len(data))
                 data.release()
                 self._recycle(bufs)
-            os.close(fd)
-            fd = -1
+                part.verified(unit["out"][1] + unit["take"])
             check.done()
-            os.replace(tmp, dest)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            if tmp.exists():
-                tmp.unlink()
+        except IntegrityFailure:
+            part.abandon(keep=False)  # wrong bytes: nothing of them may stay
+            raise
+        except BaseException:
+            part.abandon(keep=True)  # interrupted: the next pull goes on from here
+            raise
+        part.finish()
 
     def small_files(self, base: str, items: list[tuple[dict, Path]]) -> None:
         """Many small files: one reconstruction answer per batch, each pack's ranges
@@ -279,6 +294,8 @@ class Downloader:
 
         first = answer["files"][users[0][0]]["path"] if users else read["pack"]
         data = self._pack_read(url, first, a, b, bytearray(b - a), renew)
+        with self._lock:
+            self.bytes_downloaded += len(data)
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
@@ -350,21 +367,38 @@ def _borrowed(url: dict, path: str) -> dict[str, str]:
     return {"uri": url["reference"], "path": path, "why": f"{path} borrows chunks from it"}
 
 
-def _placed(units: Iterator[tuple], fd: int) -> Iterator[tuple]:
-    """Each unit with where its bytes go in the output file."""
+def _placed(units: Iterator[tuple], fd: int, kept: int = 0) -> Iterator[tuple]:
+    """Each unit with where its bytes go in the output file, and whether they are there
+    already: within the first ``kept`` bytes, which an interrupted pull verified, and
+    of whole chunks only (so that each can be checked against its id again)."""
     pos = 0
     for page, url, unit in units:
         unit["out"] = (fd, pos)
+        whole = unit["skip"] == 0 and unit["take"] == sum(c[2] for c in unit["chunks"])
+        unit["kept"] = whole and pos + unit["take"] <= kept
         pos += unit["take"]
         yield page, url, unit
 
 
+def _reread(unit: dict, buf: bytearray) -> memoryview | None:
+    """A unit's bytes as an interrupted pull wrote them, every chunk checked against
+    its id again; None if the file does not hold them (they are fetched instead)."""
+    fd, pos = unit["out"]
+    view = memoryview(buf)[: unit["take"]]
+    if os.preadv(fd, [view], pos) != len(view):
+        return None
+    at = 0
+    for cid, _, raw_len, _ in unit["chunks"]:
+        if chunk_id(chunk_key(view[at : at + raw_len])).hex() != cid:
+            return None
+        at += raw_len
+    return view
+
+
 def partial_path(dest: Path) -> Path:
-    """Where ``dest`` is written before it is renamed into place: beside it, hidden,
-    and short enough for a file system when ``dest``'s own name is near the limit."""
-    suffix = f".{uuid.uuid4().hex[:8]}.partial"
-    name = dest.name.encode()[: MAX_SEGMENT - 1 - len(suffix)].decode(errors="ignore")
-    return dest.with_name(f".{name}{suffix}")
+    """Where ``dest`` is written before it is renamed into place, when it cannot be
+    resumed (small files, references): beside it, hidden, under a name of its own."""
+    return partial_paths(dest, uuid.uuid4().hex)[0]
 
 
 def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
@@ -457,16 +491,17 @@ def pull(
     dest = Path(dest)
     todo = targets(v, dest)
     progress = progress_factory(v["size"]) if progress_factory else None
+    counts: dict[str, int] = {}
     try:
         if v["kind"] == "reference":
             _pull_reference(transport, base, todo, progress)
         else:
-            _pull_stored(transport, base, todo, progress, v.get("format", 2))
+            counts = _pull_stored(transport, base, todo, progress, v.get("format", 2))
     except OSError as exc:
         if exc.filename is None:  # not the file system's: the network's, say
             raise
         raise _write_error(exc) from exc
-    return {**v, "path": str(todo[0][1] if v["layout"] == "file" else dest)}
+    return {**v, **counts, "path": str(todo[0][1] if v["layout"] == "file" else dest)}
 
 
 def _pull_stored(
@@ -475,7 +510,7 @@ def _pull_stored(
     todo: list[tuple[dict, Path]],
     progress: Callable[[int], None] | None,
     fmt: int,
-) -> None:
+) -> dict[str, int]:
     d = Downloader(transport, progress, fmt)
     small = [(e, t) for e, t in todo if e["size"] <= SMALL_PULL]
     try:
@@ -488,6 +523,7 @@ def _pull_stored(
                 d.file(base, entry, target)
     finally:
         d.close()
+    return {"bytes_downloaded": d.bytes_downloaded, "bytes_resumed": d.bytes_resumed}
 
 
 # -- reference versions: straight from the source ------------------------------------

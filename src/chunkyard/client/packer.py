@@ -130,7 +130,12 @@ def file_id_of(cuts: Iterable[tuple[int, int, bytes]]) -> str:
 class Stats:
     chunks_total: int = 0
     chunks_new: int = 0
+    #: bytes and parts this run sent to the store
     bytes_uploaded: int = 0
+    parts_sent: int = 0
+    #: parts and packs an interrupted run of the push had sent (not sent again)
+    parts_resumed: int = 0
+    packs_resumed: int = 0
     packs: int = 0
 
 
@@ -236,14 +241,14 @@ class Packer:
             if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
                 entry = packfmt.compress(self._compressor(), w.chunk(i))
             scheme, stored = entry
-            if not self.writer.fits(len(stored)):
-                self._flush_pack()
             idx = self.writer.add(cid, w.cuts[i][1], scheme, stored)
             self.stats.chunks_new += 1
             self.recent[cid] = (self.slot, idx)
             if len(self.recent) > RECENT_LIMIT:
                 self.recent.popitem(last=False)
             self._add_term(terms, self.slot, idx, cid)
+            if self.writer.full():  # closed by its own records: see PackWriter.full
+                self._flush_pack()
 
     def _add_term(self, terms: list[list], pack: PackSlot | str, idx: int, key: bytes) -> None:
         """Append chunk ``idx`` of ``pack`` (whose key is ``key``), joining the last term

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,19 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..errors import ChunkyardError, InvalidName, InvalidRequest, NotFound, StoreError
+from ..errors import (
+    CatalogError,
+    ChunkyardError,
+    GatewayUnavailable,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+)
 from ..names import check_tree_paths
 from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
+from .resume import PushRecord, push_key
 from .transport import Transport, with_fresh_url
 
 #: a part the store refuses with one of these is sent again with a fresh URL
@@ -54,19 +64,38 @@ def small_push_limit() -> int:
         raise InvalidRequest(f"CHUNKYARD_SMALL_PUSH_BYTES={raw!r} is not a number") from None
 
 
+#: failures that may pass: a push that stopped on one keeps its session for a run again
+TRANSIENT = (GatewayUnavailable, StoreError, CatalogError)
+
+
 class _AlreadyStored(Exception):
     """The pack being sent was completed by another push meanwhile."""
 
 
 class Uploader:
-    """One push session: many files, shared packs, one commit."""
+    """One push session: many files, shared packs, one commit.
+
+    With a ``record`` of an earlier run of the same push that did not commit (it was
+    killed, or gave up on an unreachable gateway), the session it opened is resumed
+    while it is open: the packs rebuilt the same way are answered ``complete`` (sent
+    before), or with the parts the store holds marked ``stored``; only the rest is sent."""
 
     def __init__(
-        self, transport: Transport, name: str, progress: Callable[[int], None] | None = None
+        self,
+        transport: Transport,
+        name: str,
+        progress: Callable[[int], None] | None = None,
+        record: PushRecord | None = None,
     ) -> None:
         self.t = transport
-        self.session = transport.call("POST", "/v1/sessions", json={"name": name})
+        self.record = record or PushRecord()
+        self.session = self._resume(name)
+        self.resumed = self.session is not None
+        if self.session is None:
+            self.session = transport.call("POST", "/v1/sessions", json={"name": name})
+            self.record.save(self.session)
         self.sid = self.session["session"]
+        self._count = threading.Lock()
         self.sequential = self.session.get("sequential_parts", False)
         self.parts = ThreadPoolExecutor(8, thread_name_prefix="cy-part")
         self.packer = Packer(
@@ -80,6 +109,27 @@ class Uploader:
     def close(self) -> None:
         self.packer.close()
         self.parts.shutdown(wait=True, cancel_futures=True)
+
+    def _resume(self, name: str) -> dict | None:
+        """The session an interrupted run of this push opened, if it is still open (not
+        expired, not committed, ours); else None."""
+        sid = self.record.session
+        if sid is None:
+            return None
+        try:
+            session = self.t.call("GET", f"/v1/sessions/{sid}")
+        except NotFound:  # expired or committed (or a gateway without the route)
+            return None
+        except ChunkyardError as exc:
+            if exc.code == "method_not_allowed":
+                return None
+            raise
+        return session if session.get("name") == name else None
+
+    def _counted(self, **add: int) -> None:
+        with self._count:
+            for what, n in add.items():
+                setattr(self.packer.stats, what, getattr(self.packer.stats, what) + n)
 
     def _lookup(self, keys: list[bytes]) -> dict:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(keys))
@@ -108,6 +158,8 @@ class Uploader:
             body["checksums"] = self._checksums(plan["checksum"], pack, plan["parts"])
             plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         if plan["state"] != "uploading":  # the very same pack is in the store already
+            if plan["state"] == "complete":  # sent by an interrupted run of this push
+                self._counted(packs_resumed=1)
             return
         try:
             etags = self._send_parts(pack, body, plan["parts"])
@@ -116,10 +168,18 @@ class Uploader:
         self.t.call(
             "POST", f"/v1/sessions/{self.sid}/packs/{pack.id}/complete", json={"parts": etags}
         )
-        self.packer.stats.bytes_uploaded += pack.size
 
     def _send_parts(self, pack: packfmt.Pack, body: dict, parts: list[dict]) -> list[dict]:
         view = memoryview(pack.data)
+
+        def put(part: dict, data: memoryview, what: str) -> str:
+            """One part, unless the store holds it already; its ETag."""
+            if part.get("stored"):
+                self._counted(parts_resumed=1)
+                return part.get("etag") or ""
+            resp = self.t.send(part, content=data, what=what)
+            self._counted(parts_sent=1, bytes_uploaded=len(data))
+            return resp.headers.get("etag", "")
 
         def send(part: dict) -> dict:
             number = part["number"]
@@ -132,10 +192,8 @@ class Uploader:
                     raise _AlreadyStored from exc
                 return next(p for p in fresh["parts"] if p["number"] == number)
 
-            resp = with_fresh_url(
-                lambda p: self.t.send(p, content=data, what=what), part, renew, PART_REFUSED
-            )
-            done = {"number": number, "etag": resp.headers.get("etag", "")}
+            etag = with_fresh_url(lambda p: put(p, data, what), part, renew, PART_REFUSED)
+            done = {"number": number, "etag": etag}
             if body.get("checksums"):
                 done["checksum"] = body["checksums"][number - 1]
             return done
@@ -247,13 +305,22 @@ def push(
             known = {entries[0][1]: {**files[0], **seen}}
         else:
             known = {f["path"]: {**f, **seen} for f in files}
-    up = Uploader(transport, name, progress)
+    record = PushRecord.open(push_key(transport.url, name, entries))
     try:
-        results = _add_all(up.packer, entries, known)
-        up.packer.finish()
-        version = up.commit(layout, results, tags or {})
+        up = Uploader(transport, name, progress, record)
+        try:
+            results = _add_all(up.packer, entries, known)
+            up.packer.finish()
+            version = up.commit(layout, results, tags or {})
+        finally:
+            up.close()
+        record.clear()
+    except ChunkyardError as exc:
+        if not isinstance(exc, TRANSIENT):  # refused: a run again starts afresh
+            record.clear()
+        raise
     finally:
-        up.close()
+        record.close()
     stats = up.packer.stats
     return {
         **version,
@@ -262,6 +329,11 @@ def push(
         "chunks_total": stats.chunks_total,
         "chunks_new": stats.chunks_new,
         "bytes_uploaded": stats.bytes_uploaded,
+        "parts_sent": stats.parts_sent,
+        # what an interrupted run of this push had sent already, in the session resumed
+        "resumed": up.resumed,
+        "parts_resumed": stats.parts_resumed,
+        "packs_resumed": stats.packs_resumed,
     }
 
 

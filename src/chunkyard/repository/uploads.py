@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..manifest import Term, dumps
 from ..names import check_name, check_tags, check_tree_paths
-from ..stores.base import CompletedPart
+from ..stores.base import CompletedPart, HeldPart, PartPlan
 from . import Repository, verifier
 from .access import Principal
 from .artifacts import apply_tags, describe, summary
@@ -95,16 +95,28 @@ async def create_session(repo: Repository, who: Principal, name: str) -> dict[st
         proof_key=secrets.token_hex(32),
     )
     await repo.db.write(sessions_q.insert_session, row)
+    return _session_answer(repo, row)
+
+
+async def resume_session(repo: Repository, who: Principal, sid: str) -> dict[str, Any]:
+    """An open session again, as its opening answered it: a client that died (or lost
+    the answer) resumes it, its proof key and the uploads begun in it, instead of
+    sending again what the session holds. Expired, committed or another token's:
+    ``session_not_found``, and the client opens a new one."""
+    return _session_answer(repo, await repo.db.read(open_session, sid, who))
+
+
+def _session_answer(repo: Repository, row: SessionRow) -> dict[str, Any]:
     store = repo.store
     return {
         "session": row.id,
-        "name": name,
+        "name": row.artifact_name,
         "expires_at": row.expires_at,
         # keys this session's possession proofs; secret between gateway and client
         "proof_key": row.proof_key,
         "part_checksum": store.part_checksum,
         "sequential_parts": store.sequential_parts,
-        "pack_target_size": packfmt.TARGET_SIZE,
+        "pack_target_size": repo.settings.pack_target,
         # packs are cut into even parts of this size: a client can checksum them up
         # front and begin each pack with a single request
         "pack_part_size": store.plan_parts(packfmt.MAX_SIZE)[0].size,
@@ -185,7 +197,8 @@ async def begin_pack(
     """Start (or resume) this session's upload of one pack; returns presigned parts.
 
     Asking again returns fresh URLs for the same upload, so a client whose URLs expired,
-    or that restarted, goes on where it was. A pack whose chunks the session's domain
+    or that restarted, goes on where it was: parts the store holds already are answered
+    ``stored`` (with their ETag) instead of with a URL. A pack whose chunks the session's domain
     holds already needs no upload at all (the commit still proves possession)."""
     store = repo.store
     plan = store.plan_parts(size)
@@ -227,16 +240,21 @@ async def begin_pack(
             await store.abort_upload(key, store_upload)
             row = raced
         upload = row
+        stored = {}
+    else:  # begun before: the parts the store holds need not come again
+        stored = await _held_parts(repo, upload, plan, checksums)
     expiry = repo.settings.url_expiry
     parts = []
     for i, part in enumerate(plan):
+        where = {"number": part.number, "offset": part.offset, "size": part.size}
+        if part.number in stored:
+            parts.append({**where, "stored": True, "etag": stored[part.number].etag})
+            continue
         checksum = checksums[i] if store.part_checksum and checksums else None
         req = await store.presign_part(
             upload.key, upload.store_upload_id, part, size, checksum, expiry
         )
-        parts.append(
-            {"number": part.number, "offset": part.offset, "size": part.size, **req.to_json()}
-        )
+        parts.append({**where, **req.to_json()})
     return {
         "pack": pack_id,
         "state": "uploading",
@@ -244,6 +262,29 @@ async def begin_pack(
         "sequential": store.sequential_parts,
         "expires_in": expiry,
     }
+
+
+async def _held_parts(
+    repo: Repository, upload: UploadRow, plan: list[PartPlan], checksums: list[str] | None
+) -> dict[int, HeldPart]:
+    """The parts of the plan the store holds whole, of the size planned and, where the
+    store kept a checksum, with the one the client names now. Whatever else a part
+    holds, the pack is verified against its id once complete."""
+    want = {p.number: p for p in plan}
+    out = {}
+    listed = await repo.store.list_parts(upload.key, upload.store_upload_id, upload.size)
+    if not listed:  # completed in the store, and the answer lost (the gateway died)?
+        info = await repo.store.stat(upload.key)
+        if info is not None and info.size == upload.size:
+            return {p.number: HeldPart(p.number, p.size) for p in plan}
+    for h in listed:
+        p = want.get(h.number)
+        if p is None or h.size != p.size:
+            continue
+        if h.checksum and checksums and h.checksum != checksums[p.number - 1]:
+            continue
+        out[h.number] = h
+    return out
 
 
 async def _abandon(repo: Repository, upload: UploadRow) -> None:

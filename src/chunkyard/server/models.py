@@ -353,6 +353,10 @@ class PresignedPart(Struct):
     method: str | None = None
     url: str | None = None
     headers: dict[str, str] | None = None
+    #: the store holds this part already (an upload begun before): send nothing, and
+    #: complete the pack with this ETag
+    stored: bool | None = None
+    etag: str | None = None
 
 
 class PackPlan(Struct):

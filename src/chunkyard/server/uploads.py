@@ -26,6 +26,16 @@ async def create_session(call: Call[None, None, m.CreateSession]) -> dict[str, A
     return await uploads.create_session(call.repo, call.who, call.body.name)
 
 
+@api.get(
+    "/v1/sessions/{sid}",
+    "an open upload session, as it was opened: a client that died resumes it",
+    params=m.SessionPath,
+    response=m.Session,
+)
+async def resume_session(call: Call[m.SessionPath, None, None]) -> dict[str, Any]:
+    return await uploads.resume_session(call.repo, call.who, call.path.sid)
+
+
 @api.post(
     "/v1/sessions/{sid}/missing",
     "which chunk ids (a body of concatenated 32-byte ids) are stored, and where",

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
 from .base import (
     CompletedPart,
+    HeldPart,
     ObjectInfo,
     PartPlan,
     PresignedRequest,
@@ -270,6 +271,23 @@ class AzureStore(Store):
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         """Nothing to do: Azure has no call to drop staged blocks; it expires them."""
+
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        """The blob's uncommitted blocks of this upload (Get Block List): a block is
+        staged whole or not at all. Azure reports no checksum of a staged block."""
+        prefix = self._block_id(upload_id, 0)[:-5]
+        try:
+            _, staged = await self._blob(key).get_block_list("uncommitted")
+        except ResourceNotFoundError:  # no block staged, or the blob was committed
+            return []
+        except AzureError as exc:
+            raise self._error("list_parts", exc, key) from exc
+        held = [
+            HeldPart(int(b.id[len(prefix) :]), b.size)
+            for b in staged
+            if b.id.startswith(prefix) and b.id[len(prefix) :].isdigit()
+        ]
+        return sorted(held, key=lambda p: p.number)
 
     async def presign_get(
         self,

@@ -11,7 +11,9 @@ Rules every implementation keeps (the shared contract suite in
 - Multipart uploads: ``create_upload`` → ``presign_part`` for each part of
   ``plan_parts(size)`` (clients PUT those URLs directly, in parallel unless
   ``sequential_parts``) → ``complete_upload`` makes the object appear whole, atomically.
-  ``abort_upload`` discards the parts.
+  ``abort_upload`` discards the parts. ``list_parts`` says which parts of an
+  unfinished upload the store holds, so an upload that was interrupted (the client or
+  the gateway died) resumes without sending them again.
 - Presigned requests are short-lived and name exactly one part of one object
   (uploads) or one object (reads; the client adds a ``Range`` header).
 - Pins (reference versions): ``stat`` and ``presign_get`` take the version id a
@@ -33,6 +35,7 @@ from ..parts import PartPlan, plan_even_parts
 
 __all__ = [
     "CompletedPart",
+    "HeldPart",
     "ObjectInfo",
     "PartPlan",
     "PresignedRequest",
@@ -63,6 +66,18 @@ class CompletedPart:
     number: int
     etag: str = ""
     checksum: str = ""  # the part checksum sent with it, for stores that want it back
+
+
+@dataclass(frozen=True)
+class HeldPart:
+    """A part the store holds of an unfinished upload: its size, the ETag a completion
+    names it by (empty where the store needs none) and the checksum the store
+    recorded for it (base64, the kind of ``part_checksum``; empty where it keeps none)."""
+
+    number: int
+    size: int
+    etag: str = ""
+    checksum: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def abort_upload(self, key: str, upload_id: str) -> None:
         """Discard an unfinished upload and its parts."""
+
+    @abc.abstractmethod
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        """The parts of the unfinished upload of ``size`` bytes that the store holds
+        whole now, by number: what a resumed upload need not send again. A part still
+        arriving, or cut short, is not listed. An upload that was completed, aborted
+        or never existed holds none (an empty list, not an error)."""
 
     @abc.abstractmethod
     async def presign_get(

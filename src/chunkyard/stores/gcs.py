@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
 from .base import (
     CompletedPart,
+    HeldPart,
     ObjectInfo,
     PartPlan,
     PresignedRequest,
@@ -289,15 +290,21 @@ class GCSStore(Store):
             rng = f"bytes {part.offset}-{part.offset + part.size - 1}/{total_size}"
         return PresignedRequest("PUT", self._session(upload_id), {"Content-Range": rng})
 
-    async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
-        resp = await self._call(
-            "complete_upload",
+    async def _status(self, op: str, key: str, upload_id: str) -> httpx.Response:
+        """A resumable session's status query: ``308`` while it is unfinished (with
+        ``Range: bytes=0-N``, the bytes it persisted, if any), ``200``/``201`` with the
+        object once finished, ``404``/``410`` once GCS (or the emulator) forgot it."""
+        return await self._call(
+            op,
             "PUT",
             self._session(upload_id),
             key=key,
             ok=(200, 201, 308, 404, 410),
             headers={"Content-Range": "bytes */*"},
-        )  # status query
+        )
+
+    async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
+        resp = await self._status("complete_upload", key, upload_id)
         if resp.status_code == 308:
             got = resp.headers.get("range", "nothing")
             raise StoreError(
@@ -322,6 +329,19 @@ class GCSStore(Store):
                 operation="complete_upload",
                 key=key,
             )
+
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        """The parts the resumable session holds whole, by its status query; a finished
+        or forgotten session holds none."""
+        resp = await self._status("list_parts", key, upload_id)
+        got = resp.headers.get("range", "") if resp.status_code == 308 else ""
+        first, _, last = got.removeprefix("bytes=").partition("-")
+        persisted = int(last) + 1 if first == "0" and last.isdigit() else 0
+        return [
+            HeldPart(p.number, p.size)
+            for p in self.plan_parts(size)
+            if p.offset + p.size <= persisted
+        ]
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         # GCS answers 499 to a cancelled session; the emulator cannot cancel (501)

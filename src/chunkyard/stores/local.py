@@ -36,6 +36,7 @@ from ..errors import (
 )
 from .base import (
     CompletedPart,
+    HeldPart,
     ObjectInfo,
     PartPlan,
     PresignedRequest,
@@ -54,6 +55,10 @@ PART_SIZE = 64 * 1024 * 1024
 def local_etag(st: os.stat_result) -> str:
     """Modification time and size: changes whenever a write replaces the file."""
     return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _part_etag(number: int, size: int) -> str:
+    return f'"{number}-{size}"'
 
 
 class LocalStore(Store):
@@ -229,6 +234,29 @@ class LocalStore(Store):
         d = self._upload_dir(upload_id)
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(d, ignore_errors=True))
 
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        """The part files of the upload: each is renamed into place only once it arrived
+        whole and matched its checksums, so every one listed is a finished part."""
+        d = self._upload_dir(upload_id)
+        self._path(key)
+
+        def scan() -> list[HeldPart]:
+            try:
+                if (d / "key").read_text() != key:
+                    return []
+                names = os.listdir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            held = []
+            for name in names:
+                if len(name) == 5 and name.isdigit():
+                    with contextlib.suppress(FileNotFoundError):  # completed meanwhile
+                        n = os.stat(d / name).st_size
+                        held.append(HeldPart(int(name), n, _part_etag(int(name), n)))
+            return sorted(held, key=lambda p: p.number)
+
+        return await anyio.to_thread.run_sync(scan)
+
     async def presign_get(
         self,
         key: str,
@@ -302,7 +330,7 @@ class LocalStore(Store):
             if fd >= 0:
                 os.close(fd)
             tmp.unlink(missing_ok=True)
-        return f'"{number}-{size}"'
+        return _part_etag(number, size)
 
     def open_signed(self, key: str, params: dict[str, str]) -> tuple[Path, tuple[int, int] | None]:
         """The file a signed GET may read, and the bytes ``[start, end)`` it may read

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
 from .base import (
     CompletedPart,
+    HeldPart,
     ObjectInfo,
     PartPlan,
     PresignedRequest,
@@ -313,17 +314,32 @@ class S3Store(Store):
         header = "Content-MD5" if md5 else "x-amz-checksum-sha256"
         return PresignedRequest("PUT", url, {header: checksum})
 
-    async def _etags(self, key: str, upload_id: str) -> dict[int, str]:
-        """ETags of the uploaded parts, for clients that could not read them (CORS)."""
-        s3, etags, marker = await self._s3(), {}, 0
+    async def _parts(self, key: str, upload_id: str) -> list[HeldPart]:
+        """ListParts, every page of it."""
+        s3, held, marker = await self._s3(), [], 0
         while True:
             resp = await s3.list_parts(
                 Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, PartNumberMarker=marker
             )
-            etags.update({p["PartNumber"]: p["ETag"] for p in resp.get("Parts", [])})
+            held += [
+                HeldPart(p["PartNumber"], p["Size"], p["ETag"], p.get("ChecksumSHA256", ""))
+                for p in resp.get("Parts", [])
+            ]
             if not resp.get("IsTruncated"):
-                return etags
+                return held
             marker = resp["NextPartNumberMarker"]
+
+    async def _etags(self, key: str, upload_id: str) -> dict[int, str]:
+        """ETags of the uploaded parts, for clients that could not read them (CORS)."""
+        return {p.number: p.etag for p in await self._parts(key, upload_id)}
+
+    async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:
+        try:
+            return sorted(await self._parts(key, upload_id), key=lambda p: p.number)
+        except (ClientError, BotoCoreError) as exc:
+            if self._code(exc) in ("NoSuchUpload", *_MISSING):  # completed or aborted
+                return []
+            raise self._error("list_parts", exc, key) from exc
 
     async def complete_upload(self, key: str, upload_id: str, parts: list[CompletedPart]) -> None:
         try:
