@@ -103,7 +103,7 @@ def faulty(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     from chunkyard.stores.azure import AzureStore
     from chunkyard.stores.s3 import S3Store
 
-    monkeypatch.setattr(packs, "TARGET_SIZE", PACK)
+    monkeypatch.setattr(packs, "TARGET_SIZE", PACK)  # and CHUNKYARD_PACK_TARGET below
     store_class = S3Store if kind == "s3" else AzureStore
     defaults = dict(store_class.__init__.__kwdefaults__, part_size=PARTS[kind])
     monkeypatch.setattr(store_class.__init__, "__kwdefaults__", defaults)
@@ -120,7 +120,9 @@ def faulty(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         )
         real_value, os.environ[var] = os.environ[var], value
         try:
-            gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_STORE=store_url)
+            gw, server, thread = start_gateway(
+                tmp_path / "gw", CHUNKYARD_STORE=store_url, CHUNKYARD_PACK_TARGET=str(PACK)
+            )
         finally:
             os.environ[var] = real_value
         gw_proxy.target = gw.url
