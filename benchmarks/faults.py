@@ -9,8 +9,8 @@ them):
   the gateway and one in front of the store (the gateway's store endpoint, so the
   presigned URLs point at it too): what relaying every byte through Python costs;
 - ``faults``: the same proxies injecting issue 13's mix on every request (10 % answered
-  500/503, 2 % each reset before forwarding, answered and then reset, cut mid-body;
-  5 % delayed up to 0.3 s).
+  500/503; 2 % each reset before forwarding, reset instead of answered, cut mid-body,
+  reset after the answer; 5 % delayed up to 0.3 s).
 
 Each setup pushes the file (``chunkyard push``, default retry policy) and pulls it back,
 and the pulled file must equal the pushed one byte for byte (an error otherwise).

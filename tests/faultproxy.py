@@ -12,6 +12,8 @@ meets at most one fault, drawn from a seeded random generator:
 - ``lost``: forwarded and carried out, then the connection is reset before any byte of
   the answer (a completed upload whose answer was lost);
 - ``cut``: forwarded, the answer's head and part of its body sent, then a reset;
+- ``dropped``: forwarded and answered whole, then a reset: the client finds the
+  connection it keeps for its next request gone;
 - ``delay``: the answer is held back for up to ``max_delay`` seconds.
 
 :attr:`FaultProxy.injected` counts the faults of each kind, so a test can assert that
@@ -35,7 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-KINDS = ("error", "reset", "lost", "cut", "delay")
+KINDS = ("error", "reset", "lost", "cut", "dropped", "delay")
 #: bytes relayed per read
 PIECE = 1 << 20
 #: the limit of a request or response head
@@ -51,6 +53,7 @@ class Faults:
     reset: float = 0.0
     lost: float = 0.0
     cut: float = 0.0
+    dropped: float = 0.0
     delay: float = 0.0
     max_delay: float = 0.5
 
@@ -61,19 +64,25 @@ class Faults:
     def chances(self) -> list[float]:
         return [getattr(self, k) for k in KINDS]
 
-    def draw(self, rng: random.Random) -> str | None:
+    def draw(self, rng: random.Random) -> tuple[str | None, float]:
+        """A request's fault, if any, and its parameter (the status of an ``error``,
+        the seconds of a ``delay``), drawn at once: the n-th request meets the n-th
+        draw of a seed, however the requests interleave."""
         x, acc = rng.random(), 0.0
+        arg = rng.random()
         for kind, chance in zip(KINDS, self.chances(), strict=True):
             acc += chance
             if x < acc:
-                return kind
-        return None
+                if kind == "error":
+                    return kind, 500 if arg < 0.5 else 503
+                return kind, arg * self.max_delay
+        return None, 0.0
 
 
 NONE = Faults()
-#: issue 13's mix: 10 % of requests fail with 500/503, a few percent each reset
-#: before, lose or cut the answer, and 5 % are delayed
-MIXED = Faults(error=0.10, reset=0.02, lost=0.02, cut=0.02, delay=0.05, max_delay=0.3)
+#: issue 13's mix: 10 % of requests fail with 500/503, 2 % each are reset before being
+#: forwarded, lose or cut their answer or drop the connection after it, 5 % are delayed
+MIXED = Faults(error=0.10, reset=0.02, lost=0.02, cut=0.02, dropped=0.02, delay=0.05, max_delay=0.3)
 
 
 def first(n: int, method: str, pattern: str) -> Callable[[str, str], bool]:
@@ -276,10 +285,12 @@ class FaultProxy:
         self._loop.close()
 
     # -- one client connection -----------------------------------------------------
-    def _draw(self, head: Head) -> str | None:
+    def _draw(self, head: Head) -> tuple[str | None, float]:
         method, _, rest = head.line.partition(" ")
+        if not any(self.faults.chances()):  # no draw: the seed's sequence starts later
+            return None, 0.0
         if self.only is not None and not self.only(method, rest.rpartition(" ")[0]):
-            return None
+            return None, 0.0
         return self.faults.draw(self.rng)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -301,7 +312,7 @@ class FaultProxy:
         if head is None:
             return False
         self.requests += 1
-        kind = self._draw(head)
+        kind, arg = self._draw(head)
         if kind == "reset":
             self.injected[kind] += 1
             _reset(writer)
@@ -312,7 +323,7 @@ class FaultProxy:
             async for _ in _body(reader, head.framing(request=True)):
                 pass
             self.injected[kind] += 1
-            status = self.rng.choice((500, 503))
+            status = int(arg)
             text = f"fault injected by the test proxy: {status}\n".encode()
             writer.write(
                 f"HTTP/1.1 {status} {'Internal Server Error' if status == 500 else 'Busy'}\r\n"
@@ -321,7 +332,7 @@ class FaultProxy:
             )
             await writer.drain()
             return not head.has("connection", "close")
-        return await self._forward(head, reader, writer, kind)
+        return await self._forward(head, reader, writer, kind, arg)
 
     async def _forward(
         self,
@@ -329,6 +340,7 @@ class FaultProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         kind: str | None,
+        delay: float,
     ) -> bool:
         host, port = _target(self.target)
         try:
@@ -359,7 +371,7 @@ class FaultProxy:
                 return False
             if kind == "delay":
                 self.injected[kind] += 1
-                await asyncio.sleep(self.rng.uniform(0, self.faults.max_delay))
+                await asyncio.sleep(delay)
             writer.write(answer.raw)
             sent, half = 0, body // 2 if isinstance(body, int) else None
             async for piece in _body(up_reader, body):
@@ -376,6 +388,12 @@ class FaultProxy:
                 _reset(writer)
                 return False
             await writer.drain()
+            if kind == "dropped":  # the whole answer reaches the client, then the reset
+                writer.transport.set_write_buffer_limits(0)
+                await writer.drain()
+                self.injected[kind] += 1
+                _reset(writer)
+                return False
             return not (
                 body == "close"
                 or head.has("connection", "close")
