@@ -608,8 +608,6 @@ def at_most(v: float) -> Goal:
 def fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "—"
-    if isinstance(v, int) and unit not in ("B", "×", "%"):  # a count
-        return f"{v:,} {unit}".rstrip()
     if unit == "B":
         return human_size(v) if v else "0 B"
     if unit == "×":

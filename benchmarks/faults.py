@@ -240,12 +240,12 @@ def _figures(r: Report, key: str, label: str, size: int, res: dict[str, Any]) ->
             "×",
             note=f"/ through the proxies without faults: {f['mbps'] / p['mbps']:.2f}×",
         )
+    requests = res["faults"]["push"]["requests"] + res["faults"]["pull"]["requests"]
     r.add(
         f"{key}_faults_injected",
-        f"{label}: faults injected (push + pull)",
-        sum(injected.values()),
-        "faults",
+        f"{label}: requests that met a fault (push + pull)",
+        100 * sum(injected.values()) / requests,
+        "%",
         note=", ".join(f"{k} {n}" for k, n in injected.items())
-        + f" of {res['faults']['push']['requests'] + res['faults']['pull']['requests']} "
-        "requests; bytes identical",
+        + f" of {requests} requests; bytes identical",
     )
