@@ -28,7 +28,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.faultproxy import KINDS, MIXED, NONE, FaultProxy, Faults
+from tests.faultproxy import (
+    KINDS,
+    MIXED,
+    NONE,
+    FaultProxy,
+    Faults,
+    azure_endpoint,
+    with_azure_endpoint,
+)
 
 from benchmarks.common import (
     BIN,
@@ -76,21 +84,15 @@ def _endpoint(key: str) -> str:
     """The store's real endpoint (scheme://host:port), from the test servers' settings."""
     if key == "s3":
         return os.environ["AWS_ENDPOINT_URL"]
-    conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-    blob = next(p for p in conn.split(";") if p.startswith("BlobEndpoint="))
-    return blob.split("=", 1)[1].rsplit("/", 1)[0]
+    return azure_endpoint(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
 
 
 def _store_env(key: str, endpoint: str) -> dict[str, str]:
     """The gateway's settings that point its store at ``endpoint``."""
     if key == "s3":
         return {"AWS_ENDPOINT_URL": endpoint}
-    parts = dict(
-        p.split("=", 1) for p in os.environ["AZURE_STORAGE_CONNECTION_STRING"].strip(";").split(";")
-    )
-    account = parts["BlobEndpoint"].rstrip("/").rsplit("/", 1)[1]
-    parts["BlobEndpoint"] = f"{endpoint}/{account}"
-    return {"AZURE_STORAGE_CONNECTION_STRING": ";".join(f"{k}={v}" for k, v in parts.items())}
+    conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+    return {"AZURE_STORAGE_CONNECTION_STRING": with_azure_endpoint(conn, endpoint)}
 
 
 class _Setup:

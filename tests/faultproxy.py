@@ -180,6 +180,21 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def azure_endpoint(conn: str) -> str:
+    """``scheme://host:port`` of an Azure connection string's BlobEndpoint."""
+    blob = next(p for p in conn.split(";") if p.startswith("BlobEndpoint="))
+    return blob.split("=", 1)[1].rstrip("/").rsplit("/", 1)[0]
+
+
+def with_azure_endpoint(conn: str, endpoint: str) -> str:
+    """An Azure connection string whose BlobEndpoint is at ``endpoint`` (a proxy's URL),
+    the account path kept: SAS URLs the gateway signs then point at the proxy."""
+    parts = dict(p.split("=", 1) for p in conn.strip(";").split(";"))
+    account = parts["BlobEndpoint"].rstrip("/").rsplit("/", 1)[1]
+    parts["BlobEndpoint"] = f"{endpoint}/{account}"
+    return ";".join(f"{k}={v}" for k, v in parts.items()) + ";"
+
+
 def _target(target: str | int) -> tuple[str, int]:
     if isinstance(target, int):
         return "127.0.0.1", target
@@ -381,19 +396,13 @@ class FaultProxy:
                 writer.write(piece)
                 sent += len(piece)
                 await writer.drain()
-            if kind == "cut":  # what was written reaches the client, then the reset
-                writer.transport.set_write_buffer_limits(0)
+            if kind in ("cut", "dropped"):  # what was written reaches the client, then
+                writer.transport.set_write_buffer_limits(0)  # the reset
                 await writer.drain()
                 self.injected[kind] += 1
                 _reset(writer)
                 return False
             await writer.drain()
-            if kind == "dropped":  # the whole answer reaches the client, then the reset
-                writer.transport.set_write_buffer_limits(0)
-                await writer.drain()
-                self.injected[kind] += 1
-                _reset(writer)
-                return False
             return not (
                 body == "close"
                 or head.has("connection", "close")

@@ -28,7 +28,7 @@ import pytest
 from chunkyard import Client
 from chunkyard.client.transport import RetryPolicy
 from conftest import RunningGateway, random_bytes, start_gateway
-from faultproxy import KINDS, FaultProxy, Faults, first
+from faultproxy import KINDS, FaultProxy, Faults, azure_endpoint, first, with_azure_endpoint
 from stores.conftest import AZURE_ENV, S3_ENV, fresh_url, require_env
 
 MiB = 1024 * 1024
@@ -37,20 +37,12 @@ MiB = 1024 * 1024
 FAULTS = Faults(
     error=0.10, reset=0.04, lost=0.04, cut=0.04, dropped=0.04, delay=0.05, max_delay=0.2
 )
-#: packs of 12 MiB in parts of 5 MiB (S3's minimum) or 2 MiB (Azure blocks): several
-#: parts per pack, several packs per push
+#: packs of 6 MiB in parts of 5 MiB (S3's minimum) or 2 MiB (Azure blocks): two or
+#: three parts per pack, eleven packs per push
 PACK = 6 * MiB
 PARTS = {"s3": 5 * MiB, "azure": 2 * MiB}
 #: client retries: patient, quick to come back (the proxy's faults pass at once)
 POLICY = RetryPolicy(attempts=60, deadline=120.0, base=0.02, cap=0.5)
-
-
-def with_endpoint(conn: str, endpoint: str) -> str:
-    """An Azure connection string with its BlobEndpoint's host and port replaced."""
-    parts = dict(p.split("=", 1) for p in conn.strip(";").split(";"))
-    account = parts["BlobEndpoint"].rstrip("/").rsplit("/", 1)[1]
-    parts["BlobEndpoint"] = f"{endpoint}/{account}"
-    return ";".join(f"{k}={v}" for k, v in parts.items()) + ";"
 
 
 @dataclass
@@ -99,8 +91,7 @@ def faulty(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     else:
         require_env(kind, *AZURE_ENV)
         conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-        real = next(p for p in conn.split(";") if p.startswith("BlobEndpoint="))
-        real = real.split("=", 1)[1].rsplit("/", 1)[0]
+        real = azure_endpoint(conn)
         base = os.environ["CHUNKYARD_TEST_AZURE_URL"]
     from chunkyard import packs
     from chunkyard.stores.azure import AzureStore
@@ -122,7 +113,7 @@ def faulty(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         var, value = (
             ("AWS_ENDPOINT_URL", store_proxy.url)
             if kind == "s3"
-            else ("AZURE_STORAGE_CONNECTION_STRING", with_endpoint(conn, store_proxy.url))
+            else ("AZURE_STORAGE_CONNECTION_STRING", with_azure_endpoint(conn, store_proxy.url))
         )
         real_value, os.environ[var] = os.environ[var], value
         try:
