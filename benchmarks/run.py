@@ -47,6 +47,7 @@ WORKLOADS: dict[str, str] = {
     "refs": "benchmarks.refs",
     "load": "benchmarks.load",
     "team": "benchmarks.team",
+    "faults": "benchmarks.faults",
 }
 
 
@@ -62,7 +63,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="256 MiB files instead of 1 GiB; a size sweep of 64 and 256 MiB instead of "
         "256 MiB, 1 GiB and 4 GiB; a 128 MiB model series, 2,000 small files and 6 MiB "
         "shards, 1,000 references, 5 s load phases, 6 s team push windows with 32 pushers and "
-        "catalogs of 10k and 100k versions (about 6 minutes here, 2 of them team's)",
+        "catalogs of 10k and 100k versions, 96 MiB through the fault proxies (about 6 "
+        "minutes here, 2 of them team's)",
     )
     p.add_argument(
         "--only",

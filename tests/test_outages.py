@@ -1,18 +1,16 @@
 """A push and a pull ride out a gateway that is briefly unreachable or answers 503.
 
 All traffic, gateway API and presigned store requests alike (the local store's URLs
-point at ``CHUNKYARD_PUBLIC_URL``), goes through a TCP proxy on 127.0.0.1 that can go
-dark: refuse new connections and drop the open ones. A middleware in the gateway fails
-the first requests to chosen routes, with a 503 or by taking the proxy dark for a
-moment, so each step of a push and a pull meets a fault at least once."""
+point at ``CHUNKYARD_PUBLIC_URL``), goes through :class:`faultproxy.FaultProxy` on
+127.0.0.1, which can go dark: refuse new connections and reset the open ones. A
+middleware in the gateway fails the first requests to chosen routes, with a 503 or by
+taking the proxy dark for a moment, so each step of a push and a pull meets a fault at
+least once."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import selectors
-import socket
-import threading
 from collections import Counter
 from typing import Any
 
@@ -22,86 +20,9 @@ import conftest
 from chunkyard import Client
 from chunkyard.client.transport import RetryPolicy, Wait
 from conftest import random_bytes, start_gateway
+from faultproxy import FaultProxy
 
 MiB = 1024 * 1024
-
-
-class Proxy:
-    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``; :meth:`outage` makes it
-    refuse connections (nothing listens) and drop the open ones for a while."""
-
-    def __init__(self) -> None:
-        self.target = 0
-        self._lock = threading.Lock()
-        self._generation = 0  # open connections of an older generation are dropped
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._listener: socket.socket | None = None
-        self._accepting: threading.Thread | None = None
-        self._closed = False
-        self._open()
-
-    def _open(self) -> None:
-        with self._lock:
-            if self._closed or self._listener is not None:
-                return
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", self.port))
-            s.listen(128)
-            s.settimeout(0.02)
-            self._listener = s
-            self._accepting = threading.Thread(target=self._accept, args=(s,), daemon=True)
-            self._accepting.start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        try:
-            while self._listener is listener:
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                conn.settimeout(None)
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-                args = (conn, upstream, self._generation)
-                threading.Thread(target=self._pipe, args=args, daemon=True).start()
-        finally:
-            listener.close()
-
-    def _pipe(self, a: socket.socket, b: socket.socket, generation: int) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
-        try:
-            while self._generation == generation:
-                for key, _ in sel.select(timeout=0.02):
-                    data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            sel.close()
-            a.close()
-            b.close()
-
-    def outage(self, seconds: float) -> None:
-        """Go dark now, for ``seconds``."""
-        with self._lock:
-            self._generation += 1
-            self._listener, accepting = None, self._accepting
-        if accepting is not None:
-            accepting.join()  # the listener is closed: connecting is refused
-        threading.Timer(seconds, self._open).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._generation += 1
-            self._listener = None
 
 
 class Faults:
@@ -110,7 +31,7 @@ class Faults:
     connection and refuses new ones for a moment) or lose the answer of a request the
     gateway carried out (``"lost"``)."""
 
-    def __init__(self, proxy: Proxy, rules: dict[str, tuple[str, int]]) -> None:
+    def __init__(self, proxy: FaultProxy, rules: dict[str, tuple[str, int]]) -> None:
         self.proxy = proxy
         self.rules = {re.compile(k): list(v) for k, v in rules.items()}
         self.fired: Counter[str] = Counter()
@@ -170,12 +91,12 @@ SMALL = {r"POST /v1/artifacts/outage/s/-/versions": ("lost", 1)}
 
 @pytest.fixture
 def faulty_gateway(tmp_path, monkeypatch):
-    proxy = Proxy()
+    proxy = FaultProxy()
     faults = Faults(proxy, {**RULES, **SMALL})
     real = conftest.create_app
     monkeypatch.setattr(conftest, "create_app", lambda settings: faults.wrap(real(settings)))
     gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_PUBLIC_URL=proxy.url)
-    proxy.target = int(gw.url.rsplit(":", 1)[1])
+    proxy.target = gw.url
     yield proxy, faults
     proxy.close()
     server.should_exit = True

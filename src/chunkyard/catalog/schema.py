@@ -208,7 +208,7 @@ sessions = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("artifact_name", String(256), nullable=False),
-    Column("state", String(16), nullable=False),  # open | committed
+    Column("state", String(16), nullable=False),  # open | committed | unchanged
     Column("version_id", Integer, nullable=True),  # set on commit: retries answer it
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),

@@ -13,7 +13,7 @@ from .schema import sessions
 class SessionRow(NamedTuple):
     id: str
     artifact_name: str
-    state: str  # open | committed
+    state: str  # open | committed (it made its version) | unchanged (it named the latest)
     version_id: int | None  # set on commit: a retried commit answers it
     created_at: float
     expires_at: float
@@ -40,11 +40,17 @@ def session_row(conn: Connection, sid: str) -> SessionRow | None:
     return None if row is None else SessionRow(*row)
 
 
-def mark_committed(conn: Connection, sid: str, version_id: int) -> None:
+#: the states of a session that committed: a retried commit answers as the first did
+COMMITTED = ("committed", "unchanged")
+
+
+def mark_committed(conn: Connection, sid: str, version_id: int, created: bool = True) -> None:
+    """The session is done: ``version_id`` is the version it made (``created``) or the
+    latest one, whose content it equals."""
     conn.execute(
         sessions.update()
         .where(sessions.c.id == sid)
-        .values(state="committed", version_id=version_id)
+        .values(state="committed" if created else "unchanged", version_id=version_id)
     )
 
 

@@ -399,13 +399,14 @@ def _commit(
 ) -> dict[str, Any]:
     sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
-    if sess.state == "committed" and sess.version_id is not None:  # a retry: answer it
+    if sess.state in sessions_q.COMMITTED and sess.version_id is not None:
+        # a retry (the first answer was lost): answer as the first did
         v = versions_q.version_by_id(conn, sess.version_id)
-        return {**summary(conn, name, v), "created": False}
+        return {**summary(conn, name, v), "created": sess.state == "committed"}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
     rows = _file_rows(conn, who, sess, art_id, files)
     v, created = add_version(conn, art_id, layout, rows, tags)
-    sessions_q.mark_committed(conn, sid, v.id)
+    sessions_q.mark_committed(conn, sid, v.id, created)
     if not created:
         return {**summary(conn, name, v), "created": False}
     domain = repo.domain(name)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 try:
+    import aiohttp
     import botocore.session
     from aiobotocore.session import get_session
     from botocore.config import Config
@@ -52,6 +53,10 @@ MAX_PARTS = 10_000
 #: S3's 5 MiB-5 GiB / 10,000-part limits.
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+#: what reading an object's body can raise besides ClientError: aiobotocore turns a
+#: dropped connection into a BotoCoreError, but lets aiohttp's payload errors through
+#: (a body cut short by a reset: ClientPayloadError)
+_BODY_FAILURES = (BotoCoreError, aiohttp.ClientError)
 
 
 def _split_url(url: str, scheme: str) -> tuple[str, str]:
@@ -208,7 +213,7 @@ class S3Store(Store):
             if self._code(exc) == "InvalidRange":  # start at or past the end
                 return b""
             raise self._error("get", exc, key) from exc
-        except BotoCoreError as exc:
+        except _BODY_FAILURES as exc:
             raise self._error("get", exc, key) from exc
 
     async def read_into(self, key: str, buf: bytearray) -> int:
@@ -223,7 +228,7 @@ class S3Store(Store):
             if self._code(exc) == "InvalidRange":  # an empty object
                 return 0
             raise self._error("get", exc, key) from exc
-        except BotoCoreError as exc:
+        except _BODY_FAILURES as exc:
             raise self._error("get", exc, key) from exc
         return n
 
