@@ -34,6 +34,8 @@ class Repository:
         self.domain_depth = domain_depth
         #: verifications running in this process, so that two callers share one
         self.verifying: dict[str, asyncio.Future] = {}
+        #: pending metadata records (note ids) this process is writing to the store
+        self.describing: set[int] = set()
         #: the buckets and servers reference versions point at
         self.sources = Sources(settings)
         self.verify_mode = settings.verify or (

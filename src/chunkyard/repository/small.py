@@ -29,7 +29,7 @@ from ..digest import FileIdHasher, chunk_id, chunk_key
 from ..errors import BodyTooLarge, Conflict, InvalidManifest
 from ..manifest import Term, dumps
 from ..names import MAX_PATH, check_name, check_tags, check_tree_paths
-from . import Repository
+from . import Repository, metadata
 from .access import Principal
 from .artifacts import describe, summary
 from .uploads import add_version, readable_locations
@@ -104,6 +104,7 @@ async def push(
     result, live = await repo.db.write(_commit, repo, who, name, prepared, layout, key, tags)
     if key is not None and not live:  # another copy of the same pack is live
         await repo.store.delete(key)
+    await metadata.flush(repo, name)
     return {
         **result,
         "chunks_total": sum(len(chunks) for _, chunks, _, _ in cut),

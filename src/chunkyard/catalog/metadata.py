@@ -1,0 +1,124 @@
+"""The facts a metadata record is written from (FORMAT.md, "Metadata objects"): a
+version with its files and pins, its tags, an alias move, a removal. Read when the
+record is written, after the commit that made the fact (:mod:`.notes` says which)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sqlalchemy import Connection, select
+
+from .db import batched
+from .schema import (
+    alias_moves,
+    artifacts,
+    ref_objects,
+    removals,
+    tags,
+    version_files,
+    versions,
+)
+from .versions import FileRow, VersionRow
+
+_VERSION = [versions.c[f] for f in VersionRow._fields]
+_FILE = [version_files.c[f] for f in FileRow._fields]
+
+
+def artifact_name(conn: Connection, artifact_id: int) -> str | None:
+    return conn.execute(select(artifacts.c.name).where(artifacts.c.id == artifact_id)).scalar()
+
+
+def any_artifact(conn: Connection) -> bool:
+    """Whether the catalog holds any artifact (a gateway's check of an empty catalog)."""
+    return conn.execute(select(artifacts.c.id).limit(1)).first() is not None
+
+
+# -- facts ---------------------------------------------------------------------------
+class PinFacts(NamedTuple):
+    uri: str
+    size: int
+    etag: str
+    source_version: str | None
+    last_modified: str | None
+    weak_etag: bool
+
+
+def version_facts(
+    conn: Connection, version_id: int
+) -> tuple[VersionRow, list[FileRow], dict[str, PinFacts]] | None:
+    """A version, its files in order and the pins its reference files name; None if it
+    is gone (removed since)."""
+    row = conn.execute(select(*_VERSION).where(versions.c.id == version_id)).first()
+    if row is None:
+        return None
+    files = [
+        FileRow(*r)
+        for r in conn.execute(
+            select(*_FILE)
+            .where(version_files.c.version_id == version_id)
+            .order_by(version_files.c.idx)
+        )
+    ]
+    pins: dict[str, PinFacts] = {}
+    for batch in batched(sorted({f.ref_object for f in files if f.ref_object})):
+        for r in conn.execute(
+            select(
+                ref_objects.c.id,
+                ref_objects.c.uri,
+                ref_objects.c.size,
+                ref_objects.c.etag,
+                ref_objects.c.source_version,
+                ref_objects.c.last_modified,
+                ref_objects.c.weak_etag,
+            ).where(ref_objects.c.id.in_(batch))
+        ):
+            pins[r[0]] = PinFacts(r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+    return VersionRow(*row), files, pins
+
+
+def tag_facts(conn: Connection, version_id: int) -> tuple[int, dict[str, str]] | None:
+    """A version's number and every tag it carries now; None if it is gone."""
+    number = conn.execute(select(versions.c.number).where(versions.c.id == version_id)).scalar()
+    if number is None:
+        return None
+    rows = conn.execute(select(tags.c.key, tags.c.value).where(tags.c.version_id == version_id))
+    return number, {k: v for k, v in rows}
+
+
+class MoveFacts(NamedTuple):
+    alias: str
+    seq: int
+    number: int | None
+    previous: int | None
+    moved_at: float
+    moved_by: str | None
+
+
+def move_facts(conn: Connection, move_id: int) -> MoveFacts | None:
+    row = conn.execute(
+        select(
+            alias_moves.c.alias,
+            alias_moves.c.id,
+            alias_moves.c.number,
+            alias_moves.c.previous,
+            alias_moves.c.moved_at,
+            alias_moves.c.moved_by,
+        ).where(alias_moves.c.id == move_id)
+    ).first()
+    return None if row is None else MoveFacts(*row)
+
+
+class RemovalFacts(NamedTuple):
+    first: int
+    last: int
+    removed_at: float
+    removed_by: str | None
+
+
+def removal_facts(conn: Connection, removal_id: int) -> RemovalFacts | None:
+    row = conn.execute(
+        select(
+            removals.c.first, removals.c.last, removals.c.removed_at, removals.c.removed_by
+        ).where(removals.c.id == removal_id)
+    ).first()
+    return None if row is None else RemovalFacts(*row)
