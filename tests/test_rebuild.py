@@ -219,7 +219,7 @@ def scenario(store: str, db_kind: str, source: Source, data: Path, tmp_path: Pat
             assert "catalog_lost" in refused.stderr and "db rebuild" in refused.stderr
             code, report = rebuild(capsys, env, data)
             assert code == 0, report
-            assert report["versions"] == 4 and report["skipped"] == []
+            assert report["versions"] == 4 and report["skipped"] == [], report
             assert report["removals"] == 2  # team/model@3, gone/x@1-2: their records went
             assert report["aliases"] == 1 and report["alias_moves"] == 6
             assert report["tokens_rebuilt"] is False

@@ -10,6 +10,7 @@ written with the same bytes).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +74,19 @@ def encode(record: dict[str, Any]) -> Encoded:
     digest = blake3.blake3(text).hexdigest()
     number = f"{record['number']}." if kind in _NUMBERED else ""
     key = f"{folder(record['name'], kind)}{number}{digest}{SUFFIX}"
-    data = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True).compress(text)
-    return Encoded(key, data)
+    return Encoded(key, _compressor().compress(text))
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One per thread (a compressor is not safe to share; making one per record cost
+    more than compressing a small one)."""
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
+    return c
 
 
 def parse_key(key: str) -> KeyInfo | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from .db import batched
 from .schema import (
@@ -24,8 +24,21 @@ _VERSION = [versions.c[f] for f in VersionRow._fields]
 _FILE = [version_files.c[f] for f in FileRow._fields]
 
 
+# Statements built once: a record is built on every commit, and building a select
+# costs more than running it (SQLAlchemy's coercions, then its cache key)
+_NAME = select(artifacts.c.name).where(artifacts.c.id == bindparam("id"))
+_VERSION_BY_ID = select(*_VERSION).where(versions.c.id == bindparam("id"))
+_FILES = (
+    select(*_FILE)
+    .where(version_files.c.version_id == bindparam("id"))
+    .order_by(version_files.c.idx)
+)
+_NUMBER = select(versions.c.number).where(versions.c.id == bindparam("id"))
+_TAGS = select(tags.c.key, tags.c.value).where(tags.c.version_id == bindparam("id"))
+
+
 def artifact_name(conn: Connection, artifact_id: int) -> str | None:
-    return conn.execute(select(artifacts.c.name).where(artifacts.c.id == artifact_id)).scalar()
+    return conn.execute(_NAME, {"id": artifact_id}).scalar()
 
 
 def any_artifact(conn: Connection) -> bool:
@@ -48,17 +61,10 @@ def version_facts(
 ) -> tuple[VersionRow, list[FileRow], dict[str, PinFacts]] | None:
     """A version, its files in order and the pins its reference files name; None if it
     is gone (removed since)."""
-    row = conn.execute(select(*_VERSION).where(versions.c.id == version_id)).first()
+    row = conn.execute(_VERSION_BY_ID, {"id": version_id}).first()
     if row is None:
         return None
-    files = [
-        FileRow(*r)
-        for r in conn.execute(
-            select(*_FILE)
-            .where(version_files.c.version_id == version_id)
-            .order_by(version_files.c.idx)
-        )
-    ]
+    files = [FileRow(*r) for r in conn.execute(_FILES, {"id": version_id})]
     pins: dict[str, PinFacts] = {}
     for batch in batched(sorted({f.ref_object for f in files if f.ref_object})):
         for r in conn.execute(
@@ -78,10 +84,10 @@ def version_facts(
 
 def tag_facts(conn: Connection, version_id: int) -> tuple[int, dict[str, str]] | None:
     """A version's number and every tag it carries now; None if it is gone."""
-    number = conn.execute(select(versions.c.number).where(versions.c.id == version_id)).scalar()
+    number = conn.execute(_NUMBER, {"id": version_id}).scalar()
     if number is None:
         return None
-    rows = conn.execute(select(tags.c.key, tags.c.value).where(tags.c.version_id == version_id))
+    rows = conn.execute(_TAGS, {"id": version_id})
     return number, {k: v for k, v in rows}
 
 

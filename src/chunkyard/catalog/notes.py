@@ -15,7 +15,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, func, select
 
 from .db import batched
-from .schema import artifacts, meta_pending
+from .schema import meta_pending
 
 
 class Note(NamedTuple):
@@ -29,24 +29,28 @@ class Note(NamedTuple):
 _NOTE = [meta_pending.c[f] for f in Note._fields]
 
 
+#: where on a connection the notes of its current transaction are kept
+_MADE = "chunkyard.notes"
+
+
 def note(conn: Connection, artifact_id: int, kind: str, ref: int) -> None:
-    conn.execute(
-        meta_pending.insert().values(
-            artifact_id=artifact_id, kind=kind, ref=ref, created_at=time.time()
-        )
-    )
+    """Note a record due; the transaction's :func:`made` lists it too."""
+    now = time.time()
+    values = {"artifact_id": artifact_id, "kind": kind, "ref": ref, "created_at": now}
+    nid = conn.execute(meta_pending.insert().values(**values).returning(meta_pending.c.id))
+    made = conn.info.get(_MADE)
+    if made is not None:
+        made.append(Note(nid.scalar_one(), artifact_id, kind, ref, now))
 
 
-def notes_of(conn: Connection, name: str, limit: int = 1000) -> list[Note]:
-    """The pending notes of one artifact, oldest first."""
-    rows = conn.execute(
-        select(*_NOTE)
-        .join(artifacts, artifacts.c.id == meta_pending.c.artifact_id)
-        .where(artifacts.c.name == name)
-        .order_by(meta_pending.c.id)
-        .limit(limit)
-    )
-    return [Note(*r) for r in rows]
+def collect(conn: Connection) -> None:
+    """From now on, list the notes made on this connection (see :func:`made`)."""
+    conn.info[_MADE] = []
+
+
+def made(conn: Connection) -> list[Note]:
+    """The notes made on this connection since :func:`collect`, in order."""
+    return conn.info.pop(_MADE, None) or []
 
 
 def notes_before(conn: Connection, before: float, after: int, limit: int) -> list[Note]:

@@ -230,6 +230,9 @@ meta_pending = Table(
     Column("ref", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_meta_pending_artifact", "artifact_id"),
+    # ids are never taken twice (SQLite would reuse the largest once deleted): a gateway
+    # drops the notes it wrote by id, a while after writing them
+    sqlite_autoincrement=True,
 )
 
 sessions = Table(

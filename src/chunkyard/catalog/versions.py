@@ -16,6 +16,7 @@ from .schema import (
     aliases,
     artifacts,
     removals,
+    sessions,
     tag_value_prefix,
     tags,
     version_files,
@@ -527,6 +528,11 @@ def remove_versions(
         conn.execute(aliases.delete().where(aliases.c.version_id.in_(batch)))
         conn.execute(
             alias_moves.update().where(alias_moves.c.version_id.in_(batch)).values(version_id=None)
+        )
+        # a retried commit of a session that made one must not answer whatever version
+        # takes the id next (SQLite reuses the largest)
+        conn.execute(
+            sessions.update().where(sessions.c.version_id.in_(batch)).values(version_id=None)
         )
         conn.execute(versions.delete().where(versions.c.id.in_(batch)))
     notes.drop_version_notes(conn, version_ids)

@@ -281,9 +281,7 @@ async def set_alias(
         q.point_alias(conn, v.artifact_id, alias, v.id, time.time(), who.token_id)
         return {"name": name, "alias": alias, "version": number, "previous": current}
 
-    result = await repo.db.write(tx)
-    await metadata.flush(repo, name)
-    return result
+    return await metadata.write_after(repo, tx)
 
 
 async def remove_alias(
@@ -305,9 +303,7 @@ async def remove_alias(
         q.remove_alias(conn, art_id, alias, time.time(), who.token_id)
         return {"name": name, "alias": alias, "previous": current}
 
-    result = await repo.db.write(tx)
-    await metadata.flush(repo, name)
-    return result
+    return await metadata.write_after(repo, tx)
 
 
 async def show_alias(repo: Repository, who: Principal, name: str, alias: str) -> dict[str, Any]:
@@ -376,9 +372,7 @@ async def set_tags(
         apply_tags(conn, v.id, new)
         return summary(conn, name, v)
 
-    result = await repo.db.write(tx)
-    await metadata.flush(repo, name)
-    return result
+    return await metadata.write_after(repo, tx)
 
 
 async def stats(repo: Repository, who: Principal) -> dict[str, Any]:

@@ -94,6 +94,4 @@ async def remove(
             "already": [],
         }
 
-    result = await repo.db.write(tx)
-    await metadata.flush(repo, name)
-    return result
+    return await metadata.write_after(repo, tx)

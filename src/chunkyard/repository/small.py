@@ -101,10 +101,11 @@ async def push(
     if prepared.pack is not None:
         key = f"{packfmt.pack_key(prepared.pack.id)}.{uuid.uuid4().hex[:16]}"
         await repo.store.put(key, bytes(prepared.pack.data))
-    result, live = await repo.db.write(_commit, repo, who, name, prepared, layout, key, tags)
+    result, live = await metadata.write_after(
+        repo, _commit, repo, who, name, prepared, layout, key, tags
+    )
     if key is not None and not live:  # another copy of the same pack is live
         await repo.store.delete(key)
-    await metadata.flush(repo, name)
     return {
         **result,
         "chunks_total": sum(len(chunks) for _, chunks, _, _ in cut),

@@ -326,9 +326,7 @@ async def commit(
     await anyio.to_thread.run_sync(check_files, layout, files)  # long lists: off the loop
     tags = check_tags(tags)
     await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
-    result = await repo.db.write(_commit, repo, who, sid, layout, files, tags)
-    await metadata.flush(repo, result["name"])
-    return result
+    return await metadata.write_after(repo, _commit, repo, who, sid, layout, files, tags)
 
 
 async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names: set[str]) -> None:
@@ -360,8 +358,8 @@ def _commit(
 ) -> dict[str, Any]:
     sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
-    if sess.state == "committed" and sess.version_id is not None:  # a retry: answer it
-        v = versions_q.version_by_id(conn, sess.version_id)
+    if sess.state == "committed":  # a retry: answer it
+        v = None if sess.version_id is None else versions_q.version_by_id(conn, sess.version_id)
         if v is None:
             raise VersionNotFound(
                 f"the version this session made of {name!r} was removed since", name=name

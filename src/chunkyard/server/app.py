@@ -101,6 +101,8 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            with contextlib.suppress(Exception):  # else the next sweep writes them again
+                await metadata.drop_settled(repo)
             await repo.close()
 
     app = Starlette(routes=routes(ENDPOINTS), exception_handlers=handlers, lifespan=lifespan)

@@ -166,6 +166,4 @@ async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
         apply_tags(conn, v.id, reg.tags)
         return {**summary(conn, reg.name, v), "created": True}
 
-    result = await repo.db.write(tx)
-    await metadata.flush(repo, reg.name)
-    return result
+    return await metadata.write_after(repo, tx)

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("ref", sa.Integer, nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
+        sqlite_autoincrement=True,  # ids never taken twice: notes are dropped by id later
     )
     op.create_index("ix_meta_pending_artifact", "meta_pending", ["artifact_id"])
     op.add_column("alias_moves", sa.Column("number", sa.Integer, nullable=True))
