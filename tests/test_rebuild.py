@@ -122,18 +122,13 @@ def pull_all(c: Client, expected: dict[str, bytes | dict[str, bytes]], tmp: Path
 
 
 def rebuild(capsys, env: dict[str, str], data: Path, *extra: str) -> tuple[int, dict]:
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    """``chunkyard db rebuild --from-store`` in this process, with ``env`` set."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
         capsys.readouterr()
         code = main(["db", "rebuild", "--from-store", "--data", str(data), "--json", *extra])
-        out, err = capsys.readouterr()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        out, _ = capsys.readouterr()
     return code, json.loads(out)
 
 
@@ -243,3 +238,50 @@ def scenario(store: str, db_kind: str, source: Source, data: Path, tmp_path: Pat
                 env = {**base, "CHUNKYARD_DB": third_db}
                 code, again_report = rebuild(capsys, env, data)
                 assert code == 0 and again_report["versions"] == 6
+
+
+def test_an_upgraded_catalog_is_described_by_the_sweep(tmp_path, capsys):
+    """A catalog from before records (schema 0005, a store without ``meta/``): the
+    upgrade notes every version, tag set and alias move, the gateway's start-up sweep
+    writes them, and the store alone then rebuilds it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from chunkyard.catalog.db import MIGRATIONS
+    from test_db_commands import on
+    from test_rm import rows, wait_until_described
+
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'catalog.db'}"
+    with running(data, {}) as gw, gw.client() as c:
+        f = tmp_path / "f.bin"
+        for i in range(2):
+            f.write_bytes(random_bytes(100_000, seed=40 + i))
+            c.push(f, "old/model", {"i": str(i)})
+        c.set_alias("old/model", "live", 2)
+        before = state(c, ["old/model"], {"old/model": ["live"]})
+
+    def downgrade(conn):  # type: ignore[no-untyped-def]
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0005")
+
+    on(url, downgrade)
+    for p in sorted((data / "store" / "meta").rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    assert main(["db", "upgrade", "--data", str(data)]) == 0
+    assert rows(data, "select kind from meta_pending order by id") == [
+        ("version",),
+        ("version",),
+        ("tags",),
+        ("tags",),
+        ("alias",),
+    ]
+    with running(data, {}):
+        wait_until_described(data)
+    env = {"CHUNKYARD_DB": f"sqlite:///{tmp_path / 'rebuilt.db'}"}
+    code, report = rebuild(capsys, env, data)
+    assert code == 0 and report["versions"] == 2 and report["alias_moves"] == 1
+    with running(data, env) as gw, gw.client() as c:
+        assert state(c, ["old/model"], {"old/model": ["live"]}) == before

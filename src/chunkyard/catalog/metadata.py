@@ -8,11 +8,11 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, bindparam, select
 
-from .db import batched
+from . import references as refs_q
+from .references import PinRow
 from .schema import (
     alias_moves,
     artifacts,
-    ref_objects,
     removals,
     tags,
     version_files,
@@ -47,38 +47,16 @@ def any_artifact(conn: Connection) -> bool:
 
 
 # -- facts ---------------------------------------------------------------------------
-class PinFacts(NamedTuple):
-    uri: str
-    size: int
-    etag: str
-    source_version: str | None
-    last_modified: str | None
-    weak_etag: bool
-
-
 def version_facts(
     conn: Connection, version_id: int
-) -> tuple[VersionRow, list[FileRow], dict[str, PinFacts]] | None:
+) -> tuple[VersionRow, list[FileRow], dict[str, PinRow]] | None:
     """A version, its files in order and the pins its reference files name; None if it
     is gone (removed since)."""
     row = conn.execute(_VERSION_BY_ID, {"id": version_id}).first()
     if row is None:
         return None
     files = [FileRow(*r) for r in conn.execute(_FILES, {"id": version_id})]
-    pins: dict[str, PinFacts] = {}
-    for batch in batched(sorted({f.ref_object for f in files if f.ref_object})):
-        for r in conn.execute(
-            select(
-                ref_objects.c.id,
-                ref_objects.c.uri,
-                ref_objects.c.size,
-                ref_objects.c.etag,
-                ref_objects.c.source_version,
-                ref_objects.c.last_modified,
-                ref_objects.c.weak_etag,
-            ).where(ref_objects.c.id.in_(batch))
-        ):
-            pins[r[0]] = PinFacts(r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+    pins = refs_q.pins(conn, {f.ref_object for f in files if f.ref_object})
     return VersionRow(*row), files, pins
 
 

@@ -13,19 +13,17 @@ from sqlalchemy import Connection, select
 
 from ..digest import tree_digest
 from ..manifest import Term
-from ..pins import Pin
 from .copy import entries_for, file_id_of
-from .db import batched, insert_ignoring_duplicates
+from .db import batched
 from .packs import index_chunks, insert_entries
+from .references import insert_pins
 from .schema import (
     alias_moves,
     aliases,
     artifacts,
     catalog_settings,
     packs,
-    ref_objects,
     removals,
-    tags,
     version_files,
     versions,
 )
@@ -76,8 +74,11 @@ def check_stored(conn: Connection, layout: str, digest: str, files: list[dict[st
     return "" if ours == digest else f"its files give digest {ours}, the record says {digest}"
 
 
-def add_version(conn: Connection, art_id: int, record: dict[str, Any]) -> int:
-    """A version from its record, with its files (and pins): its id."""
+def add_version(
+    conn: Connection, art_id: int, record: dict[str, Any], pins: list[dict[str, Any]]
+) -> int:
+    """A version from its record, with its files, and ``pins`` (``ref_objects`` rows, in
+    the order of its reference files): its id."""
     r = record
     vid = conn.execute(
         versions.insert()
@@ -96,7 +97,7 @@ def add_version(conn: Connection, art_id: int, record: dict[str, Any]) -> int:
         )
         .returning(versions.c.id)
     ).scalar_one()
-    rows, pins = [], []
+    rows, pin_ids = [], iter(p["id"] for p in pins)
     for idx, f in enumerate(r["files"]):
         row = {
             "version_id": vid,
@@ -109,35 +110,14 @@ def add_version(conn: Connection, art_id: int, record: dict[str, Any]) -> int:
             "ref_object": None,
         }
         if "pin" in f:
-            pin_id, pin = _pin_row(f, r["created_at"])
-            row["ref_object"] = pin_id
-            pins.append(pin)
+            row["ref_object"] = next(pin_ids)
         else:
             row["manifest"] = json.dumps(f["manifest"], separators=(",", ":"))
         rows.append(row)
     for batch in batched(rows, 5000):
         conn.execute(version_files.insert(), batch)
-    for batch in batched(pins):
-        conn.execute(insert_ignoring_duplicates(conn, ref_objects), batch)
+    insert_pins(conn, pins)
     return int(vid)
-
-
-def _pin_row(f: dict[str, Any], created_at: float) -> tuple[str, dict[str, Any]]:
-    p = f["pin"]
-    pin = Pin(p["uri"], p["size"], p["etag"], p["version_id"], p["last_modified"], p["weak_etag"])
-    return pin.id, {
-        "id": pin.id,
-        "uri": pin.uri,
-        "size": pin.size,
-        "etag": pin.etag,
-        "source_version": pin.version_id,
-        "last_modified": pin.last_modified,
-        "weak_etag": pin.weak_etag,
-        "digest": f["b3sum"],
-        "file_id": f["digest"],
-        "state": "pinned",
-        "created_at": created_at,
-    }
 
 
 def index_terms(conn: Connection, domain: str, terms: list[tuple[str, int, int]]) -> None:
@@ -152,14 +132,6 @@ def known_packs(conn: Connection, ids: Sequence[str]) -> set[str]:
     for batch in batched(sorted(set(ids))):
         out.update(conn.execute(select(packs.c.id).where(packs.c.id.in_(batch))).scalars())
     return out
-
-
-def add_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
-    if new:
-        conn.execute(
-            tags.insert(),
-            [{"version_id": version_id, "key": k, "value": v} for k, v in new.items()],
-        )
 
 
 def add_moves(conn: Connection, rows: list[dict[str, Any]]) -> None:

@@ -312,13 +312,15 @@ def tags_of(conn: Connection, version_ids: Iterable[int]) -> dict[int, dict[str,
     return out
 
 
-def insert_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
-    """Add tags the version does not carry yet, and note its tags record."""
+def insert_tags(conn: Connection, version_id: int, new: dict[str, str], note: bool = True) -> None:
+    """Add tags the version does not carry yet, and note its tags record (unless
+    ``note`` is false: a rebuild, from records the store holds)."""
     if new:
         conn.execute(
             tags.insert(),
             [{"version_id": version_id, "key": k, "value": v} for k, v in new.items()],
         )
+    if new and note:
         art_id = conn.execute(
             select(versions.c.artifact_id).where(versions.c.id == version_id)
         ).scalar_one()

@@ -27,6 +27,7 @@ from ..catalog import Database
 from ..catalog import metadata as facts_q
 from ..catalog import notes as notes_q
 from ..catalog.notes import Note
+from ..catalog.references import PinRow
 from ..errors import CatalogLost, ChunkyardError
 from ..records import Encoded
 from ..stores.base import Store
@@ -195,7 +196,7 @@ def version_record(
     name: str,
     v: Any,
     files: list[Any],
-    pins: dict[str, facts_q.PinFacts],
+    pins: dict[str, PinRow],
 ) -> dict[str, Any]:
     """The record of a version (``catalog.metadata.version_facts``)."""
     out = []

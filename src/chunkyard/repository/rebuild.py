@@ -27,6 +27,7 @@ from .. import packs as packfmt
 from .. import records
 from ..catalog import Database
 from ..catalog import rebuild as rebuild_q
+from ..catalog import versions as versions_q
 from ..catalog.copy import Progress, Silent, empty_target, move_sequences
 from ..catalog.db import safe_url
 from ..config import Settings
@@ -36,6 +37,7 @@ from ..names import domain_of
 from ..pins import Pin, pins_digest
 from ..stores import open_store
 from ..stores.base import Store
+from .references.indexing import pin_row
 
 #: records and packs read from the store at once
 PARALLEL_RECORDS = 16
@@ -285,7 +287,7 @@ def _write(
                 continue
             ids[(name, number)] = vid
             new = found.tags.get((name, number), {})
-            rebuild_q.add_tags(conn, vid, new)
+            versions_q.insert_tags(conn, vid, new, note=False)
             report.tags += len(new)
         _aliases(conn, art_id, name, found.moves.get(name, []), ids, report)
     report.sequences = move_sequences(conn)
@@ -345,7 +347,12 @@ def _version(
         if why:
             report.skipped.append({**where, "reason": why})
             return None
-    vid = rebuild_q.add_version(conn, art_id, r)
+    pins = [
+        pin_row(Pin(**_pin_args(f["pin"])), f["b3sum"], f["digest"])
+        for f in r["files"]
+        if "pin" in f
+    ]
+    vid = rebuild_q.add_version(conn, art_id, r, pins)
     if r["kind"] == "stored":
         terms = [(t[0], t[1], t[2]) for f in r["files"] for t in f["manifest"] if t[0] in good]
         rebuild_q.index_terms(conn, domain_of(name, depth), terms)
