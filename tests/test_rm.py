@@ -158,7 +158,7 @@ def test_a_token_removes_only_under_its_write_scope(tmp_path):
                     w.rm(ref, force=True, yes=True)
             assert g.snapshot() == before
             assert w.rm("team-a/m@1")["removed"] == [1]
-        r = httpx.delete(f"{g.url}/v1/artifacts/team-a/m")
+        r = httpx.delete(f"{g.url}/v1/artifacts/team-a/m/-/versions")
         assert r.status_code == 401
 
 

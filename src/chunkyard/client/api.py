@@ -215,7 +215,7 @@ class Client:
         if version is None:
             if yes:
                 params["yes"] = 1
-            return self.transport.call("DELETE", f"/v1/artifacts/{name}", params=params)
+            return self.transport.call("DELETE", f"/v1/artifacts/{name}/-/versions", params=params)
         return self.transport.call(
             "DELETE", f"/v1/artifacts/{name}/-/versions/{version}", params=params
         )

@@ -229,9 +229,8 @@ async def remove_version(call: Call[m.VersionNumberPath, m.RemoveQuery, None]) -
     return await removal.remove(call.repo, call.who, p.name, p.ref, force=bool(q.force))
 
 
-# last: the path matches whatever follows /v1/artifacts/, so the routes above go first
 @api.delete(
-    "/v1/artifacts/{name:path}",
+    V + "/versions",
     "remove every version of an artifact (yes=1 when it has more than one; force=1: and "
     "its aliases); its numbers are never taken again",
     params=m.NamePath,
