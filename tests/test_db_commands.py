@@ -397,6 +397,8 @@ def test_copy_sqlite_to_postgres(sqlite_catalog, http_source, tmp_path, capsys, 
             "artifacts.id": source_rows["artifacts"] + 1,
             "versions.id": source_rows["versions"] + 1,
             "alias_moves.id": source_rows["alias_moves"] + 1,
+            "removals.id": source_rows["removals"] + 1,
+            "meta_pending.id": source_rows["meta_pending"] + 1,  # none left pending: 1
         }
         monkeypatch.setenv("CHUNKYARD_DB", target)
         assert cli_json(capsys, "db", "status")["state"] == "current"

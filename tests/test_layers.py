@@ -24,6 +24,7 @@ FORMAT = {
     "names",
     "pins",
     "parts",
+    "records",
     "signing",
     "version",
 }

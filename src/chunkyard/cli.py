@@ -153,8 +153,12 @@ def _token_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _db_commands(sub: argparse._SubParsersAction) -> None:
-    """``db status|upgrade|copy``: straight against catalogs, no gateway involved."""
-    d = sub.add_parser("db", help="the catalog's schema: status, upgrade, copy to another database")
+    """``db status|upgrade|copy|rebuild``: straight against catalogs, no gateway involved."""
+    d = sub.add_parser(
+        "db",
+        help="the catalog's schema: status, upgrade, copy to another database, rebuild "
+        "from the store",
+    )
     dsub = d.add_subparsers(dest="db_command", required=True)
 
     def common(sp: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int]) -> None:
@@ -182,6 +186,17 @@ def _db_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("source", metavar="SOURCE_URL", help="sqlite:///PATH or postgresql://…")
     s.add_argument("target", metavar="TARGET_URL", help="migrated first; must be empty")
     s.add_argument("--force", action="store_true", help="empty a target that holds rows, then copy")
+    s = dsub.add_parser(
+        "rebuild",
+        help="rebuild a lost catalog from the store's metadata records and packs "
+        "(CHUNKYARD_STORE, into CHUNKYARD_DB or the data dir's catalog)",
+    )
+    common(s, server_cli.cmd_db_rebuild)
+    data(s)
+    s.add_argument(
+        "--from-store", action="store_true", help="from the store (the only source there is)"
+    )
+    s.add_argument("--force", action="store_true", help="empty a catalog that holds rows first")
 
 
 def exit_code(exc: ChunkyardError) -> int:

@@ -19,7 +19,9 @@
     ├── Conflict                   409  conflict
     │   ├── TagConflict            409  tag_conflict
     │   ├── AliasConflict          409  alias_conflict
-    │   └── CatalogNotEmpty        409  catalog_not_empty  (``db copy`` without --force)
+    │   ├── VersionAliased         409  version_aliased  (``rm`` of what an alias names)
+    │   ├── ConfirmRequired        409  confirm_required  (``rm NAME`` of many versions)
+    │   └── CatalogNotEmpty        409  catalog_not_empty  (``db copy``/``rebuild``)
     ├── PreconditionFailed         412  precondition_failed
     ├── Unauthorized               401  unauthorized
     ├── Forbidden                  403  forbidden
@@ -32,14 +34,16 @@
     │   ├── DigestMismatch         422  digest_mismatch
     │   ├── UntrustedChunks        422  untrusted_chunks
     │   ├── ReferenceDrifted       422  reference_drifted
-    │   └── CopyMismatch           422  copy_mismatch  (``db copy``: the copy differs)
+    │   ├── CopyMismatch           422  copy_mismatch  (``db copy``: the copy differs)
+    │   └── RecordInvalid          422  record_invalid  (a metadata record in the store)
     ├── StoreError                 502  store_error
     │   └── StoreObjectMissing     502  store_object_missing
     ├── CatalogError               503  catalog_error  (this chunkyard cannot use the catalog)
     │   ├── CatalogOutdated        503  catalog_outdated  (run ``chunkyard db upgrade``)
     │   ├── CatalogTooNew          503  catalog_too_new  (upgrade chunkyard)
     │   ├── NotACatalog            503  not_a_catalog
-    │   └── CatalogUnreachable     503  catalog_unreachable
+    │   ├── CatalogUnreachable     503  catalog_unreachable
+    │   └── CatalogLost            503  catalog_lost  (an empty catalog, a described store)
     └── GatewayUnavailable         503  gateway_unavailable  (client side: cannot reach it)
 
 Foreign errors (botocore, Azure, Google, SQLAlchemy, httpx) are translated at the
@@ -155,8 +159,22 @@ class AliasConflict(Conflict):
     code = "alias_conflict"
 
 
+class VersionAliased(Conflict):
+    """``rm`` of versions that aliases point at, without ``force``: ``detail.aliases``
+    names them."""
+
+    code = "version_aliased"
+
+
+class ConfirmRequired(Conflict):
+    """``rm NAME`` of an artifact with more than one version, without confirmation."""
+
+    code = "confirm_required"
+
+
 class CatalogNotEmpty(Conflict):
-    """``db copy`` into a catalog that holds rows already (without ``--force``)."""
+    """``db copy`` (or ``db rebuild``) into a catalog that holds rows already (without
+    ``--force``)."""
 
     code = "catalog_not_empty"
 
@@ -226,6 +244,13 @@ class CopyMismatch(IntegrityFailure):
     code = "copy_mismatch"
 
 
+class RecordInvalid(IntegrityFailure):
+    """A metadata record in the store that is not what its key says (FORMAT.md,
+    "Metadata objects"), or two records that contradict each other."""
+
+    code = "record_invalid"
+
+
 class StoreError(ChunkyardError):
     code, status = "store_error", 502
 
@@ -266,6 +291,13 @@ class CatalogUnreachable(CatalogError):
     """The catalog's database cannot be opened (no server, no such database or file)."""
 
     code = "catalog_unreachable"
+
+
+class CatalogLost(CatalogError):
+    """A gateway on an empty catalog over a store that describes versions: it would
+    number versions from 1 again. ``chunkyard db rebuild --from-store`` first."""
+
+    code = "catalog_lost"
 
 
 class GatewayUnavailable(ChunkyardError):

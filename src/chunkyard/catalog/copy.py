@@ -184,25 +184,32 @@ def _count(conn: Connection, table: Table) -> int:
     return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def _copy(src: Connection, dst: Connection, force: bool, progress: Progress) -> CopyReport:
-    totals = {t.name: _count(src, t) for t in TABLES}
-    # the migration writes catalog_settings (facts fixed at creation): those of the
-    # source replace them, and they do not make a target "not empty"
-    held = {t.name: n for t in TABLES if t is not catalog_settings and (n := _count(dst, t))}
+def empty_target(conn: Connection, force: bool, what: str = "copy") -> dict[str, int]:
+    """Refuse a target catalog that holds rows (:class:`CatalogNotEmpty`), or with
+    ``force`` empty it; the rows it held, per table. The migration writes
+    ``catalog_settings`` (facts fixed at creation): those do not make a target "not
+    empty" (the caller replaces them)."""
+    held = {t.name: n for t in TABLES if t is not catalog_settings and (n := _count(conn, t))}
     if held and not force:
         listing = ", ".join(f"{name}: {n}" for name, n in sorted(held.items()))
         raise CatalogNotEmpty(
-            f"the target catalog already holds rows ({listing}): copy into an empty "
+            f"the target catalog already holds rows ({listing}): {what} into an empty "
             "database, or pass --force to empty it first",
             rows=held,
         )
+    for t in reversed(TABLES):
+        conn.execute(t.delete())
+    return held
+
+
+def _copy(src: Connection, dst: Connection, force: bool, progress: Progress) -> CopyReport:
+    totals = {t.name: _count(src, t) for t in TABLES}
+    held = empty_target(dst, force)
     if held:
         progress.note(
             f"emptying the target catalog first (--force): {sum(held.values())} rows "
             f"in {len(held)} tables"
         )
-    for t in reversed(TABLES):
-        dst.execute(t.delete())
     copied: dict[str, int] = {}
     for t in TABLES:
         progress.table(t.name, totals[t.name])
@@ -211,7 +218,7 @@ def _copy(src: Connection, dst: Connection, force: bool, progress: Progress) -> 
             dst.execute(t.insert(), rows)
             copied[t.name] += len(rows)
             progress.advance(t.name, len(rows))
-    sequences = _move_sequences(dst)
+    sequences = move_sequences(dst)
     for t in TABLES:
         found = _count(dst, t)
         if not totals[t.name] == copied[t.name] == found:
@@ -234,7 +241,7 @@ def _batches(conn: Connection, table: Table) -> Iterator[list[dict[str, Any]]]:
         yield [dict(r._mapping) for r in part]
 
 
-def _move_sequences(conn: Connection) -> dict[str, int]:
+def move_sequences(conn: Connection) -> dict[str, int]:
     """Set PostgreSQL's id sequences past the copied ids, so that the next insert does
     not take an id that exists; the next id of each. (SQLite takes the largest id plus
     one by itself.)"""
@@ -293,10 +300,10 @@ def _check_version(conn: Connection, v: Any, checked: Checked) -> None:
                     f"{where}, file {f.path!r}: its manifest does not parse", version=v.id
                 ) from exc
         checked.manifests += len(page)
-        index = _entries_for(conn, [t for ts in terms.values() for t in ts]) if rebuild else {}
+        index = entries_for(conn, [t for ts in terms.values() for t in ts]) if rebuild else {}
         for f in page:
             if rebuild:
-                fid, covered = _file_id(index, terms[f.idx])
+                fid, covered = file_id_of(index, terms[f.idx])
                 if fid != f.digest or covered != f.size:
                     raise CopyMismatch(
                         f"{where}, file {f.path!r}: its file id recomputed from the copied "
@@ -351,7 +358,7 @@ def _file_pages(conn: Connection, version_id: int) -> Iterator[Sequence[Any]]:
         after = page[-1].idx
 
 
-def _entries_for(conn: Connection, terms: list[Any]) -> dict[str, dict[int, tuple[bytes, int]]]:
+def entries_for(conn: Connection, terms: list[Any]) -> dict[str, dict[int, tuple[bytes, int]]]:
     """(chunk id, raw length) by pack and index, for every chunk the terms name: per
     pack, the rows from the first chunk named to the last."""
     spans: dict[str, tuple[int, int]] = {}
@@ -371,7 +378,7 @@ def _entries_for(conn: Connection, terms: list[Any]) -> dict[str, dict[int, tupl
     return out
 
 
-def _file_id(index: dict[str, dict[int, tuple[bytes, int]]], terms: list[Any]) -> tuple[str, int]:
+def file_id_of(index: dict[str, dict[int, tuple[bytes, int]]], terms: list[Any]) -> tuple[str, int]:
     """A file's id and size from its terms; "" if a chunk they name has no index row."""
     ids, covered = FileIdHasher(), 0
     for t in terms:

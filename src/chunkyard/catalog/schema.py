@@ -12,8 +12,11 @@ Facts and who writes them:
   without touching the store.
 - ``chunks``: the dedup index per dedup domain, chunk key → one verified location.
 - ``artifacts`` / ``versions`` / ``version_files`` / ``tags`` / ``aliases``: names.
-  ``alias_moves``: every move of an alias (and removal: ``version_id`` NULL), written
+  ``alias_moves``: every move of an alias (and removal: ``number`` NULL), written
   in the transaction that moves it, so ``alias history`` is complete.
+- ``removals``: versions removed (``rm``), so their numbers are never taken again.
+- ``meta_pending``: metadata records a transaction made due and the store does not
+  hold yet (FORMAT.md, "Metadata objects"): written after the commit, then deleted.
 - ``sessions``: pushes in progress (who, which artifact, the proof key), so a push can
   resume.
 - ``tokens``: bearer tokens, by the hash of the secret only; ``catalog_settings``:
@@ -196,11 +199,40 @@ alias_moves = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
     Column("alias", String(64), nullable=False),
-    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),  # None: removed
+    # the version it points at since (None: the alias was removed, or the version was)
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),
     Column("previous", Integer, nullable=True),  # the version number before; None: none
     Column("moved_at", Float, nullable=False),
     Column("moved_by", String(16), nullable=True),  # the token id (None: no auth)
+    Column("number", Integer, nullable=True),  # the version number since; None: removed
     Index("ix_alias_moves_alias", "artifact_id", "alias", "id"),
+)
+
+removals = Table(
+    "removals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("first", Integer, nullable=False),  # versions first .. last were removed
+    Column("last", Integer, nullable=False),
+    Column("removed_at", Float, nullable=False),
+    Column("removed_by", String(16), nullable=True),
+    Index("ix_removals_artifact", "artifact_id", "last"),
+)
+
+meta_pending = Table(
+    "meta_pending",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # version | tags | alias | removed
+    # versions.id (version, tags), alias_moves.id (alias), removals.id (removed)
+    Column("ref", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_meta_pending_artifact", "artifact_id"),
+    # ids are never taken twice (SQLite would reuse the largest once deleted): a gateway
+    # drops the notes it wrote by id, a while after writing them
+    sqlite_autoincrement=True,
 )
 
 sessions = Table(

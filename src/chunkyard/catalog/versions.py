@@ -8,12 +8,15 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, or_, select
 
 from ..version import FORMAT_VERSION
+from . import notes
 from .db import batched, insert_ignoring_duplicates
 from .schema import (
     TAG_INDEXED,
     alias_moves,
     aliases,
     artifacts,
+    removals,
+    sessions,
     tag_value_prefix,
     tags,
     version_files,
@@ -81,8 +84,10 @@ def list_artifacts(
 ) -> list[tuple[str, int, int]]:
     """(name, latest version, number of versions) of up to ``limit`` artifacts whose
     name starts with ``prefix`` and sorts after ``after``, by name. A range over the
-    name index, then one grouped query over just that page's versions."""
-    q = _name_range(select(artifacts.c.id, artifacts.c.name), prefix)
+    name index, then one grouped query over just that page's versions. An artifact
+    whose versions were all removed is not listed."""
+    live = select(versions.c.id).where(versions.c.artifact_id == artifacts.c.id).exists()
+    q = _name_range(select(artifacts.c.id, artifacts.c.name).where(live), prefix)
     q = q.order_by(artifacts.c.name).limit(limit)
     if after:
         q = q.where(artifacts.c.name > after)
@@ -139,23 +144,36 @@ def find_version(conn: Connection, art_id: int, ref: Ref) -> VersionRow | None:
     return None if row is None else VersionRow(*row)
 
 
-def version_by_id(conn: Connection, version_id: int) -> VersionRow:
-    return VersionRow(*conn.execute(select(*_VERSION).where(versions.c.id == version_id)).one())
+def version_by_id(conn: Connection, version_id: int) -> VersionRow | None:
+    """A version by id; None if it was removed."""
+    row = conn.execute(select(*_VERSION).where(versions.c.id == version_id)).first()
+    return None if row is None else VersionRow(*row)
 
 
 def add_version(
     conn: Connection, art_id: int, number: int | None = None, **values: Any
 ) -> VersionRow:
-    """Insert the artifact's next version (``number``, or latest + 1). Call with the
-    artifact locked (:func:`ensure_artifact`), so that concurrent commits take distinct
-    numbers."""
+    """Insert the artifact's next version (``number``, from :func:`next_number`, or
+    found here) and note its record for the store. Call with the artifact locked
+    (:func:`ensure_artifact`), so that concurrent commits take distinct numbers."""
     if number is None:
         latest = conn.execute(
             select(func.max(versions.c.number)).where(versions.c.artifact_id == art_id)
         ).scalar()
-        number = (latest or 0) + 1
+        number = next_number(conn, art_id, latest or 0)
     q = versions.insert().values(artifact_id=art_id, number=number, format=FORMAT_VERSION, **values)
-    return VersionRow(*conn.execute(q.returning(*_VERSION)).one())
+    v = VersionRow(*conn.execute(q.returning(*_VERSION)).one())
+    notes.note(conn, art_id, "version", v.id)
+    return v
+
+
+def next_number(conn: Connection, art_id: int, latest: int) -> int:
+    """The number a new version takes, ``latest`` being the artifact's latest version's
+    (0: none): above every removed one too, since numbers are never taken twice."""
+    removed = conn.execute(
+        select(func.max(removals.c.last)).where(removals.c.artifact_id == art_id)
+    ).scalar()
+    return max(latest, removed or 0) + 1
 
 
 def list_versions(conn: Connection, art_id: int, after: int, limit: int) -> list[VersionRow]:
@@ -294,12 +312,19 @@ def tags_of(conn: Connection, version_ids: Iterable[int]) -> dict[int, dict[str,
     return out
 
 
-def insert_tags(conn: Connection, version_id: int, new: dict[str, str]) -> None:
+def insert_tags(conn: Connection, version_id: int, new: dict[str, str], note: bool = True) -> None:
+    """Add tags the version does not carry yet, and note its tags record (unless
+    ``note`` is false: a rebuild, from records the store holds)."""
     if new:
         conn.execute(
             tags.insert(),
             [{"version_id": version_id, "key": k, "value": v} for k, v in new.items()],
         )
+    if new and note:
+        art_id = conn.execute(
+            select(versions.c.artifact_id).where(versions.c.id == version_id)
+        ).scalar_one()
+        notes.note(conn, art_id, "tags", version_id)
 
 
 def aliases_of(conn: Connection, version_ids: Iterable[int]) -> dict[int, list[str]]:
@@ -386,7 +411,8 @@ def point_alias(
     else:
         return current.number
     previous = None if current is None else current.number
-    _record_move(conn, art_id, alias, version_id, previous, now, by)
+    number = conn.execute(select(versions.c.number).where(versions.c.id == version_id)).scalar()
+    _record_move(conn, art_id, alias, version_id, number, previous, now, by)
     return previous
 
 
@@ -400,7 +426,7 @@ def remove_alias(
         conn.execute(
             aliases.delete().where(aliases.c.artifact_id == art_id, aliases.c.name == alias)
         )
-        _record_move(conn, art_id, alias, None, previous, now, by)
+        _record_move(conn, art_id, alias, None, None, previous, now, by)
     return previous
 
 
@@ -409,20 +435,26 @@ def _record_move(
     art_id: int,
     alias: str,
     version_id: int | None,
+    number: int | None,
     previous: int | None,
     now: float,
     by: str | None,
 ) -> None:
-    conn.execute(
-        alias_moves.insert().values(
+    """Record a move (and note its record for the store)."""
+    move = conn.execute(
+        alias_moves.insert()
+        .values(
             artifact_id=art_id,
             alias=alias,
             version_id=version_id,
+            number=number,
             previous=previous,
             moved_at=now,
             moved_by=by,
         )
-    )
+        .returning(alias_moves.c.id)
+    ).scalar_one()
+    notes.note(conn, art_id, "alias", move)
 
 
 def alias_history(
@@ -432,12 +464,11 @@ def alias_history(
     rows = conn.execute(
         select(
             alias_moves.c.id,
-            versions.c.number,
+            alias_moves.c.number,
             alias_moves.c.previous,
             alias_moves.c.moved_at,
             alias_moves.c.moved_by,
         )
-        .outerjoin(versions, versions.c.id == alias_moves.c.version_id)
         .where(
             alias_moves.c.artifact_id == art_id,
             alias_moves.c.alias == alias,
@@ -447,3 +478,69 @@ def alias_history(
         .limit(limit)
     )
     return [AliasMove(*r) for r in rows]
+
+
+# -- removals --------------------------------------------------------------------------
+class RemovalRow(NamedTuple):
+    first: int  # versions first .. last were removed
+    last: int
+    removed_at: float
+    removed_by: str | None
+
+
+def removal_of(conn: Connection, art_id: int, number: int) -> RemovalRow | None:
+    """The removal that took version ``number`` of an artifact, if one did."""
+    row = conn.execute(
+        select(removals.c.first, removals.c.last, removals.c.removed_at, removals.c.removed_by)
+        .where(
+            removals.c.artifact_id == art_id,
+            removals.c.first <= number,
+            removals.c.last >= number,
+        )
+        .order_by(removals.c.id)
+        .limit(1)
+    ).first()
+    return None if row is None else RemovalRow(*row)
+
+
+def live_versions(conn: Connection, art_id: int) -> list[VersionRow]:
+    """Every version of an artifact, by number."""
+    rows = conn.execute(
+        select(*_VERSION).where(versions.c.artifact_id == art_id).order_by(versions.c.number)
+    )
+    return [VersionRow(*r) for r in rows]
+
+
+def remove_versions(
+    conn: Connection,
+    art_id: int,
+    version_ids: Sequence[int],
+    first: int,
+    last: int,
+    now: float,
+    by: str | None,
+) -> None:
+    """Remove versions with their files, tags and aliases (the caller removes aliases
+    first, recording the moves), record the removal of numbers ``first .. last`` and
+    note its tombstone for the store. The alias history keeps the numbers of the moves
+    that pointed at them. Call with the artifact locked."""
+    for batch in batched(sorted(set(version_ids))):
+        conn.execute(tags.delete().where(tags.c.version_id.in_(batch)))
+        conn.execute(version_files.delete().where(version_files.c.version_id.in_(batch)))
+        conn.execute(aliases.delete().where(aliases.c.version_id.in_(batch)))
+        conn.execute(
+            alias_moves.update().where(alias_moves.c.version_id.in_(batch)).values(version_id=None)
+        )
+        # a retried commit of a session that made one must not answer whatever version
+        # takes the id next (SQLite reuses the largest)
+        conn.execute(
+            sessions.update().where(sessions.c.version_id.in_(batch)).values(version_id=None)
+        )
+        conn.execute(versions.delete().where(versions.c.id.in_(batch)))
+    notes.drop_version_notes(conn, version_ids)
+    removal = conn.execute(
+        removals.insert()
+        .values(artifact_id=art_id, first=first, last=last, removed_at=now, removed_by=by)
+        .returning(removals.c.id)
+    ).scalar_one()
+    notes.note(conn, art_id, "removed", removal)

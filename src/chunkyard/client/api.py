@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import InvalidName
 from ..names import check_alias, check_name, check_tags, parse_ref
 from . import download, references, upload
 from .transport import OnWait, RetryPolicy, Transport, print_waits
@@ -204,6 +205,26 @@ class Client:
         v = "latest" if version is None else str(version)
         return self.transport.call(
             "POST", f"/v1/artifacts/{name}/-/versions/{v}/tags", json={"tags": check_tags(tags)}
+        )
+
+    def rm(self, ref: str, force: bool = False, yes: bool = False) -> dict[str, Any]:
+        """Remove ``name@VERSION`` (a number), or every version of ``name``. ``force``
+        also removes the aliases that point at what goes (without it, such aliases make
+        the removal fail with :class:`~chunkyard.errors.VersionAliased`); ``yes``
+        confirms removing every version of an artifact that has more than one. Returns
+        ``{"name", "removed": [numbers], "aliases": [removed aliases], "already":
+        [numbers removed before]}``. Numbers are never taken again; the space comes back
+        at the next garbage collection."""
+        name, version = parse_ref(ref)
+        if (":" in ref and "@" not in ref) or ref.endswith("@latest"):
+            raise InvalidName(f"rm takes NAME or NAME@NUMBER, not {ref!r}")
+        params = {"force": int(force)} if force else {}
+        if version is None:
+            if yes:
+                params["yes"] = 1
+            return self.transport.call("DELETE", f"/v1/artifacts/{name}/-/versions", params=params)
+        return self.transport.call(
+            "DELETE", f"/v1/artifacts/{name}/-/versions/{version}", params=params
         )
 
     def stats(self) -> dict[str, Any]:

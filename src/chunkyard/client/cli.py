@@ -220,6 +220,27 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """``rm NAME@VERSION`` or ``rm NAME``: a refusal (aliases point there, or many
+    versions without --yes) exits 4 and changes nothing."""
+    with _client(args) as c:
+        r = c.rm(args.ref, force=args.force, yes=args.yes)
+    lines = []
+    if r["removed"]:
+        numbers = ", ".join(str(n) for n in r["removed"])
+        lines.append(f"{r['name']}: removed version(s) {numbers}")
+    if r["aliases"]:
+        lines.append(f"  and alias(es) {', '.join(r['aliases'])} that pointed there")
+    if r["already"]:
+        lines.append(f"{r['name']}@{r['already'][0]} was removed already: nothing to do")
+    if not lines:
+        lines.append(f"{r['name']}: no versions left to remove")
+    elif r["removed"]:
+        lines.append("  the space comes back at the next garbage collection")
+    _print(args, r, "\n".join(lines))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as c:
         s = c.stats()
@@ -349,3 +370,15 @@ def add_commands(
     alias_cmd("ls", "list NAME's aliases and where they point", with_alias=False)
     alias_cmd("history", "every move of NAME:ALIAS: when, from and to which version, by whom")
     cmd("stats", cmd_stats, "storage statistics")
+    s = cmd("rm", cmd_rm, "remove NAME@VERSION, or every version of NAME")
+    s.add_argument("ref", metavar="NAME[@VERSION]")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove the aliases that point at what is removed (else: refused)",
+    )
+    s.add_argument(
+        "--yes",
+        action="store_true",
+        help="confirm removing every version of NAME when it has more than one",
+    )

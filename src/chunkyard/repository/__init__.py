@@ -34,6 +34,10 @@ class Repository:
         self.domain_depth = domain_depth
         #: verifications running in this process, so that two callers share one
         self.verifying: dict[str, asyncio.Future] = {}
+        #: pending metadata records (note ids) this process is writing to the store, or
+        #: wrote and has yet to drop the notes of (``settled``, in batches)
+        self.describing: set[int] = set()
+        self.settled: list[int] = []
         #: the buckets and servers reference versions point at
         self.sources = Sources(settings)
         self.verify_mode = settings.verify or (

@@ -21,7 +21,7 @@ from ..errors import (
     VersionNotFound,
 )
 from ..names import check_alias, check_name, check_tags
-from . import Repository
+from . import Repository, metadata
 from .access import Principal
 
 MAX_PAGE = 1000
@@ -35,8 +35,18 @@ def find_artifact(conn: Connection, name: str) -> int:
 
 
 def find_version(conn: Connection, name: str, ref: Ref) -> VersionRow:
-    v = q.find_version(conn, find_artifact(conn, name), ref)
+    art_id = find_artifact(conn, name)
+    v = q.find_version(conn, art_id, ref)
     if v is None:
+        removed = q.removal_of(conn, art_id, ref) if isinstance(ref, int) else None
+        if removed is not None:
+            raise VersionNotFound(
+                f"version {ref} of {name!r} was removed (at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(removed.removed_at))})",
+                name=name,
+                ref=ref,
+                removed_at=removed.removed_at,
+            )
         what = "no versions" if ref is None else f"no version {ref!r}"
         raise VersionNotFound(f"artifact {name!r} has {what}", name=name, ref=ref)
     return v
@@ -271,7 +281,7 @@ async def set_alias(
         q.point_alias(conn, v.artifact_id, alias, v.id, time.time(), who.token_id)
         return {"name": name, "alias": alias, "version": number, "previous": current}
 
-    return await repo.db.write(tx)
+    return await metadata.write_after(repo, tx)
 
 
 async def remove_alias(
@@ -293,7 +303,7 @@ async def remove_alias(
         q.remove_alias(conn, art_id, alias, time.time(), who.token_id)
         return {"name": name, "alias": alias, "previous": current}
 
-    return await repo.db.write(tx)
+    return await metadata.write_after(repo, tx)
 
 
 async def show_alias(repo: Repository, who: Principal, name: str, alias: str) -> dict[str, Any]:
@@ -362,7 +372,7 @@ async def set_tags(
         apply_tags(conn, v.id, new)
         return summary(conn, name, v)
 
-    return await repo.db.write(tx)
+    return await metadata.write_after(repo, tx)
 
 
 async def stats(repo: Repository, who: Principal) -> dict[str, Any]:

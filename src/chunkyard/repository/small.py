@@ -29,7 +29,7 @@ from ..digest import FileIdHasher, chunk_id, chunk_key
 from ..errors import BodyTooLarge, Conflict, InvalidManifest
 from ..manifest import Term, dumps
 from ..names import MAX_PATH, check_name, check_tags, check_tree_paths
-from . import Repository
+from . import Repository, metadata
 from .access import Principal
 from .artifacts import describe, summary
 from .uploads import add_version, readable_locations
@@ -101,7 +101,9 @@ async def push(
     if prepared.pack is not None:
         key = f"{packfmt.pack_key(prepared.pack.id)}.{uuid.uuid4().hex[:16]}"
         await repo.store.put(key, bytes(prepared.pack.data))
-    result, live = await repo.db.write(_commit, repo, who, name, prepared, layout, key, tags)
+    result, live = await metadata.write_after(
+        repo, _commit, repo, who, name, prepared, layout, key, tags
+    )
     if key is not None and not live:  # another copy of the same pack is live
         await repo.store.delete(key)
     return {

@@ -48,7 +48,7 @@ from ..errors import (
 from ..manifest import Term, dumps
 from ..names import check_name, check_tags, check_tree_paths
 from ..stores.base import CompletedPart, HeldPart, PartPlan
-from . import Repository, verifier
+from . import Repository, metadata, verifier
 from .access import Principal
 from .artifacts import apply_tags, describe, summary
 
@@ -367,7 +367,7 @@ async def commit(
     await anyio.to_thread.run_sync(check_files, layout, files)  # long lists: off the loop
     tags = check_tags(tags)
     await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
-    return await repo.db.write(_commit, repo, who, sid, layout, files, tags)
+    return await metadata.write_after(repo, _commit, repo, who, sid, layout, files, tags)
 
 
 async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names: set[str]) -> None:
@@ -399,9 +399,13 @@ def _commit(
 ) -> dict[str, Any]:
     sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
-    if sess.state in sessions_q.COMMITTED and sess.version_id is not None:
+    if sess.state in sessions_q.COMMITTED:
         # a retry (the first answer was lost): answer as the first did
-        v = versions_q.version_by_id(conn, sess.version_id)
+        v = None if sess.version_id is None else versions_q.version_by_id(conn, sess.version_id)
+        if v is None:
+            raise VersionNotFound(
+                f"the version this session made of {name!r} was removed since", name=name
+            )
         return {**summary(conn, name, v), "created": sess.state == "committed"}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
     rows = _file_rows(conn, who, sess, art_id, files)
@@ -437,7 +441,7 @@ def add_version(
     v = versions_q.add_version(
         conn,
         art_id,
-        number=latest.number + 1 if latest is not None else 1,
+        number=versions_q.next_number(conn, art_id, latest.number if latest is not None else 0),
         kind="stored",
         layout=layout,
         digest=digest,

@@ -1,5 +1,6 @@
 """The Starlette application: the route table, error mapping, and the lifespan that
-opens the repository (and, in ``background`` mode, runs the verifier beside it)."""
+opens the repository, sweeps metadata records left pending (and, in ``background``
+mode, runs the verifier beside it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 
 from ..config import Settings
-from ..repository import Repository, status, verifier
+from ..repository import Repository, metadata, status, verifier
 from ..stores import open_store
 from ..version import __version__
 from . import artifacts, blobs, logs, metrics, references, tokens, uploads
@@ -112,10 +113,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logs.install([settings.secret])  # after uvicorn set up its handlers, in each worker
         repo = await Repository.open(settings, open_repository_store(settings))
+        try:
+            await metadata.refuse_lost_catalog(repo.db, repo.store)
+        except BaseException:
+            await repo.close()
+            raise
         app.state.repository = repo
-        task = None
+        tasks = [asyncio.create_task(metadata.run(repo))]  # records left pending
         if repo.verify_mode == "background":
-            task = asyncio.create_task(verifier.run(repo))
+            tasks.append(asyncio.create_task(verifier.run(repo)))
         # Requests allocate many short-lived objects (rows, dicts) and few cycles: the
         # default thresholds run the cycle collector for ~9% of the gateway's CPU.
         gc.freeze()
@@ -124,10 +130,12 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            with contextlib.suppress(Exception):  # else the next sweep writes them again
+                await metadata.drop_settled(repo)
             await repo.close()
 
     app = Starlette(

@@ -7,7 +7,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from ..names import version_ref
-from ..repository import artifacts, downloads, small
+from ..repository import artifacts, downloads, removal, small
 from . import models as m
 from .ranges import parse_range
 from .routing import JSON, Binary, Call, Endpoints
@@ -214,3 +214,31 @@ async def content(call: Call[m.VersionPath, m.ContentQuery, None]) -> Response:
 @api.get("/v1/stats", "logical and stored bytes, chunks, packs, dedup ratio", response=m.Stats)
 async def stats(call: Call[None, None, None]) -> dict[str, Any]:
     return await artifacts.stats(call.repo, call.who)
+
+
+@api.delete(
+    V + "/versions/{ref}",
+    "remove a version (force=1: and the aliases that point at it); its number is never "
+    "taken again, its space comes back at the next garbage collection",
+    params=m.VersionNumberPath,
+    query=m.RemoveQuery,
+    response=m.Removed,
+)
+async def remove_version(call: Call[m.VersionNumberPath, m.RemoveQuery, None]) -> dict[str, Any]:
+    p, q = call.path, call.query
+    return await removal.remove(call.repo, call.who, p.name, p.ref, force=bool(q.force))
+
+
+@api.delete(
+    V + "/versions",
+    "remove every version of an artifact (yes=1 when it has more than one; force=1: and "
+    "its aliases); its numbers are never taken again",
+    params=m.NamePath,
+    query=m.RemoveQuery,
+    response=m.Removed,
+)
+async def remove_artifact(call: Call[m.NamePath, m.RemoveQuery, None]) -> dict[str, Any]:
+    q = call.query
+    return await removal.remove(
+        call.repo, call.who, call.path.name, None, force=bool(q.force), confirm=bool(q.yes)
+    )

@@ -103,9 +103,9 @@ async def _preflight(settings: Any) -> None:
     store = open_repository_store(settings)
     try:
         await store.check()
+        await maintenance.check(settings, store)
     finally:
         await store.close()
-    await maintenance.check(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -349,6 +349,63 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     for line in copy_summary(r):
         print(line)
     return 0
+
+
+def cmd_db_rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a lost catalog from the store (``--from-store``): exit 5 when versions
+    had to be left out (a pack gone or damaged), with the report."""
+    os.umask(PRIVATE_UMASK)
+    from ..config import Settings
+    from ..repository import maintenance
+
+    if not args.from_store:
+        print("chunkyard: error: say where from: --from-store", file=sys.stderr)
+        return 2
+    progress: _Lines | None = None
+    if not args.json:
+        progress = _Bars() if sys.stderr.isatty() else _Lines()
+    with redacted_errors():
+        settings = Settings.load(args.data)
+        run = maintenance.rebuild_from_store(settings, args.force, progress)
+        if isinstance(progress, _Bars):
+            with progress.bars:
+                r = asyncio.run(run)
+        else:
+            r = asyncio.run(run)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        for line in rebuild_summary(r):
+            print(line)
+    return 5 if r["skipped"] else 0
+
+
+def rebuild_summary(r: dict[str, Any]) -> list[str]:
+    """What ``db rebuild`` says when it is done, from its JSON report."""
+    lines = [
+        f"rebuilt {r['catalog']} from {r['store']} in {r['seconds']:.1f} s: "
+        f"{r['records']} records, {r['artifacts']} artifacts, {r['versions']} versions "
+        f"({r['files']} files), {r['tags']} tags, {r['aliases']} aliases "
+        f"({r['alias_moves']} moves), {r['removals']} removals",
+        f"  packs read and verified: {r['packs']} ({r['pack_bytes']} bytes); every stored "
+        "version's file ids and digest recomputed from them",
+    ]
+    if r["emptied"]:
+        lines.append(f"  emptied first (--force): {sum(r['emptied'].values())} rows")
+    for s in r["skipped"]:
+        lines.append(f"  LEFT OUT {s['name']}@{s['version']}: {s['reason']}")
+    for b in r["borrowing"]:
+        lines.append(
+            f"  {b['name']}@{b['version']} borrows chunks from {len(b['objects'])} indexed "
+            "reference object(s): index them again with `chunkyard ref --index`"
+        )
+    for a in r["dangling_aliases"]:
+        lines.append(f"  alias {a['name']}:{a['alias']} left out: version {a['version']} is not")
+    lines.append(
+        "tokens are not rebuilt (the store never held them): make an admin token with "
+        "`chunkyard token create --data DIR --scope admin`"
+    )
+    return lines
 
 
 def copy_summary(r: dict[str, Any]) -> list[str]:

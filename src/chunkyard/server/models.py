@@ -96,6 +96,13 @@ class VersionPath(Model):
     ref: VersionRef
 
 
+class VersionNumberPath(Model):
+    """A version by number only (removing one: never by alias or ``latest``)."""
+
+    name: Name
+    ref: PositiveInt
+
+
 class FileIndexPath(Model):
     name: Name
     ref: VersionRef
@@ -147,6 +154,14 @@ class AliasesQuery(Model):
 
 class RemoveAliasQuery(Model):
     expect: PositiveInt | None = None
+
+
+class RemoveQuery(Model):
+    """``force=1``: also remove the aliases that point at what is removed; ``yes=1``:
+    remove every version of an artifact that has more than one."""
+
+    force: Annotated[int, Meta(ge=0, le=1)] = 0
+    yes: Annotated[int, Meta(ge=0, le=1)] = 0
 
 
 class SourcesQuery(Model):
@@ -396,6 +411,13 @@ class SmallPushResult(VersionSummary):
     chunks_total: int = 0
     chunks_new: int = 0
     bytes_uploaded: int = 0
+
+
+class Removed(Struct):
+    name: str
+    removed: list[int]  # the version numbers removed now
+    aliases: list[str]  # aliases removed with them (force)
+    already: list[int]  # asked for, but removed before: nothing changed for them
 
 
 class ArtifactItem(Struct):

@@ -115,7 +115,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, data: bytes) -> None:
         """Write a small object whole, from the gateway itself (packs it builds from
-        small pushes). Keys are fresh: nothing else ever writes the same one."""
+        small pushes, metadata records). A key is fresh, or (a metadata record, named by
+        its content) written again with the same bytes."""
 
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:

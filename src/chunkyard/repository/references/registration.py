@@ -20,7 +20,7 @@ from ...digest import tree_digest
 from ...errors import ChunkyardError
 from ...names import check_name, check_tags
 from ...pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
-from .. import Repository
+from .. import Repository, metadata
 from ..access import Principal
 from ..artifacts import apply_tags, summary
 from .indexing import Progress, hash_all, pin_row
@@ -166,4 +166,4 @@ async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
         apply_tags(conn, v.id, reg.tags)
         return {**summary(conn, reg.name, v), "created": True}
 
-    return await repo.db.write(tx)
+    return await metadata.write_after(repo, tx)
