@@ -19,6 +19,7 @@
     ├── Conflict                   409  conflict
     │   ├── TagConflict            409  tag_conflict
     │   ├── AliasConflict          409  alias_conflict
+    │   ├── PacksGone              409  packs_gone  (garbage collection took packs a commit names)
     │   └── CatalogNotEmpty        409  catalog_not_empty  (``db copy`` without --force)
     ├── PreconditionFailed         412  precondition_failed
     ├── Unauthorized               401  unauthorized
@@ -149,6 +150,15 @@ class TagConflict(Conflict):
 
 class AliasConflict(Conflict):
     code = "alias_conflict"
+
+
+class PacksGone(Conflict):
+    """A commit (or a small push) names packs that garbage collection condemned or
+    deleted after the session's missing-chunk query found them. Nothing was written;
+    the client asks again which chunks are missing and uploads those (``packs`` lists
+    the ones gone). Only packs the caller named are said to be gone."""
+
+    code = "packs_gone"
 
 
 class CatalogNotEmpty(Conflict):

@@ -19,7 +19,14 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..errors import ChunkyardError, InvalidName, InvalidRequest, NotFound, StoreError
+from ..errors import (
+    ChunkyardError,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    PacksGone,
+    StoreError,
+)
 from ..names import check_tree_paths
 from ..parts import plan_even_parts
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
@@ -44,6 +51,9 @@ PART_REFUSED = frozenset(
 SMALL_PUSH_BYTES = 1024 * 1024
 SMALL_PUSH_MAX = 4 * 1024 * 1024
 SMALL_PUSH_FILES = 1000
+#: pushes through a session tried again when garbage collection took a pack they
+#: found (the gateway answers ``packs_gone``): each try asks again what is missing
+COMMIT_ATTEMPTS = 3
 
 
 def small_push_limit() -> int:
@@ -247,13 +257,22 @@ def push(
             known = {entries[0][1]: {**files[0], **seen}}
         else:
             known = {f["path"]: {**f, **seen} for f in files}
-    up = Uploader(transport, name, progress)
-    try:
-        results = _add_all(up.packer, entries, known)
-        up.packer.finish()
-        version = up.commit(layout, results, tags or {})
-    finally:
-        up.close()
+    sent = 0
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        up = Uploader(transport, name, progress if attempt == 1 else None)
+        try:
+            results = _add_all(up.packer, entries, known)
+            up.packer.finish()
+            version = up.commit(layout, results, tags or {})
+            break
+        except PacksGone:
+            # garbage collection took packs the lookup found (FORMAT.md, "Deleting"):
+            # a new session asks again which chunks are missing and sends those
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+        finally:
+            up.close()
+            sent += up.packer.stats.bytes_uploaded
     stats = up.packer.stats
     return {
         **version,
@@ -261,7 +280,7 @@ def push(
         "files": len(results),
         "chunks_total": stats.chunks_total,
         "chunks_new": stats.chunks_new,
-        "bytes_uploaded": stats.bytes_uploaded,
+        "bytes_uploaded": sent,
     }
 
 

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..repository import Repository, verifier
 from ..stores import open_store
 from ..version import __version__
-from . import artifacts, blobs, logs, references, tokens, uploads
+from . import admin, artifacts, blobs, logs, references, tokens, uploads
 from . import models as m
 from .errors import handlers
 from .routing import JSON, Call, Endpoint, Endpoints, document, routes
@@ -63,6 +63,7 @@ ENDPOINTS: list[Endpoint] = [
     *references.api,
     *artifacts.api,
     *tokens.api,
+    *admin.api,
     *blobs.api,
 ]
 
