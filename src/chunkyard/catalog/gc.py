@@ -31,15 +31,21 @@ STORED = ("verified", "corrupt")
 class ManifestRow(NamedTuple):
     version_id: int
     idx: int
+    size: int
     manifest: str  # JSON terms; "[]" for a reference file or an empty one
 
 
 # -- the mark -------------------------------------------------------------------------
 def manifest_page(conn: Connection, after: tuple[int, int], limit: int) -> list[ManifestRow]:
     """Up to ``limit`` files' manifests after ``(version_id, idx)``, in that order (the
-    primary key's): the mark reads every one, a page per transaction."""
+    primary key's): the mark (and ``fsck``) reads every one, a page per transaction."""
     q = (
-        select(version_files.c.version_id, version_files.c.idx, version_files.c.manifest)
+        select(
+            version_files.c.version_id,
+            version_files.c.idx,
+            version_files.c.size,
+            version_files.c.manifest,
+        )
         .where(tuple_(version_files.c.version_id, version_files.c.idx) > tuple_(*after))
         .order_by(version_files.c.version_id, version_files.c.idx)
         .limit(limit)
