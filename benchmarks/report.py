@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, fmt, human_size, mbps
 
-ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load", "team")
+ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load", "team", "gc")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:

@@ -47,6 +47,7 @@ WORKLOADS: dict[str, str] = {
     "refs": "benchmarks.refs",
     "load": "benchmarks.load",
     "team": "benchmarks.team",
+    "gc": "benchmarks.gc",
 }
 
 
