@@ -34,11 +34,10 @@ from ..chunking import BufferPool
 from ..errors import InvalidRequest, PackCorrupt, StoreObjectMissing
 from ..manifest import loads
 from . import Repository
+from .gc import manifest_pages
 
 #: packs read from the store at once (each decoded on a worker thread)
 CONCURRENCY = 2
-#: manifests read per catalog transaction
-PAGE = 2000
 #: packs are read whole into these (one byte more than the largest: a pack that grew
 #: shows as such)
 _buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=CONCURRENCY, factory=lambda n: mmap.mmap(-1, n))
@@ -139,12 +138,7 @@ async def _check_terms(repo: Repository, stored: dict[str, PackRow], r: Report) 
     others: dict[str, PackRow | None] = {}  # ids that name no store pack: references
     problems: dict[tuple, Problem] = {}
     versions: set[int] = set()
-    after = (-1, -1)
-    while True:
-        page = await repo.db.read(gc_q.manifest_page, after, PAGE)
-        if not page:
-            break
-        after = (page[-1].version_id, page[-1].idx)
+    async for page in manifest_pages(repo):
         parsed = [(row, loads(row.manifest)) for row in page]
         named = {t.pack for _, terms in parsed for t in terms}
         new = [p for p in named if p in stored and p not in lengths]
@@ -279,12 +273,7 @@ def _check_pack(
 async def _affected(repo: Repository, damaged: dict[str, Problem | dict[int, Problem]]) -> None:
     """The versions whose terms cover the damaged chunks (a second pass over the
     manifests, only when something is damaged)."""
-    after = (-1, -1)
-    while True:
-        page = await repo.db.read(gc_q.manifest_page, after, PAGE)
-        if not page:
-            return
-        after = (page[-1].version_id, page[-1].idx)
+    async for page in manifest_pages(repo):
         for row in page:
             for t in loads(row.manifest):
                 hit = damaged.get(t.pack)

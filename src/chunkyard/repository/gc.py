@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,18 +193,24 @@ async def mark(repo: Repository, progress: Progress | None = None) -> Marked:
     of files per read transaction. The manifests are parsed off the event loop."""
     named: set[str] = set()
     seen: set[int] = set()
-    files, after = 0, (-1, -1)
-    while True:
-        page = await repo.db.read(gc_q.manifest_page, after, MARK_PAGE)
-        if not page:
-            break
-        after = (page[-1].version_id, page[-1].idx)
+    files = 0
+    async for page in manifest_pages(repo):
         seen.update(row.version_id for row in page)
         named |= await anyio.to_thread.run_sync(_packs_of_page, [row.manifest for row in page])
         files += len(page)
         if progress is not None:
             progress.files = files
     return Marked(frozenset(named), frozenset(seen), files)
+
+
+async def manifest_pages(
+    repo: Repository, size: int = MARK_PAGE
+) -> AsyncIterator[list[gc_q.ManifestRow]]:
+    """Every file's manifest, in primary key order, a page per read transaction."""
+    after = (-1, -1)
+    while page := await repo.db.read(gc_q.manifest_page, after, size):
+        yield page
+        after = (page[-1].version_id, page[-1].idx)
 
 
 def _packs_of_page(manifests: list[str]) -> set[str]:
