@@ -9,7 +9,9 @@ removed from the catalog (by SQL: the ``rm`` command lives on another branch), w
 leaves half of the packs unreferenced, and ``POST /v1/admin/gc`` runs three times with
 ``grace`` 0: a dry run, the collection, and a second collection with nothing left to
 free. Figures per store: seconds, objects scanned per second (files' manifests read by
-the mark plus store objects listed), packs deleted and bytes freed, the gateway's CPU;
+the mark plus store objects listed; also in the run with nothing to free, which is the
+scan alone), packs deleted (and per second of the time the collection took beyond that
+scan) and bytes freed, the gateway's CPU;
 afterwards ten remaining versions are pulled back and compared.
 """
 
@@ -177,6 +179,12 @@ def _one(
         note=f"{done['files']} manifests, {done['objects_listed']} store objects",
     )
     r.add(p + "packs_deleted", f"{store}: packs deleted", done["packs_deleted"], "packs")
+    r.add(
+        p + "deleted_per_s",
+        f"{store}: packs deleted per second (beyond the scan)",
+        done["packs_deleted"] / max(gc_s - again_s, 1e-3),
+        "/s",
+    )
     r.add(p + "bytes_freed", f"{store}: bytes freed", done["bytes_freed"], "B")
     r.add(p + "gc_cpu_s", f"{store}: gateway CPU for the gc", gc_cpu, "s")
     r.add(p + "dry_s", f"{store}: gc --dry-run", dry_s, "s", beside=p + "gc_s")
