@@ -26,7 +26,18 @@ from typing import Any
 
 from benchmarks.common import RESULTS, fmt, human_size, mbps
 
-ORDER = ("core", "ingest", "direct", "series", "smallfiles", "refs", "load", "team", "faults")
+ORDER = (
+    "core",
+    "ingest",
+    "direct",
+    "series",
+    "smallfiles",
+    "refs",
+    "load",
+    "team",
+    "faults",
+    "gc",
+)
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:

@@ -48,6 +48,7 @@ WORKLOADS: dict[str, str] = {
     "load": "benchmarks.load",
     "team": "benchmarks.team",
     "faults": "benchmarks.faults",
+    "gc": "benchmarks.gc",
 }
 
 

@@ -21,6 +21,7 @@
     │   ├── AliasConflict          409  alias_conflict
     │   ├── VersionAliased         409  version_aliased  (``rm`` of what an alias names)
     │   ├── ConfirmRequired        409  confirm_required  (``rm NAME`` of many versions)
+    │   ├── PacksGone              409  packs_gone  (garbage collection took packs a commit names)
     │   └── CatalogNotEmpty        409  catalog_not_empty  (``db copy``/``rebuild``)
     ├── PreconditionFailed         412  precondition_failed
     ├── Unauthorized               401  unauthorized
@@ -170,6 +171,15 @@ class ConfirmRequired(Conflict):
     """``rm NAME`` of an artifact with more than one version, without confirmation."""
 
     code = "confirm_required"
+
+
+class PacksGone(Conflict):
+    """A commit (or a small push) names packs that garbage collection condemned or
+    deleted after the session's missing-chunk query found them. Nothing was written;
+    the client asks again which chunks are missing and uploads those (``packs`` lists
+    the ones gone). Only packs the caller named are said to be gone."""
+
+    code = "packs_gone"
 
 
 class CatalogNotEmpty(Conflict):

@@ -295,6 +295,26 @@ class StoreContract:
         other = await store.create_upload("never-sent", 10)
         assert await store.list_parts("never-sent", other, 10) == []
 
+    async def test_list_uploads(self, store: Store, http: httpx.AsyncClient) -> None:
+        """An unfinished upload is listed (where the store can list them), under its
+        key and upload id, with when it began; completed and aborted ones are not."""
+        data = os.urandom(self.multipart_size)
+        aborted = await store.create_upload("up/aborted", len(data))
+        pending = await store.create_upload("up/pending", len(data))
+        done = await store.create_upload("up/done", len(data))
+        parts = await self.upload_parts(http, store, "up/done", done, data)
+        await store.complete_upload("up/done", done, parts)
+        await store.abort_upload("up/aborted", aborted)
+        listed = [u async for u in store.list_uploads("up/")]
+        await store.abort_upload("up/pending", pending)
+        if not store.lists_uploads:
+            assert listed == []
+            return
+        assert [(u.key, u.upload_id) for u in listed] == [("up/pending", pending)]
+        assert listed[0].started is not None and listed[0].started <= time.time() + 60
+        assert [u async for u in store.list_uploads("other/")] == []
+        assert [u async for u in store.list_uploads("up/")] == []
+
     async def test_presigned_ranged_get(self, store: Store, http: httpx.AsyncClient) -> None:
         data = os.urandom(50_000)
         await self.write(http, store, "packs/dl", data)

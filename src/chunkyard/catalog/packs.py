@@ -4,9 +4,16 @@ An upload (one session sending one pack to a store key of its own) goes ``upload
 -> ``complete``; verification then either makes its copy the pack's live copy (a
 ``packs`` row with the verified index, the chunks entering the uploader's dedup domain),
 drops it as redundant (another copy won), or marks it ``corrupt``. A pack found damaged
-later is marked ``corrupt``. Indexed reference objects are packs too (``indexing`` ->
-``reference``, ``drifted`` while their source does not match the pin): see
-:mod:`chunkyard.catalog.references`.
+later is marked ``corrupt``. Garbage collection (:mod:`chunkyard.catalog.gc`) turns
+unreferenced packs ``condemned``, then ``deleted`` (a tombstone); a verified upload of
+the same pack brings either back to life with its own copy. Indexed reference objects
+are packs too (``indexing`` -> ``reference``, ``drifted`` while their source does not
+match the pin): see :mod:`chunkyard.catalog.references`.
+
+Locks (PostgreSQL; SQLite runs one writer at a time): whoever relies on a pack being
+live in a write transaction (a commit naming it, a copy of it made live) first reads
+its row ``FOR KEY SHARE`` (:func:`lock_packs`); garbage collection takes the rows
+``FOR UPDATE`` before it condemns or deletes (FORMAT.md, "Deleting").
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from .schema import chunks, pack_entries, packs, uploads
 USABLE = ("verified", "reference")
 #: packs that must not be read: failed verification, or a drifted reference source
 UNUSABLE = ("corrupt", "drifted")
+#: packs garbage collection took: a commit naming one is told ``packs_gone``
+GONE = ("condemned", "deleted")
 
 
 class PackRow(NamedTuple):
@@ -136,12 +145,22 @@ def pack_row(conn: Connection, pack_id: str) -> PackRow | None:
     return None if row is None else PackRow(*row)
 
 
-def pack_rows(conn: Connection, ids: Iterable[str]) -> dict[str, PackRow]:
+def pack_rows(conn: Connection, ids: Iterable[str], lock: bool = False) -> dict[str, PackRow]:
+    """Those packs' rows. ``lock``: read ``FOR KEY SHARE`` (PostgreSQL), in id order,
+    so that until the transaction ends garbage collection can neither condemn nor
+    delete them, and a condemnation that committed first is seen (:data:`GONE`)."""
     out: dict[str, PackRow] = {}
     for batch in batched(sorted(set(ids))):
-        rows = conn.execute(select(*_PACK).where(packs.c.id.in_(batch)))
-        out.update((r[0], PackRow(*r)) for r in rows)
+        q = select(*_PACK).where(packs.c.id.in_(batch))
+        if lock and conn.dialect.name == "postgresql":
+            q = q.order_by(packs.c.id).with_for_update(read=True, key_share=True)
+        out.update((r[0], PackRow(*r)) for r in conn.execute(q))
     return out
+
+
+def lock_packs(conn: Connection, ids: Iterable[str]) -> dict[str, PackRow]:
+    """:func:`pack_rows` with ``lock``: what a commit reads of the packs it names."""
+    return pack_rows(conn, ids, lock=True)
 
 
 def promote(
@@ -175,20 +194,35 @@ def make_live(
     """A verified copy of a pack (at store ``key``) becomes its live copy, unless the
     pack has a live one already. ``entries``: (chunk id, chunk key, offset, stored_len,
     raw_len, scheme) in order. Either way the pack's chunks enter ``domain``'s index.
-    Returns whether this copy became the live one (otherwise it is redundant)."""
-    live = conn.execute(select(packs.c.state).where(packs.c.id == pack_id)).scalar()
+    Returns whether this copy became the live one (otherwise it is redundant).
+
+    A copy replaces one found damaged (``corrupt``), or one garbage collection took
+    (``condemned``: its old object is GC's to delete; ``deleted``: a tombstone, whose
+    index rows come back with it). The row is read locked, so that GC cannot condemn
+    the pack between this look and the chunks entering the index."""
+    live = lock_packs(conn, [pack_id]).get(pack_id)
+    state = None if live is None else live.state
     promoted = False
     # Another session's copy of the same pack may be made live at the same moment (on
     # PostgreSQL, in a concurrent transaction): the row decides, the first copy wins.
-    if live == "corrupt":  # a good copy replaces one found damaged
+    if state in ("corrupt", "condemned", "deleted"):
         promoted = bool(
             conn.execute(
                 packs.update()
-                .where(packs.c.id == pack_id, packs.c.state == "corrupt")
-                .values(state="verified", key=key, verified_at=now)
+                .where(packs.c.id == pack_id, packs.c.state == state)
+                .values(
+                    state="verified",
+                    key=key,
+                    size=size,
+                    chunk_count=len(entries),
+                    verified_at=now,
+                    swept_at=None,
+                )
             ).rowcount
         )
-    elif live is None:
+        if promoted and state == "deleted":
+            insert_entries(conn, pack_id, entries)
+    elif state is None:
         promoted = bool(
             conn.execute(
                 insert_ignoring_duplicates(conn, packs).values(

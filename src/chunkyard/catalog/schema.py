@@ -7,6 +7,10 @@ Facts and who writes them:
   goes once the upload is verified (or stays ``corrupt`` for its session to see).
 - ``packs``: one row per pack the gateway has verified (read back, every chunk checked):
   ``key`` is where its live copy is. ``corrupt`` marks one found damaged later.
+  Garbage collection turns an unreferenced pack ``condemned`` (``swept_at``: when),
+  deletes its object, then leaves the row as a tombstone (``deleted``: no key, no
+  index rows) until no session that could have found it is open (FORMAT.md,
+  "Deleting").
 - ``pack_entries``: the index of every verified pack, with each chunk's id and its key
   (the secret that proves possession), used to build reconstructions and check proofs
   without touching the store.
@@ -67,13 +71,16 @@ packs = Table(
     Column("id", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("chunk_count", Integer, nullable=False, default=0),
-    # verified | corrupt; reference objects: indexing | reference | drifted
+    # verified | corrupt | condemned | deleted; reference objects: indexing | reference |
+    # drifted
     Column("state", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("verified_at", Float, nullable=True),
     Column("key", Text, nullable=True),  # the store key of the live copy
     # an indexed reference object: the artifact that registered it (who may use it)
     Column("artifact", String(256), nullable=True),
+    # garbage collection: when it condemned the pack (kept once it is a tombstone)
+    Column("swept_at", Float, nullable=True),
     Index("ix_packs_state", "state"),
 )
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidName
 from ..names import check_alias, check_name, check_tags, parse_ref
-from . import download, references, upload
+from . import download, events, references, upload
 from .transport import OnWait, RetryPolicy, Transport, print_waits
 
 
@@ -229,6 +230,25 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return self.transport.call("GET", "/v1/stats")
+
+    # -- the repository (admin) -------------------------------------------------------
+    def gc(
+        self,
+        grace: float = 24 * 3600.0,
+        dry_run: bool = False,
+        delete_orphans: bool = False,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Garbage collection (admin): delete the packs no version names once verified
+        more than ``grace`` seconds ago, abort the uploads of expired sessions and the
+        multipart uploads no catalog row knows. ``dry_run`` only says what would go;
+        ``delete_orphans`` also deletes objects under ``packs/`` no row names. Safe
+        while pushes run. ``on_progress`` gets the gateway's progress lines (``phase``,
+        ``files``, ``objects``, ``deleted``). Returns the summary (FORMAT.md, "Deleting")."""
+        body = {"grace": grace, "dry_run": dry_run, "delete_orphans": delete_orphans}
+        if on_progress is None:
+            return self.transport.call("POST", "/v1/admin/gc", json=body)
+        return events.call(self.transport, "/v1/admin/gc", body, on_progress)
 
     # -- tokens (admin) --------------------------------------------------------------
     def create_token(

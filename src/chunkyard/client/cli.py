@@ -256,8 +256,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_duration(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds."""
+def parse_duration(text: str, zero: bool = False) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds; positive (or 0, with ``zero``)."""
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
     try:
@@ -266,9 +266,80 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"a duration is like 30d, 12h, 90m or 45s: {text!r}"
         ) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"a duration must be {'0 or more' if zero else 'positive'}: {text!r}"
+        )
     return value
+
+
+def _grace(text: str) -> float:
+    return parse_duration(text, zero=True)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Garbage collection through the gateway (admin). Exit 1 when some store call
+    failed (what it left is taken by the next run), else 0."""
+    status = _Status() if not args.json and sys.stderr.isatty() else None
+    with _client(args) as c:
+        try:
+            r = c.gc(args.grace, args.dry_run, args.delete_orphans, status)
+        finally:
+            if status is not None:
+                status.clear()
+    _print(args, r, "\n".join(gc_summary(r)))
+    return 1 if r["errors"] else 0
+
+
+class _Status:
+    """One line on the terminal, rewritten as the gateway reports progress."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        line = (
+            f"gc: {event['phase']}: {event['files']} manifests read, "
+            f"{event['objects']} store objects listed, {event['deleted']} deleted"
+        )
+        print(f"\r{line[:120]:<120}", end="", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        print(f"\r{'':<120}\r", end="", file=sys.stderr, flush=True)
+
+
+def gc_summary(r: dict[str, Any]) -> list[str]:
+    """What ``chunkyard gc`` says when it is done, from its JSON summary."""
+    would = "would delete" if r["dry_run"] else "deleted"
+    lines = [
+        ("gc (dry run: nothing changed)" if r["dry_run"] else "gc")
+        + f"  grace {r['grace']:g} s  took {r['seconds']:.1f} s",
+        f"  mark: {r['versions']} versions, {r['files']} files; {r['packs_scanned']} packs "
+        f"in the store, {r['packs_live']} named by a version",
+        f"  packs {would}: {r['packs_deleted']} ({_human_size(r['bytes_freed'])}"
+        + (" to free)" if r["dry_run"] else " freed)"),
+        f"  kept unreferenced (younger than the grace period, or an open session's): "
+        f"{r['packs_kept']}",
+        f"  sessions past their lifetime: {r['sessions_expired']} (multipart uploads "
+        f"aborted {r['uploads_aborted']}, unverified copies {would} "
+        f"{r['upload_objects_deleted']})",
+        f"  store: {r['objects_listed']} objects under packs/ listed; multipart uploads no "
+        f"catalog row knows {'to abort' if r['dry_run'] else 'aborted'}: "
+        f"{r['orphan_uploads_aborted']}"
+        + ("" if r["store_lists_uploads"] else " (this store cannot list them; it discards them)"),
+    ]
+    if r["orphan_objects"]:
+        deleted = (
+            f", {r['orphans_deleted']} deleted"
+            if r["orphans_deleted"]
+            else " (kept: --delete-orphans deletes them, never right after losing a catalog)"
+        )
+        lines.append(
+            f"  objects no catalog row names: {r['orphan_objects']} "
+            f"({_human_size(r['orphan_bytes'])}){deleted}"
+        )
+    if r["tombstones_removed"]:
+        lines.append(f"  tombstones removed: {r['tombstones_removed']}")
+    for e in r["errors"]:
+        lines.append(f"  store error (the next run retries): {e}")
+    return lines
 
 
 def token_online(args: argparse.Namespace) -> Any:
@@ -381,4 +452,23 @@ def add_commands(
         "--yes",
         action="store_true",
         help="confirm removing every version of NAME when it has more than one",
+    )
+    s = cmd(
+        "gc",
+        cmd_gc,
+        "garbage collection (admin): delete packs no version names, abort stale uploads",
+    )
+    s.add_argument(
+        "--grace",
+        type=_grace,
+        default=24 * 3600.0,
+        metavar="DURATION",
+        help="keep packs verified less than this long ago, named or not (default 24h; 0s in tests)",
+    )
+    s.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    s.add_argument(
+        "--delete-orphans",
+        action="store_true",
+        help="also delete objects under packs/ that no catalog row names (never right "
+        "after losing a catalog: rebuild it first)",
     )

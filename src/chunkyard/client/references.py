@@ -4,18 +4,16 @@ the one place the client builds a :class:`~chunkyard.errors.ReferenceDrifted`.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import urllib3
-
 from .. import pins
-from ..errors import GatewayUnavailable, ReferenceDrifted, StoreError, from_json
+from ..errors import ReferenceDrifted, StoreError
+from . import events
+from .events import NDJSON as NDJSON  # what a registration with hashing asks for
 from .transport import Transport
 
-NDJSON = "application/x-ndjson"
 #: what a source's refusal of a pinned read says about the object
 DRIFT_STATUS = {404: "missing", 410: "missing", 412: "changed"}
 
@@ -31,36 +29,18 @@ def register(
     advance: Callable[[int], None] | None = None
     shown = 0  # kept across tries: a retried registration hashes from 0 again
 
-    def follow(resp: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+    def on_progress(event: dict[str, Any]) -> None:
         nonlocal advance, shown
-        if NDJSON not in resp.headers.get("content-type", ""):
-            return json.loads(resp.read() or b"null")  # nothing to hash after all
-        for line in resp:
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            kind = event.get("event")
-            if kind == "progress":
-                if advance is None and progress_factory is not None:
-                    advance = progress_factory(event["bytes"])
-                if advance is not None and event["bytes_done"] > shown:
-                    advance(event["bytes_done"] - shown)
-                shown = max(shown, event["bytes_done"])
-            elif kind == "done":
-                result = event["result"]
-                if advance is not None and result.get("size", shown) > shown:
-                    advance(result.get("size", shown) - shown)
-                return result
-            elif kind == "error":
-                raise from_json(500, event)
-        raise GatewayUnavailable(
-            f"the gateway at {transport.url} ended the registration without an answer",
-            url=transport.url,
-        )
+        if advance is None and progress_factory is not None:
+            advance = progress_factory(event["bytes"])
+        if advance is not None and event["bytes_done"] > shown:
+            advance(event["bytes_done"] - shown)
+        shown = max(shown, event["bytes_done"])
 
-    return transport.call(
-        "POST", "/v1/references", json=body, headers={"accept": NDJSON}, read=follow
-    )
+    result = events.call(transport, "/v1/references", body, on_progress)
+    if advance is not None and result.get("size", shown) > shown:
+        advance(result.get("size", shown) - shown)
+    return result
 
 
 def drifted(

@@ -27,6 +27,7 @@ from ..errors import (
     InvalidName,
     InvalidRequest,
     NotFound,
+    PacksGone,
     StoreError,
 )
 from ..names import check_tree_paths
@@ -54,6 +55,9 @@ PART_REFUSED = frozenset(
 SMALL_PUSH_BYTES = 1024 * 1024
 SMALL_PUSH_MAX = 4 * 1024 * 1024
 SMALL_PUSH_FILES = 1000
+#: pushes through a session tried again when garbage collection took a pack they
+#: found (the gateway answers ``packs_gone``): each try asks again what is missing
+COMMIT_ATTEMPTS = 3
 
 
 def small_push_limit() -> int:
@@ -306,14 +310,24 @@ def push(
         else:
             known = {f["path"]: {**f, **seen} for f in files}
     record = PushRecord.open(push_key(transport.url, name, entries))
+    sent = 0
     try:
-        up = Uploader(transport, name, progress, record)
-        try:
-            results = _add_all(up.packer, entries, known)
-            up.packer.finish()
-            version = up.commit(layout, results, tags or {})
-        finally:
-            up.close()
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            up = Uploader(transport, name, progress if attempt == 1 else None, record)
+            try:
+                results = _add_all(up.packer, entries, known)
+                up.packer.finish()
+                version = up.commit(layout, results, tags or {})
+                break
+            except PacksGone:
+                # garbage collection took packs the lookup found (FORMAT.md, "Deleting"):
+                # a new session asks again which chunks are missing and sends those
+                record.clear()
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+            finally:
+                up.close()
+                sent += up.packer.stats.bytes_uploaded
         record.clear()
     except ChunkyardError as exc:
         if not isinstance(exc, TRANSIENT):  # refused: a run again starts afresh
@@ -328,7 +342,7 @@ def push(
         "files": len(results),
         "chunks_total": stats.chunks_total,
         "chunks_new": stats.chunks_new,
-        "bytes_uploaded": stats.bytes_uploaded,
+        "bytes_uploaded": sent,
         "parts_sent": stats.parts_sent,
         # what an interrupted run of this push had sent already, in the session resumed
         "resumed": up.resumed,

@@ -26,17 +26,19 @@ from ..catalog import packs as packs_q
 from ..catalog import versions as versions_q
 from ..chunking import new_chunker
 from ..digest import FileIdHasher, chunk_id, chunk_key
-from ..errors import BodyTooLarge, Conflict, InvalidManifest
+from ..errors import BodyTooLarge, InvalidManifest, PacksGone
 from ..manifest import Term, dumps
 from ..names import MAX_PATH, check_name, check_tags, check_tree_paths
 from . import Repository, metadata
 from .access import Principal
 from .artifacts import describe, summary
-from .uploads import add_version, readable_locations
+from .uploads import add_version, readable_locations, require_live
 
 #: the most content one small push carries (its body is base64: a third more)
 MAX_BYTES = 4 * 1024 * 1024
 MAX_FILES = 1000
+#: tries of one small push when garbage collection takes a pack it found meanwhile
+ATTEMPTS = 3
 #: content up to this size is cut and packed on the event loop (~0.1 ms for 64 KiB: less
 #: than a trip to a worker thread and back)
 INLINE_BYTES = 64 * 1024
@@ -92,18 +94,28 @@ async def push(
     def lookup(conn: Connection) -> dict[bytes, tuple[str, int]]:
         return readable_locations(conn, who, packs_q.chunk_locations(conn, domain, wanted))
 
-    known = await repo.db.read(lookup)
-    if total <= INLINE_BYTES:
-        prepared = _pack(cut, known)
-    else:
-        prepared = await anyio.to_thread.run_sync(_pack, cut, known)
-    key = None
-    if prepared.pack is not None:
-        key = f"{packfmt.pack_key(prepared.pack.id)}.{uuid.uuid4().hex[:16]}"
-        await repo.store.put(key, bytes(prepared.pack.data))
-    result, live = await metadata.write_after(
-        repo, _commit, repo, who, name, prepared, layout, key, tags
-    )
+    for attempt in range(1, ATTEMPTS + 1):
+        known = await repo.db.read(lookup)
+        if total <= INLINE_BYTES:
+            prepared = _pack(cut, known)
+        else:
+            prepared = await anyio.to_thread.run_sync(_pack, cut, known)
+        key = None
+        if prepared.pack is not None:
+            key = f"{packfmt.pack_key(prepared.pack.id)}.{uuid.uuid4().hex[:16]}"
+            await repo.store.put(key, bytes(prepared.pack.data))
+        try:
+            result, live = await metadata.write_after(
+                repo, _commit, repo, who, name, prepared, layout, key, tags
+            )
+            break
+        except PacksGone:
+            # garbage collection took a pack the lookup found: the pack written is not
+            # live (the transaction rolled back); look again, and pack what is missing
+            if key is not None:
+                await repo.store.delete(key)
+            if attempt == ATTEMPTS:
+                raise
     if key is not None and not live:  # another copy of the same pack is live
         await repo.store.delete(key)
     return {
@@ -188,8 +200,11 @@ def _commit(
     where.update(
         readable_locations(conn, who, packs_q.chunk_locations(conn, domain, keys - where.keys()))
     )
-    if keys - where.keys():  # a chunk's pack was found damaged meanwhile: rare
-        raise Conflict("some chunks stopped being stored while this push ran: push again")
+    if keys - where.keys():  # a chunk's pack was found damaged, or condemned, meanwhile
+        raise PacksGone("some chunks stopped being stored while this push ran")
+    # the packs the version names stay live until this transaction ends (FORMAT.md,
+    # "Deleting"): locked, and refused if garbage collection condemned one meanwhile
+    require_live(packs_q.lock_packs(conn, {pack for pack, _ in where.values()}))
     art_id = versions_q.ensure_artifact(conn, name, now)
     rows_out = []
     for idx, (f, chunks, fid, b3) in enumerate(prepared.files):

@@ -40,12 +40,13 @@ from ..errors import (
     InvalidRequest,
     PackCorrupt,
     PackNotFound,
+    PacksGone,
     SessionNotFound,
     StoreError,
     UntrustedChunks,
     VersionNotFound,
 )
-from ..manifest import Term, dumps
+from ..manifest import Term, dumps, loads
 from ..names import check_name, check_tags, check_tree_paths
 from ..stores.base import CompletedPart, HeldPart, PartPlan
 from . import Repository, metadata, verifier
@@ -469,19 +470,27 @@ def _file_rows(
     conn: Connection, who: Principal, sess: SessionRow, art_id: int, files: list[FileEntry]
 ) -> list[dict[str, Any]]:
     """The ``version_files`` rows of a commit: each term checked against the catalog
-    and its proof, each file's id computed from the verified chunk ids."""
+    and its proof, each file's id computed from the verified chunk ids. Every pack the
+    version will name (its terms', and those of the files it reuses) is read locked
+    and must not be one garbage collection took (FORMAT.md, "Deleting")."""
     named = {t.pack for f in files for t in f.terms}
-    rows = packs_q.pack_rows(conn, named)
+    earlier: dict[int, dict[tuple[str, int], versions_q.FileRow]] = {}
+    for v in {f.from_version for f in files if f.from_version is not None}:
+        earlier[v] = versions_q.stored_files_by_id(conn, art_id, v)
+    reused = {
+        t.pack
+        for f in files
+        if f.from_version is not None
+        and (old := earlier[f.from_version].get((f.file_id, f.size))) is not None
+        for t in loads(old.manifest)
+    }
+    rows = packs_q.lock_packs(conn, named | reused)
+    require_live(rows)
     entries = packs_q.all_entries(conn, named)
     proof_key = bytes.fromhex(sess.proof_key or "")
-    earlier: dict[int, dict[tuple[str, int], versions_q.FileRow]] = {}
     out = []
     for idx, f in enumerate(files):
         if f.from_version is not None:
-            if f.from_version not in earlier:
-                earlier[f.from_version] = versions_q.stored_files_by_id(
-                    conn, art_id, f.from_version
-                )
             old = earlier[f.from_version].get((f.file_id, f.size))
             if old is None:
                 raise VersionNotFound(
@@ -503,6 +512,18 @@ def _file_rows(
             }
         )
     return out
+
+
+def require_live(rows: dict[str, PackRow]) -> None:
+    """Refuse (``packs_gone``) a version that would name packs garbage collection has
+    condemned or deleted; the client asks again what is missing and uploads it."""
+    gone = sorted(p for p, row in rows.items() if row.state in packs_q.GONE)
+    if gone:
+        raise PacksGone(
+            f"{len(gone)} pack(s) this commit names were garbage-collected since the "
+            "session found them: ask which chunks are missing again and upload those",
+            packs=gone[:100],
+        )
 
 
 def _resolve(

@@ -19,7 +19,7 @@ from ..config import Settings
 from ..repository import Repository, metadata, status, verifier
 from ..stores import open_store
 from ..version import __version__
-from . import artifacts, blobs, logs, metrics, references, tokens, uploads
+from . import admin, artifacts, blobs, logs, metrics, references, tokens, uploads
 from . import models as m
 from .errors import handlers
 from .observe import Observe
@@ -97,6 +97,7 @@ ENDPOINTS: list[Endpoint] = [
     *references.api,
     *artifacts.api,
     *tokens.api,
+    *admin.api,
     *blobs.api,
 ]
 

@@ -1,5 +1,6 @@
 """The server's commands: ``serve`` (the gateway), ``verifier`` (pack verification
-in a process of its own) and ``db status|upgrade|copy`` (the catalog's schema, and
+in a process of its own), ``fsck`` (read the store back and check it) and ``db
+status|upgrade|copy`` (the catalog's schema, and
 moving a catalog to another database). Heavy imports happen inside the commands, so
 that the client commands of the same ``chunkyard`` program start fast."""
 
@@ -200,6 +201,105 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     with redacted_errors():
         asyncio.run(run())
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Read packs back from the store and check every chunk, and every manifest against
+    the pack indexes (:mod:`chunkyard.repository.fsck`), from the same settings as the
+    gateway. Exit 5 when anything is damaged."""
+    from ..config import Settings
+    from ..repository import Repository, fsck
+
+    bars = _FsckBar() if not args.json and sys.stderr.isatty() else None
+
+    async def run() -> dict[str, Any]:
+        settings = Settings.load(args.data)
+        repo = await Repository.open(settings)
+        try:
+            progress = fsck.Progress(on_advance=bars.advance if bars else None)
+            if bars is not None:
+                bars.start(progress)
+            return await fsck.check(repo, args.sample, progress)
+        finally:
+            await repo.close()
+
+    with redacted_errors():
+        if bars is not None:
+            with bars.bars:
+                r = asyncio.run(run())
+        else:
+            r = asyncio.run(run())
+    if args.json:
+        print(json.dumps(r))
+    else:
+        for line in fsck_summary(r):
+            print(line)
+    return 0 if r["ok"] else 5
+
+
+class _FsckBar:
+    """Bytes read of the packs to read, on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bars = Progress(
+            TextColumn("fsck"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+        )
+        self.task: Any = None
+
+    def start(self, progress: Any) -> None:
+        """Called once the packs to read are known (the manifests are checked first)."""
+        self.task = self.bars.add_task("read", total=None)
+        self.progress = progress
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, total=self.progress.bytes, advance=n)
+
+
+def fsck_summary(r: dict[str, Any]) -> list[str]:
+    """What ``fsck`` says when it is done, from its JSON report."""
+    sample = "" if r["sample"] == 1 else f" (a sample of {r['sample']:g})"
+    lines = [
+        f"fsck: {r['files']} files of {r['versions']} versions checked ({r['terms']} terms); "
+        f"read {r['packs_read']} of {r['packs']} packs{sample}, {r['bytes_read']} bytes, "
+        f"{r['chunks_checked']} chunks"
+    ]
+    for p in r["problems"]:
+        where = f"pack {p.get('pack', '')[:16]}"
+        if p["kind"] == "chunk":
+            what = f"{p['state']} chunk {p['index']} ({p['chunk'][:16]}) of {where}"
+        elif p["kind"] == "term":
+            what = f"term [{p['first']}, {p['end']}) of {where}: {p['state']}"
+        elif p["kind"] == "pack":
+            what = f"{p['state']} {where}"
+        else:
+            what = f"file: {p['state']}"
+        affects = ", ".join(p["versions"][:20]) or "no version"
+        more = f" and {len(p['versions']) - 20} more" if len(p["versions"]) > 20 else ""
+        lines.append(f"  {what}: {p.get('why', '')}; affects {affects}{more}")
+    if r["ok"]:
+        lines.append("ok: nothing damaged")
+    else:
+        lines.append(
+            f"DAMAGED: {len(r['problems'])} problems, {r['chunks_damaged']} chunks (exit 5)"
+        )
+    return lines
 
 
 def token_offline(args: argparse.Namespace) -> Any:
@@ -442,6 +542,16 @@ def copy_summary(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction in (0, 1], like 0.1: {text!r}")
+    return value
+
+
 def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the server's commands to the ``chunkyard`` program (``cmd(name, fn, help)``
     makes a subcommand)."""
@@ -472,6 +582,21 @@ def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="allow a non-loopback --host without --auth: anyone who can reach the "
         "gateway can read and write every artifact",
+    )
+    s = cmd(
+        "fsck",
+        cmd_fsck,
+        "read packs back and check every chunk and manifest (beside the gateways); "
+        "exit 5 on damage",
+    )
+    s.add_argument("--data", default=data)
+    s.add_argument(
+        "--sample",
+        type=_fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="read about this fraction of the packs, chosen at random (default 1: all); "
+        "manifests are always all checked",
     )
     s = cmd("verifier", cmd_verifier, "verify uploaded packs (for CHUNKYARD_VERIFY=external)")
     s.add_argument("--data", default=data)

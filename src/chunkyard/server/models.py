@@ -324,6 +324,40 @@ class Revoked(Struct):
     revoked: bool
 
 
+class CollectGarbage(Model):
+    """``POST /v1/admin/gc``: seconds a pack is kept after it was verified, whatever
+    names it; ``dry_run`` only says what would go; ``delete_orphans`` also deletes
+    objects under ``packs/`` no catalog row names (never right after losing a catalog)."""
+
+    grace: Annotated[float, Meta(ge=0, le=100 * 365 * 86400)] = 24 * 3600.0
+    dry_run: bool = False
+    delete_orphans: bool = False
+
+
+class GarbageReport(Struct):
+    dry_run: bool
+    grace: float
+    versions: int
+    files: int
+    packs_scanned: int
+    packs_live: int
+    packs_kept: int
+    packs_deleted: int
+    bytes_freed: int
+    sessions_expired: int
+    uploads_aborted: int
+    upload_objects_deleted: int
+    tombstones_removed: int
+    objects_listed: int
+    store_lists_uploads: bool
+    orphan_uploads_aborted: int
+    orphan_objects: int
+    orphan_bytes: int
+    orphans_deleted: int
+    errors: list[str]
+    seconds: float
+
+
 class Health(Struct):
     status: str
     catalog: str

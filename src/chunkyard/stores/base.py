@@ -13,7 +13,9 @@ Rules every implementation keeps (the shared contract suite in
   ``sequential_parts``) → ``complete_upload`` makes the object appear whole, atomically.
   ``abort_upload`` discards the parts. ``list_parts`` says which parts of an
   unfinished upload the store holds, so an upload that was interrupted (the client or
-  the gateway died) resumes without sending them again.
+  the gateway died) resumes without sending them again. ``list_uploads`` finds
+  unfinished ones where the store can list them (``lists_uploads``): garbage
+  collection aborts those no catalog row knows.
 - Presigned requests are short-lived and name exactly one part of one object
   (uploads) or one object (reads; the client adds a ``Range`` header).
 - Pins (reference versions): ``stat`` and ``presign_get`` take the version id a
@@ -38,6 +40,7 @@ __all__ = [
     "HeldPart",
     "ObjectInfo",
     "PartPlan",
+    "PendingUpload",
     "PresignedRequest",
     "Store",
     "plan_even_parts",
@@ -89,6 +92,20 @@ class ObjectInfo:
     last_modified: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished multipart upload the store holds."""
+
+    key: str
+    upload_id: str
+    started: float | None = None  # Unix time it began, where the store says
+
+
+async def _none() -> AsyncIterator[PendingUpload]:
+    return
+    yield  # an async generator that yields nothing
+
+
 class Store(abc.ABC):
     """Where packs live. Keys are relative ``/``-separated paths under the store's
     prefix (``packs/ab/abcd…``); the store adds its own prefix."""
@@ -103,6 +120,8 @@ class Store(abc.ABC):
     sequential_parts: bool = False
     #: True where a presigned GET can be limited to a byte range (Azure SAS cannot)
     signs_ranges: bool = True
+    #: True where :meth:`list_uploads` sees unfinished multipart uploads
+    lists_uploads: bool = False
 
     @abc.abstractmethod
     def plan_parts(self, size: int) -> list[PartPlan]:
@@ -172,6 +191,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def abort_upload(self, key: str, upload_id: str) -> None:
         """Discard an unfinished upload and its parts."""
+
+    def list_uploads(self, prefix: str = "") -> AsyncIterator[PendingUpload]:
+        """Unfinished multipart uploads of keys under ``prefix``, where the store can
+        list them (``lists_uploads``). Those that cannot yield nothing: GCS forgets a
+        resumable session after a week, Azure discards uncommitted blocks after a
+        week, and neither can list them."""
+        return _none()
 
     @abc.abstractmethod
     async def list_parts(self, key: str, upload_id: str, size: int) -> list[HeldPart]:

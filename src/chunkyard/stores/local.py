@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -39,6 +40,7 @@ from .base import (
     HeldPart,
     ObjectInfo,
     PartPlan,
+    PendingUpload,
     PresignedRequest,
     Store,
     plan_even_parts,
@@ -50,6 +52,10 @@ T = TypeVar("T")
 UPLOADS = ".uploads"
 #: one part per pack: on local disk there is nothing to gain from splitting
 PART_SIZE = 64 * 1024 * 1024
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def local_etag(st: os.stat_result) -> str:
@@ -65,6 +71,7 @@ class LocalStore(Store):
     #: BLAKE3 of each part, signed into its URL: a part damaged on the way is refused
     #: and re-sent alone, at a fraction of MD5's cost.
     part_checksum = "blake3"
+    lists_uploads = True
 
     def __init__(self, root: str | os.PathLike, blob_url: str = "", secret: bytes = b"") -> None:
         """``blob_url``: where the gateway serves this store's objects (signed URLs
@@ -174,8 +181,23 @@ class LocalStore(Store):
                     continue
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if key.startswith(prefix):
-                    st = os.stat(os.path.join(dirpath, name))
-                    yield ObjectInfo(key=key, size=st.st_size)
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:  # deleted while we walked
+                        continue
+                    yield ObjectInfo(key=key, size=st.st_size, last_modified=_iso(st.st_mtime))
+
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[PendingUpload]:
+        """``.uploads/<id>/`` directories, each naming its key; begun when made."""
+        base = self.root / UPLOADS
+        for d in sorted(base.iterdir()) if base.is_dir() else ():
+            try:
+                key = (d / "key").read_text()
+                started = d.stat().st_mtime
+            except (FileNotFoundError, NotADirectoryError):  # a probe file, or just completed
+                continue
+            if key.startswith(prefix):
+                yield PendingUpload(key, d.name, started)
 
     async def create_upload(self, key: str, size: int) -> str:
         self._path(key)

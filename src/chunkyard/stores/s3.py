@@ -39,6 +39,7 @@ from .base import (
     HeldPart,
     ObjectInfo,
     PartPlan,
+    PendingUpload,
     PresignedRequest,
     Store,
     plan_even_parts,
@@ -70,6 +71,7 @@ def _split_url(url: str, scheme: str) -> tuple[str, str]:
 
 class S3Store(Store):
     part_checksum = "sha256"
+    lists_uploads = True  # ListMultipartUploads (GCS's XML API has it too)
 
     def __init__(
         self,
@@ -276,6 +278,24 @@ class S3Store(Store):
                     )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("list", exc) from exc
+
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[PendingUpload]:
+        try:
+            pages = (
+                (await self._s3())
+                .get_paginator("list_multipart_uploads")
+                .paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            )
+            async for page in pages:
+                for u in page.get("Uploads", []):
+                    started = u.get("Initiated")
+                    yield PendingUpload(
+                        u["Key"][len(self.prefix) :],
+                        u["UploadId"],
+                        started.timestamp() if started is not None else None,
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list_uploads", exc) from exc
 
     async def create_upload(self, key: str, size: int) -> str:
         try:

@@ -4,8 +4,6 @@ at all)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,12 +15,12 @@ from sqlalchemy import Connection
 from ...catalog import references as refs_q
 from ...catalog import versions as versions_q
 from ...digest import tree_digest
-from ...errors import ChunkyardError
 from ...names import check_name, check_tags
 from ...pins import Pin, RefURI, check_allowed, parse_uri, pins_digest
 from .. import Repository, metadata
 from ..access import Principal
 from ..artifacts import apply_tags, summary
+from ..events import ndjson
 from .indexing import Progress, hash_all, pin_row
 
 log = logging.getLogger("chunkyard.references")
@@ -80,32 +78,16 @@ async def register(repo: Repository, reg: Registration, progress: Progress | Non
     return out
 
 
-async def register_events(repo: Repository, reg: Registration) -> AsyncIterator[bytes]:
+def register_events(repo: Repository, reg: Registration) -> AsyncIterator[bytes]:
     """NDJSON for a long registration: progress lines about every second, then one
     ``done`` line with the result, or one ``error`` line. If the client goes away the
     work stops (and no version appears)."""
     progress = Progress(len(reg.files), reg.size)
-    task = asyncio.create_task(register(repo, reg, progress))
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if done:
-                break
-            yield _line({"event": "progress", **progress.to_json()})
-        yield _line({"event": "done", "result": task.result()})
-    except ChunkyardError as exc:
-        yield _line({"event": "error", **exc.to_json()})
-    except Exception:
-        log.exception("registering %s failed", reg.uri)
-        yield _line({"event": "error", "error": {"code": "internal", "message": "internal error"}})
-    finally:
-        if not task.done():
-            progress.cancelled = True
-            task.cancel()
 
+    def cancel() -> None:
+        progress.cancelled = True
 
-def _line(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    return ndjson(register(repo, reg, progress), progress.to_json, f"registering {reg.uri}", cancel)
 
 
 async def _commit(repo: Repository, reg: Registration) -> dict[str, Any]:
