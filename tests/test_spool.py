@@ -48,7 +48,7 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 def _workers_of(root: Path) -> list[int]:
     mark = f"CHUNKYARD_SPOOL_DIR={root}".encode()
     out = []
-    for entry in Path("/proc").iterdir():
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 if mark in (entry / "environ").read_bytes().split(b"\0"):
@@ -322,6 +322,26 @@ def test_a_worker_killed_after_a_commit_makes_no_duplicate_version(
             assert [v["version"] for v in c.versions(name)] == [1, 2, 3]
             for i, data in enumerate(contents):
                 assert pulled(c, f"{name}@{i + 1}", tmp_path) == data
+    finally:
+        proxy.close()
+
+
+def test_two_workers_at_once_push_each_job_once(gateway, spool_dir, tmp_path):
+    proxy = HoldingProxy(gateway.url, nth=0)  # holds nothing; counts the commits
+    try:
+        spool = Spool(spool_dir)
+        for i in range(4):
+            p = tmp_path / f"f{i}.bin"
+            p.write_bytes(random_bytes(20_000, seed=50 + i))
+            spool.add(p, f"spool/two/m{i % 2}", proxy.url)
+        argv = [sys.executable, "-m", "chunkyard.cli", "queue", "drain", "--json"]
+        env = env_for(proxy.url, spool_dir)
+        workers = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE) for _ in range(2)]
+        reports = [json.loads(w.communicate(timeout=60)[0]) for w in workers]
+        assert sorted(r["committed"] for r in reports) == [0, 4]
+        assert len(proxy.commits) == 4 and spool.pending() == []
+        with gateway.client() as c:
+            assert [v["version"] for v in c.versions("spool/two/m0")] == [1, 2]
     finally:
         proxy.close()
 

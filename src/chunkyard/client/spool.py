@@ -131,7 +131,8 @@ def new_job_id() -> str:
 def _write_json(path: Path, data: Any) -> None:
     """Replace ``path`` atomically and durably: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
         f.write(json.dumps(data, indent=1, sort_keys=True).encode())
         f.flush()
         os.fsync(f.fileno())
@@ -235,8 +236,10 @@ class Spool:
         if os.name != "posix":
             raise InvalidRequest("the spool needs POSIX file locks (Linux, macOS)")
         self.root = Path(root).expanduser() if root is not None else default_dir()
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)  # snapshots of private checkpoints
         for sub in ("tmp", "jobs", "failed", "done", "locks", "trash"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / sub).mkdir(exist_ok=True)
 
     # -- spooling -------------------------------------------------------------------
     def add(
@@ -433,6 +436,20 @@ class Spool:
         return pid
 
 
+#: lock files this process holds: a forked child closes its copies, so that the lock
+#: goes when this process lets go of it (a DataLoader's workers may outlive that)
+_held: set[int] = set()
+if hasattr(os, "register_at_fork"):
+
+    def _close_held() -> None:
+        for fd in list(_held):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _held.clear()
+
+    os.register_at_fork(after_in_child=_close_held)
+
+
 class _Flock:
     """``fcntl.flock`` on a file, exclusive; ``with`` yields whether it was taken (with
     ``block``, always). Closing the file releases it, as the end of the process does."""
@@ -454,12 +471,14 @@ class _Flock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        _held.add(fd)
         return True
 
     def release(self) -> None:
         if self.fd is not None:
             if self.note_pid:
                 os.ftruncate(self.fd, 0)
+            _held.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 
