@@ -9,11 +9,9 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +25,7 @@ from chunkyard.errors import StoreError
 from chunkyard.server import cli as server_cli
 from chunkyard.server import logs
 from chunkyard.server.logs import redact
-from conftest import free_port, random_bytes
+from conftest import ServedGateway, random_bytes
 
 FAKE_TOKEN = "cy_" + "Zq3x_Kd9-" * 4 + "AbCdEfG"  # 43 url-safe characters after cy_
 FAKE_PASSWORD = "hunter2-Pa55word"
@@ -319,45 +317,9 @@ def test_start_up_errors_mask_credentials(tmp_path: Path) -> None:
 # -- a real gateway process ------------------------------------------------------------
 
 
-class Gateway:
-    """``chunkyard serve`` in a subprocess, its stdout and stderr in one file."""
-
-    def __init__(self, data: Path, log: Path, *args: str, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "chunkyard.cli", "serve", "--data", str(data)]
-        cmd += ["--port", str(self.port), *args]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
-            )
-        deadline = time.time() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError("gateway did not start:\n" + log.read_text())
-            time.sleep(0.1)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log.read_text()
-
-
 def test_insecure_serves_beyond_loopback_with_a_warning(tmp_path: Path) -> None:
     env = {"CHUNKYARD_AUTH": ""}
-    gw = Gateway(tmp_path / "d", tmp_path / "log", "--host", "0.0.0.0", "--insecure", env=env)
+    gw = ServedGateway(tmp_path / "d", tmp_path / "log", "--host", "0.0.0.0", "--insecure", env=env)
     out = gw.stop()
     warnings = [line for line in out.splitlines() if "warning" in line.lower()]
     assert any("without authentication" in w and "--insecure" in w for w in warnings), out
@@ -372,7 +334,7 @@ def test_gateway_logs_no_secrets(tmp_path: Path) -> None:
         "CHUNKYARD_DB": f"sqlite:///{data / 'catalog.db'}",
         "CHUNKYARD_AUTH": "",
     }
-    gw = Gateway(data, tmp_path / "log", "--log-level", "info", env=env)
+    gw = ServedGateway(data, tmp_path / "log", "--log-level", "info", env=env)
     sigs: set[str] = set()
     try:
         auth = {"Authorization": f"Bearer {FAKE_TOKEN}"}

@@ -1,10 +1,14 @@
 """The ``chunkyard`` program: the client's commands (``chunkyard.client.cli``) and the
 server's (``chunkyard.server.cli``) under one name.
 
-It catches only :class:`~chunkyard.errors.ChunkyardError`, prints it as one line (or as
-JSON with ``--json``) and exits non-zero: 2 for bad input or a catalog this chunkyard
-cannot use as it is (to upgrade, newer, unreachable), 3 for not found, 4 for a
-conflict, 5 for an integrity failure, 1 otherwise.
+Every error is one line on stderr (and one JSON object on stdout with ``--json``), the
+traceback only with ``--debug``, and the exit code says what kind it was: 2 for bad
+input or a catalog this chunkyard cannot use as it is (to upgrade, newer, unreachable),
+3 for not found, 4 for a conflict, 5 for an integrity failure, 1 for anything else
+(the gateway unreachable, the store failing, a local file that cannot be read).
+
+The options every command takes (``--url``, ``--token``, ``--profile``, ``--json``,
+``--quiet``, ``--debug``) may come before or after the command's name.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 
 from .client import cli as client_cli
 from .errors import (
@@ -25,10 +30,63 @@ from .errors import (
     NotFound,
 )
 from .server import cli as server_cli
+from .version import __version__
+
+#: the global options that reach the client through its environment (:mod:`.profiles`)
+AS_ENVIRONMENT = {
+    "url": "CHUNKYARD_URL",
+    "token": "CHUNKYARD_TOKEN",
+    "profile": "CHUNKYARD_PROFILE",
+}
+
+
+def _global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """On the program (with defaults) and on every command (without, so that an option
+    given before the command's name is not reset by the command's parser)."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    have = {o for a in p._actions for o in a.option_strings}
+    g = p.add_argument_group("global options")
+    if "--url" not in have:
+        g.add_argument(
+            "--url",
+            default=default(None),
+            help="the gateway (else CHUNKYARD_URL, else the profile)",
+        )
+        g.add_argument("--token", default=default(None), help="bearer token (else CHUNKYARD_TOKEN)")
+        g.add_argument(
+            "--profile",
+            default=default(None),
+            help="a profile of ~/.config/chunkyard/config.toml (else CHUNKYARD_PROFILE)",
+        )
+    if "--json" not in have:
+        g.add_argument(
+            "--json", action="store_true", default=default(False), help="print one JSON object"
+        )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="print only errors"
+    )
+    g.add_argument(
+        "--debug", action="store_true", default=default(False), help="tracebacks on errors"
+    )
+
+
+def _commands(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser that runs something: the leaves of the tree of subcommands."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield p
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _commands(child)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkyard", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"chunkyard {__version__}")
+    _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(
@@ -36,14 +94,26 @@ def parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(fn=fn)
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
         return sp
 
     server_cli.add_commands(cmd)
     client_cli.add_commands(cmd, sub)
     _token_commands(sub)
     _db_commands(sub)
+    s = cmd("completion", cmd_completion, "print a shell completion script: bash, zsh or tcsh")
+    s.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    for command in _commands(p):
+        _global_options(command, top=False)
     return p
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Generated from this very parser by ``shtab``, so it cannot drift from the
+    commands: ``eval "$(chunkyard completion bash)"`` in ~/.bashrc."""
+    import shtab
+
+    print(shtab.complete(parser(), shell=args.shell))
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -61,7 +131,6 @@ def _token_commands(sub: argparse._SubParsersAction) -> None:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.set_defaults(fn=cmd_token)
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument(
             "--data", help="work on this data dir's catalog directly (no gateway needed)"
         )
@@ -73,7 +142,7 @@ def _token_commands(sub: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SCOPE",
-        help="read:PREFIX, write:PREFIX (reads too) or admin; repeatable",
+        help="read:PREFIX, write:PREFIX (reads too), metrics or admin; repeatable",
     )
     s.add_argument("--ttl", type=client_cli.parse_duration, help="lifetime: 30d, 12h, 90m, 45s")
     s.add_argument("--label", help="a note to tell tokens apart")
@@ -90,7 +159,6 @@ def _db_commands(sub: argparse._SubParsersAction) -> None:
 
     def common(sp: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int]) -> None:
         sp.set_defaults(fn=fn)
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
 
     def data(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -131,15 +199,34 @@ def exit_code(exc: ChunkyardError) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for option, variable in AS_ENVIRONMENT.items():  # flags first, then the environment
+        if getattr(args, option, None):
+            os.environ[variable] = getattr(args, option)
     try:
         return args.fn(args)
-    except ChunkyardError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps(exc.to_json()), file=sys.stdout)
-        print(f"chunkyard: error: {exc.message} [{exc.code}]", file=sys.stderr)
-        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        if not isinstance(exc, ChunkyardError):  # a bug, or the machine: one line too
+            exc = _unexpected(exc, args.debug)
+        if args.json:
+            print(json.dumps(exc.to_json()), file=sys.stdout)
+        rid = f" (request id {exc.request_id})" if exc.request_id else ""
+        print(f"chunkyard: error: {exc.message} [{exc.code}]{rid}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def _unexpected(exc: Exception, debug: bool) -> ChunkyardError:
+    if isinstance(exc, OSError):  # a local file or directory: the message names it
+        out = ChunkyardError(str(exc))
+        out.code = "os_error"
+        return out
+    hint = "" if debug else " (--debug shows the traceback)"
+    out = ChunkyardError(f"{type(exc).__name__}: {exc}{hint}")
+    out.code = "unexpected"
+    return out
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ from typing import Any
 class ChunkyardError(Exception):
     code = "error"
     status = 500
+    #: the gateway's id of the request that failed (client side), for its logs
+    request_id: str | None = None
 
     def __init__(self, message: str, **detail: Any) -> None:
         super().__init__(message)
@@ -66,6 +68,8 @@ class ChunkyardError(Exception):
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.detail:
             body["detail"] = self.detail
+        if self.request_id:
+            body["request_id"] = self.request_id
         return {"error": body}
 
 
@@ -280,9 +284,15 @@ def from_json(status: int, body: Any) -> ChunkyardError:
     err = body.get("error", {}) if isinstance(body, dict) else {}
     code = err.get("code", "error")
     message = err.get("message") or f"gateway answered HTTP {status}"
+    exc: ChunkyardError | None = None
     for cls in _all_subclasses(ChunkyardError):
         if cls.code == code:
-            return cls(message, **(err.get("detail") or {}))
-    exc = ChunkyardError(message, **(err.get("detail") or {}))
-    exc.code, exc.status = code, status
+            exc = cls(message, **(err.get("detail") or {}))
+            break
+    if exc is None:
+        exc = ChunkyardError(message, **(err.get("detail") or {}))
+        exc.code, exc.status = code, status
+    rid = err.get("request_id")
+    if isinstance(rid, str):
+        exc.request_id = rid[:64]
     return exc

@@ -427,3 +427,8 @@ def raw_sqlite(conn: Connection) -> Any:
 
     raw = conn.connection.driver_connection
     return raw if isinstance(raw, sqlite3.Connection) else None
+
+
+def ping(conn: Connection) -> None:
+    """The cheapest round trip that proves the catalog answers: for readiness checks."""
+    conn.execute(text("SELECT 1"))

@@ -362,3 +362,10 @@ def stored_totals(conn: Connection) -> tuple[int, int, int]:
     ).one()
     nchunks = conn.execute(select(func.count()).select_from(chunks)).scalar_one()
     return int(size), int(count), int(nchunks)
+
+
+def awaiting_verification(conn: Connection) -> int:
+    """Uploads complete in the store and not yet verified: the verifier's backlog."""
+    return conn.execute(
+        select(func.count()).select_from(uploads).where(uploads.c.state == "complete")
+    ).scalar_one()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from .db import raw_sqlite
 from .schema import sessions
@@ -46,3 +46,12 @@ def mark_committed(conn: Connection, sid: str, version_id: int) -> None:
         .where(sessions.c.id == sid)
         .values(state="committed", version_id=version_id)
     )
+
+
+def count_open(conn: Connection, now: float) -> int:
+    """Sessions still open and not yet expired: pushes in progress, for ``/metrics``."""
+    return conn.execute(
+        select(func.count())
+        .select_from(sessions)
+        .where(sessions.c.state == "open", sessions.c.expires_at > now)
+    ).scalar_one()

@@ -33,13 +33,16 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else human)
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif not args.quiet:
+        print(human)
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .api import Client
 
-    return Client(progress=not args.json and sys.stderr.isatty())
+    return Client(progress=not (args.json or args.quiet) and sys.stderr.isatty())
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -449,7 +452,6 @@ def add_commands(
     def alias_cmd(name: str, help: str, with_alias: bool = True) -> argparse.ArgumentParser:
         sp = asub.add_parser(name, help=help)
         sp.set_defaults(fn=cmd_alias)
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("name")
         if with_alias:
             sp.add_argument("alias")

@@ -38,10 +38,10 @@ from ..errors import (
     StoreObjectMissing,
     from_json,
 )
+from . import profiles
 
 T = TypeVar("T")
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 #: answers worth another try: timeouts, throttling, overload, a gateway restarting
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: a presigned URL the store refuses because it expired (or its signature went stale)
@@ -272,9 +272,9 @@ class Transport:
         on_wait: OnWait | None = None,
         token: str | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("CHUNKYARD_URL") or DEFAULT_URL).rstrip("/")
-        #: the bearer token gateway calls carry (CHUNKYARD_TOKEN); never sent to stores
-        self.token = token or os.environ.get("CHUNKYARD_TOKEN") or None
+        #: the gateway, and the bearer token its calls carry (never sent to stores): the
+        #: arguments, else the environment, else the config file (:mod:`.profiles`)
+        self.url, self.token = profiles.resolve(url, token)
         self.retry = retry or RetryPolicy.from_env()
         self.on_wait = on_wait
         self.raw = urllib3.PoolManager(maxsize=32, block=False)

@@ -1,7 +1,8 @@
 """Who may do what: a request's principal and its scopes.
 
-A token holds scopes, each ``read:PREFIX``, ``write:PREFIX`` (which includes reading)
-or ``admin`` (everything, and the commands that manage tokens and the catalog). A
+A token holds scopes, each ``read:PREFIX``, ``write:PREFIX`` (which includes reading),
+``metrics`` (scraping ``/metrics`` only: what a Prometheus server holds) or ``admin``
+(everything, and the commands that manage tokens and the catalog). A
 prefix names artifacts at segment boundaries: ``read:team-a/`` covers ``team-a/x`` and
 ``team-a/x/y``; ``read:team-a/model`` covers ``team-a/model`` and what is under it;
 ``read:*`` covers every name. Decisions look at names only, never at what exists, so a
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from ..errors import Forbidden, InvalidRequest
 
 ACTIONS = ("read", "write")
+#: scopes without a prefix: they are about the gateway, not about names
+WHOLE = ("admin", "metrics")
 _PREFIX = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99})*/?)$")
 
 
@@ -26,12 +29,12 @@ class Scope:
 
     @classmethod
     def parse(cls, text: str) -> Scope:
-        if text == "admin":
-            return cls("admin")
+        if text in WHOLE:
+            return cls(text)
         action, sep, prefix = text.partition(":")
         if not sep or action not in ACTIONS or not _PREFIX.fullmatch(prefix):
             raise InvalidRequest(
-                f"invalid scope {text[:100]!r}: use read:PREFIX, write:PREFIX or admin "
+                f"invalid scope {text[:100]!r}: use read:PREFIX, write:PREFIX, metrics or admin "
                 "(PREFIX a name prefix such as team-a/ or team-a/model, or *)"
             )
         return cls(action, prefix)
@@ -39,6 +42,8 @@ class Scope:
     def covers(self, action: str, name: str) -> bool:
         if self.action == "admin":
             return True
+        if self.action == "metrics" or action == "metrics":
+            return self.action == action
         if action == "write" and self.action != "write":
             return False
         if action == "admin":
@@ -49,7 +54,9 @@ class Scope:
         return name == p.rstrip("/") or name.startswith(p if p.endswith("/") else p + "/")
 
     def __str__(self) -> str:
-        return "admin" if self.action == "admin" else f"{self.action}:{self.prefix}"
+        return (
+            self.action if self.action in ("admin", "metrics") else f"{self.action}:{self.prefix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,11 @@ class Principal:
 
     def require(self, action: str, name: str = "") -> None:
         if not self.can(action, name):
-            what = "admin rights" if action == "admin" else f"{action} access to {name!r}"
+            what = (
+                f"{action} rights"
+                if action in ("admin", "metrics")
+                else f"{action} access to {name!r}"
+            )
             raise Forbidden(f"this token has no {what}", token=self.token_id, needs=action)
 
     @property

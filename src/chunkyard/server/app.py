@@ -11,16 +11,18 @@ import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import Response
 
 from ..config import Settings
-from ..repository import Repository, verifier
+from ..repository import Repository, status, verifier
 from ..stores import open_store
 from ..version import __version__
-from . import artifacts, blobs, logs, references, tokens, uploads
+from . import artifacts, blobs, logs, metrics, references, tokens, uploads
 from . import models as m
 from .errors import handlers
-from .routing import JSON, Call, Endpoint, Endpoints, document, routes
+from .observe import Observe
+from .routing import JSON, Call, Endpoint, Endpoints, Text, document, routes
 
 #: glibc's mallopt parameters and the values the gateway fixes them at
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -45,11 +47,42 @@ def fixed_mmap_threshold() -> None:
 
 
 api = Endpoints()
+LIVENESS = {"response": m.Health, "public": True}
 
 
-@api.get("/v1/health", "liveness", response=m.Health, public=True)
+@api.get(
+    "/healthz",
+    "liveness: the process answers (checks nothing else)",
+    response=m.Health,
+    public=True,
+)
+@api.get("/v1/health", "liveness (the same as /healthz)", **LIVENESS)
 async def health(call: Call[None, None, None]) -> dict[str, str]:
     return {"status": "ok", "catalog": call.repo.db.dialect}
+
+
+@api.get(
+    "/readyz",
+    "readiness: the catalog and the store answer (503 if either does not)",
+    response=m.Ready,
+    public=True,
+    extra_status={503: "not ready: the catalog or the store did not answer"},
+)
+async def readyz(call: Call[None, None, None]) -> Response:
+    checks = await status.readiness(call.repo)
+    ready = all(v == "ok" for v in checks.values())
+    return JSON(
+        {"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503
+    )
+
+
+@api.get("/metrics", "Prometheus metrics (a metrics or admin token)", response=Text)
+async def prometheus_metrics(call: Call[None, None, None]) -> Response:
+    call.who.require("metrics")
+    catalog: metrics.CatalogTotals = call.request.app.state.catalog_totals
+    await catalog.refresh(call.repo)
+    body, content_type = metrics.render(catalog)
+    return Response(body, media_type=content_type)
 
 
 @api.get("/openapi.json", "this document", public=True)
@@ -97,8 +130,14 @@ def create_app(settings: Settings) -> Starlette:
                     await task
             await repo.close()
 
-    app = Starlette(routes=routes(ENDPOINTS), exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(
+        routes=routes(ENDPOINTS),
+        exception_handlers=handlers,
+        lifespan=lifespan,
+        middleware=[Middleware(Observe)],
+    )
     app.state.openapi = document(ENDPOINTS, "chunkyard gateway", __version__)
+    app.state.catalog_totals = metrics.CatalogTotals()
     return app
 
 

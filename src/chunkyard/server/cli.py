@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,8 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _warn_if_open(settings.data_dir)
         asyncio.run(_preflight(settings))  # refuse to start on a useless store or catalog
     print(banner(settings, args.host, args.port), file=sys.stderr)
-    log_config = logs.uvicorn_log_config()
+    log_config = logs.log_config(args.log_format)
+    json_logs = args.log_format == "json"  # chunkyard.access replaces uvicorn's access log
     if args.workers > 1:
+        _metrics_dir(settings.data_dir)
         os.environ.update(
             CHUNKYARD_DATA=str(settings.data_dir),
             CHUNKYARD_HOST=args.host,
@@ -150,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=args.log_level,
             log_config=log_config,
+            access_log=not json_logs,
         )
     else:
         uvicorn.run(
@@ -158,8 +162,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             log_config=log_config,
+            access_log=not json_logs,
         )
     return 0
+
+
+def _metrics_dir(data_dir: Path) -> None:
+    """Give the workers' metrics a directory of their own, emptied of a previous run's
+    files (``prometheus_client`` sums what it finds there), before any worker starts."""
+    path = data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def cmd_verifier(args: argparse.Namespace) -> int:
@@ -383,6 +397,13 @@ def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     s.add_argument("--data", default=data)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--log-level", default="warning")
+    s.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("CHUNKYARD_LOG_FORMAT", "text"),
+        help="json: one object a line with the request id, and an access line per request "
+        "(env CHUNKYARD_LOG_FORMAT)",
+    )
     s.add_argument(
         "--auth",
         action="store_true",

@@ -8,7 +8,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import ChunkyardError, RangeNotSatisfiable, RequestTimeout, Unauthorized
+from ..errors import ChunkyardError, RangeNotSatisfiable, RequestTimeout, StoreError, Unauthorized
+from . import metrics
+from .observe import HEADER, SCOPE_KEY
 
 log = logging.getLogger("chunkyard.server")
 
@@ -25,11 +27,21 @@ async def chunkyard_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestTimeout):
         # the rest of the body may never come: close, instead of reading on for it
         headers["connection"] = "close"
+    if isinstance(exc, StoreError):
+        metrics.store_error(str(exc.detail.get("operation", "")))
     if exc.status >= 500:
         log.error(
             "%s %s: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__
         )
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+    return JSONResponse(_with_id(exc.to_json(), request), status_code=exc.status, headers=headers)
+
+
+def _with_id(body: dict, request: Request) -> dict:
+    """The error object with the request's id, which the client prints with it."""
+    rid = request.scope.get(SCOPE_KEY)
+    if rid:
+        body["error"]["request_id"] = rid
+    return body
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -37,16 +49,22 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
-        {"error": {"code": code, "message": exc.detail}},
+        _with_id({"error": {"code": code, "message": exc.detail}}, request),
         status_code=exc.status_code,
         headers=exc.headers,
     )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Starlette calls this outside the middleware, whose context (and request id) is gone
+    rid = request.scope.get(SCOPE_KEY)
+    log.exception(
+        "unhandled error on %s %s", request.method, request.url.path, extra={"request_id": rid}
+    )
     return JSONResponse(
-        {"error": {"code": "internal", "message": "internal error"}}, status_code=500
+        _with_id({"error": {"code": "internal", "message": "internal error"}}, request),
+        status_code=500,
+        headers={HEADER.decode(): rid} if rid else None,
     )
 
 

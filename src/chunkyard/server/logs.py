@@ -11,10 +11,13 @@ to every log record a handler emits (message, arguments and traceback), and
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
+import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -208,6 +211,64 @@ def uvicorn_log_config() -> dict[str, Any]:
     for handler in config["handlers"].values():
         handler["filters"] = [*handler.get("filters", []), "redact"]
     config["root"] = {"handlers": ["named"], "level": "WARNING"}
+    return config
+
+
+# -- structured logs ---------------------------------------------------------------------
+#: the id of the request being served, set by :class:`~chunkyard.server.observe.Observe`
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "chunkyard_request_id", default=None
+)
+#: one record per request answered, at INFO (emitted in the ``json`` format, where
+#: it replaces uvicorn's access log, which cannot know the request id)
+access = logging.getLogger("chunkyard.access")
+#: record attributes that :class:`JsonFormatter` copies into its object when present
+ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "bytes_in", "bytes_out")
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message,
+    request_id when in a request, the access fields, and the traceback if any. Runs
+    after :class:`RedactFilter`, so every string in it is redacted already."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = record.__dict__.get("request_id") or REQUEST_ID.get()
+        if rid:
+            out["request_id"] = rid
+        for name in ACCESS_FIELDS:
+            if name in record.__dict__:
+                out[name] = record.__dict__[name]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(self.formatException(record.exc_info))
+        if record.exc_text:
+            out["traceback"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False)
+
+
+def log_config(fmt: str = "text") -> dict[str, Any]:
+    """:func:`uvicorn_log_config` in ``fmt``: ``json`` puts every handler on
+    :class:`JsonFormatter` and emits ``chunkyard.access`` instead of uvicorn's access
+    log (``serve`` then turns that one off)."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
+    config = uvicorn_log_config()
+    if fmt == "json":
+        config["formatters"] = {"json": {"()": f"{__name__}.JsonFormatter"}}
+        for handler in config["handlers"].values():
+            handler["formatter"] = "json"
+        config["loggers"]["chunkyard.access"] = {
+            "handlers": ["named"],
+            "level": "INFO",
+            "propagate": False,
+        }
     return config
 
 

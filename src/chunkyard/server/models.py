@@ -314,6 +314,12 @@ class Health(Struct):
     catalog: str
 
 
+class Ready(Struct):
+    status: str  # ready | not ready
+    catalog: str  # ok, or why not
+    store: str
+
+
 class Session(Struct):
     session: str
     name: str

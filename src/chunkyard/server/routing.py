@@ -58,6 +58,10 @@ class Empty:
     """Marks a response without a body: what it says is in its headers."""
 
 
+class Text:
+    """Marks a ``text/plain`` response (the Prometheus exposition format)."""
+
+
 @dataclass
 class Call(Generic[P, Q, B]):
     repo: Repository
@@ -77,7 +81,7 @@ class Endpoint:
     path_model: type | None = None
     query_model: type | None = None
     body_model: type | None = None  # a Struct, or Binary for raw bytes
-    response_model: type | None = None  # a Struct, Binary, or Empty
+    response_model: type | None = None  # a Struct, Binary, Text, or Empty
     status: int = 200
     #: the largest body, bytes; None: the gateway's ``max_body`` (CHUNKYARD_MAX_BODY)
     body_limit: int | None = None
@@ -472,6 +476,8 @@ def document(endpoints: list[Endpoint], title: str, version: str) -> dict[str, A
             ok = None
         elif ep.response_model is Binary:
             ok = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+        elif ep.response_model is Text:
+            ok = {"text/plain": {"schema": {"type": "string"}}}
         elif ep.response_model is not None:
             ok = {"application/json": {"schema": _schema_ref(ep.response_model, components)}}
         else:
