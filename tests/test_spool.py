@@ -438,3 +438,17 @@ def test_what_a_push_would_refuse_is_refused_before_anything_is_spooled(spool_di
         with pytest.raises(chunkyard.errors.InvalidRequest, match="does not exist"):
             c.push(tmp_path / "missing", "spool/x", wait=False)
     assert not any((spool_dir / "jobs").iterdir()) and not any((spool_dir / "tmp").iterdir())
+
+
+def test_cleanup_leaves_a_job_alone_while_its_writer_holds_its_lock(spool_dir):
+    import fcntl
+
+    spool = Spool(spool_dir)
+    tmp = spool_dir / "tmp"
+    with open(tmp / "J.lock", "w") as held:  # a writer at work, as Spool.add holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (tmp / "J" / "data").mkdir(parents=True)
+        spool.clean()
+        assert (tmp / "J" / "data").is_dir()
+    spool.clean()  # the writer is gone: its debris goes
+    assert not list(tmp.iterdir())

@@ -136,15 +136,15 @@ def _queue_drain(args: argparse.Namespace, spool: Any) -> int:
 
     def report(event: str, job: Any, text: str) -> None:
         counts[event] = counts.get(event, 0) + 1
-        if not args.json:
+        if not (args.json or args.quiet):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             print(f"{stamp}  {event:9}  {job.name}  job {job.id}: {text}", flush=True)
 
-    t = Transport(on_wait=None if args.json else print_waits())
+    t = Transport(on_wait=None if args.json or args.quiet else print_waits())
     worker = Worker(spool, t, report)
     block = args.wait_for_lock or not args.detached
     pid = spool.worker_pid(t.url)
-    if pid and not args.detached and not args.json:
+    if pid and not (args.detached or args.json or args.quiet):
         print(f"worker pid {pid} is pushing these jobs: waiting for it", file=sys.stderr)
     try:
         took = worker.drain(block=block, once=args.once)
@@ -479,13 +479,10 @@ def _queue_commands(sub: argparse._SubParsersAction) -> None:
         "list (default), drain, retry, drop",
     )
     q.set_defaults(fn=cmd_queue)
-    q.add_argument("--json", action="store_true", help="print one JSON object")
     qsub = q.add_subparsers(dest="queue_command")
 
     def queue_cmd(name: str, help: str) -> argparse.ArgumentParser:
-        sp = qsub.add_parser(name, help=help)
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-        return sp
+        return qsub.add_parser(name, help=help)
 
     queue_cmd("ls", "pending and failed jobs: name, files, size, age, attempts, last error")
     s = queue_cmd("drain", "push the pending jobs of CHUNKYARD_URL's gateway until none is left")

@@ -21,7 +21,7 @@ deleted at once; its record stays in ``done/`` for a day.
 
 Layout (FORMAT.md, "Client spool")::
 
-    <spool>/tmp/<id>/            a job being written (its .lock held by the writer)
+    <spool>/tmp/<id>/            a job being written (tmp/<id>.lock held by the writer)
     <spool>/jobs/<id>/job.json   pending: what to push (written once)
                      /state.json attempts, last error, the recorded commit
                      /data/…     the snapshot: one file, or a tree
@@ -80,8 +80,6 @@ SPOOL_FORMAT = 1
 OTHER_ERRORS_MAX = 5
 #: seconds a finished job's record stays in done/ (for handles and ``queue``)
 DONE_KEEP = 24 * 3600
-#: a staging directory whose writer is gone is thrown away (crash while spooling)
-STAGE_GRACE = 3600
 #: default ceiling of the wait between two attempts of a job, seconds
 BACKOFF_MAX = 60.0
 BACKOFF_BASE = 1.0
@@ -258,8 +256,12 @@ class Spool:
         upload.version_paths(entries)
         job_id = new_job_id()
         stage = self.root / "tmp" / job_id
-        stage.mkdir()
-        with _Flock(stage / ".lock", block=True):  # tells cleanup a writer is at work
+        # held before the staging directory exists and until it is renamed away: while
+        # it is held, cleanup leaves the directory alone
+        lock = _Flock(self.root / "tmp" / f"{job_id}.lock", block=True)
+        lock.acquire()
+        try:
+            stage.mkdir()
             try:
                 meta = self._stage(stage, job_id, root, layout, entries, name, url, tags)
                 os.rename(stage, self.root / "jobs" / job_id)
@@ -267,6 +269,10 @@ class Spool:
             except BaseException:
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock.path)
+            lock.release()
         return Job(self.root / "jobs" / job_id, meta, {})
 
     def _stage(
@@ -396,18 +402,21 @@ class Spool:
         """Throw away what crashes left: staging directories whose writer is gone,
         half-deleted jobs, and done records older than a day."""
         now = time.time()
-        for d in (self.root / "tmp").iterdir():
-            lock = d / ".lock"
+        tmp = self.root / "tmp"
+        for job_id in {e.name.removesuffix(".lock") for e in tmp.iterdir()}:
+            lock = _Flock(tmp / f"{job_id}.lock", block=False, create=False)
             try:
-                if lock.exists():
-                    with _Flock(lock, block=False) as held:
-                        if not held:
-                            continue
-                elif now - d.stat().st_mtime < STAGE_GRACE:
-                    continue
-            except FileNotFoundError:  # renamed into jobs/ meanwhile
+                if not lock.acquire():
+                    continue  # its writer is at work
+            except FileNotFoundError:  # renamed into jobs/ and unlocked meanwhile
+                shutil.rmtree(tmp / job_id, ignore_errors=True)
                 continue
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                shutil.rmtree(tmp / job_id, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock.path)
+            finally:
+                lock.release()
         for d in (self.root / "trash").iterdir():
             shutil.rmtree(d, ignore_errors=True)
         for d in (self.root / "done").iterdir():
@@ -454,19 +463,31 @@ class _Flock:
     """``fcntl.flock`` on a file, exclusive; ``with`` yields whether it was taken (with
     ``block``, always). Closing the file releases it, as the end of the process does."""
 
-    def __init__(self, path: Path, block: bool, note_pid: bool = False) -> None:
-        self.path, self.block, self.note_pid = path, block, note_pid
+    def __init__(
+        self, path: Path, block: bool, note_pid: bool = False, create: bool = True
+    ) -> None:
+        self.path, self.block, self.note_pid, self.create = path, block, note_pid, create
         self.fd: int | None = None
 
     def acquire(self) -> bool:
+        """Take the lock (FileNotFoundError if the file is missing and not ``create``)."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.block else fcntl.LOCK_NB))
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if self.create else 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:  # still the file at that path, not one a cleanup unlinked meanwhile?
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            return False
+            if not self.create:
+                raise FileNotFoundError(self.path)
         if self.note_pid:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
