@@ -74,9 +74,10 @@ def _global_options(p: argparse.ArgumentParser, top: bool) -> None:
 
 
 def _commands(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    """Every parser that runs something: the leaves of the tree of subcommands."""
+    """Every parser that runs something: the leaves of the tree of subcommands, and a
+    command that runs without one of its subcommands (``queue``)."""
     subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
+    if not subs or "fn" in p._defaults:
         yield p
     for action in subs:
         for child in dict.fromkeys(action.choices.values()):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..errors import InvalidName
 from ..names import check_alias, check_name, check_tags, parse_ref
 from . import download, events, references, upload
 from .transport import OnWait, RetryPolicy, Transport, print_waits
+
+if TYPE_CHECKING:
+    from .spool import Background, PushHandle
 
 
 class Client:
@@ -20,7 +24,9 @@ class Client:
     429, 5xx) are retried under ``retry`` (default :meth:`RetryPolicy.from_env`: about
     two minutes, ``CHUNKYARD_RETRY_ATTEMPTS`` / ``CHUNKYARD_RETRY_DEADLINE``); each wait
     is reported to ``on_wait``, which with ``progress`` prints a line to stderr. A gateway
-    that runs with auth wants ``token`` (else ``CHUNKYARD_TOKEN``)."""
+    that runs with auth wants ``token`` (else ``CHUNKYARD_TOKEN``). ``push(...,
+    wait=False)`` spools to ``spool`` (else ``CHUNKYARD_SPOOL_DIR``, else the user's
+    cache directory)."""
 
     def __init__(
         self,
@@ -30,7 +36,11 @@ class Client:
         progress: bool = False,
         retry: RetryPolicy | None = None,
         on_wait: OnWait | None = None,
+        spool: str | os.PathLike | None = None,
     ) -> None:
+        self.spool_dir = spool
+        self._background: Background | None = None
+        self._background_lock = threading.Lock()
         if on_wait is None and progress:
             on_wait = print_waits()
         self.transport = Transport(url, retry=retry, on_wait=on_wait, token=token)
@@ -44,6 +54,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the connections. Spooled pushes still pending go on in a detached
+        worker (``chunkyard queue`` shows them)."""
+        if self._background is not None:
+            self._background.close()
         self.transport.close()
 
     def _bar(self, label: str):  # type: ignore[no-untyped-def]
@@ -51,9 +65,34 @@ class Client:
 
         return bar(label, enabled=None if self.show_progress else False)
 
+    @overload
     def push(
-        self, path: str | os.PathLike, name: str, tags: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+        self,
+        path: str | os.PathLike,
+        name: str,
+        tags: dict[str, str] | None = None,
+        *,
+        wait: Literal[True] = True,
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def push(
+        self,
+        path: str | os.PathLike,
+        name: str,
+        tags: dict[str, str] | None = None,
+        *,
+        wait: Literal[False],
+    ) -> PushHandle: ...
+
+    def push(
+        self,
+        path: str | os.PathLike,
+        name: str,
+        tags: dict[str, str] | None = None,
+        *,
+        wait: bool = True,
+    ) -> dict[str, Any] | PushHandle:
         """Push a file or directory as a new version of ``name`` (or return the latest
         version if its content is identical). Returns a summary: ``name``, ``version``,
         ``digest``, ``size``, ``files``, ``chunks_total``, ``chunks_new``,
@@ -62,11 +101,29 @@ class Client:
         A push of the same files that stopped before it committed (the process was
         killed, or gave up on an unreachable gateway) is resumed in its session: what
         the store holds of it is not sent again (``resumed``, ``parts_resumed``,
-        ``packs_resumed``; see :mod:`chunkyard.client.resume`)."""
+        ``packs_resumed``; see :mod:`chunkyard.client.resume`).
+
+        With ``wait=False`` (training loops) it returns once the content is snapshotted
+        into the spool (a reflink, else a copy: the file may be overwritten at once)
+        with a :class:`~chunkyard.client.spool.PushHandle` (``id``, ``state()``,
+        ``wait()``). A thread of this process pushes spooled jobs in order, through
+        outages of the gateway; jobs left when the client closes or the process ends
+        are pushed by a detached worker, or by the next process that spools."""
+        if not wait:
+            return self._spooler().push(path, name, tags)
         check_name(name)
         tags = check_tags(tags)
         with self._bar(f"push {name}") as factory:
             return upload.push(self.transport, path, name, tags, factory)
+
+    def _spooler(self) -> Background:
+        with self._background_lock:
+            if self._background is None:
+                from .spool import Background
+
+                t = self.transport
+                self._background = Background(self.url, t.token, t.retry, self.spool_dir)
+            return self._background
 
     def pull(self, ref: str, dest: str | os.PathLike) -> dict[str, Any]:
         """Write ``name``, ``name@VERSION`` or ``name:ALIAS`` to ``dest``; every chunk and

@@ -53,6 +53,8 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    if args.background:
+        return push_background(args)
     with _client(args) as c:
         r = c.push(args.path, args.name, _tags(args.tag))
     what = "new version" if r.get("created") else "unchanged, latest version"
@@ -68,6 +70,130 @@ def cmd_push(args: argparse.Namespace) -> int:
             if r.get("resumed")
             else ""
         ),
+    )
+    return 0
+
+
+def push_background(args: argparse.Namespace) -> int:
+    """``push --background``: snapshot into the spool, start a detached worker, return."""
+    from .spool import Spool, spawn_worker
+    from .transport import Transport
+
+    spool = Spool()
+    url = Transport().url
+    job = spool.add(args.path, args.name, url, _tags(args.tag))
+    pid = spool.worker_pid(url) or spawn_worker(spool, url)
+    r = {**job.describe("pending"), "spool": str(spool.root), "worker_pid": pid}
+    _print(
+        args,
+        r,
+        f"spooled {job.name} as job {job.id}: {job.meta['files']} file(s), "
+        f"{_human_size(job.meta['size'])}, snapshot by {job.meta['snapshot']}\n"
+        f"  worker pid {pid} pushes it to {url}; `chunkyard queue` shows it",
+    )
+    return 0
+
+
+def _age(t: float | None) -> str:
+    if t is None:
+        return "-"
+    s = max(0.0, time.time() - t)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """``queue [ls|drain|retry|drop]``: the spool's pending and failed pushes."""
+    from .spool import Spool
+
+    spool = Spool()
+    command = args.queue_command or "ls"
+    if command == "drain":
+        return _queue_drain(args, spool)
+    if command in ("retry", "drop"):
+        if not args.ids and not args.all:
+            raise InvalidRequest(f"queue {command} wants job ids, or --all")
+        return _queue_retry(args, spool) if command == "retry" else _queue_drop(args, spool)
+    pending = [j.describe("pending") for j in spool.pending()]
+    failed = [j.describe("failed") for j in spool.failed()]
+    urls = sorted({j["gateway"] for j in pending})
+    workers = {u: spool.worker_pid(u) for u in urls}
+    r = {"spool": str(spool.root), "pending": pending, "failed": failed, "workers": workers}
+    lines = [
+        f"{j['state']:7}  {j['id']}  {j['name']}  {j['files']} file(s)  "
+        f"{_human_size(j['size'])}  age {_age(j['created_at'])}  attempts {j['attempts']}"
+        + (f"\n         last error: {j['last_error']['message']}" if j["last_error"] else "")
+        for j in pending + failed
+    ]
+    for u, pid in workers.items():
+        lines.append(
+            f"worker pid {pid} is pushing to {u}"
+            if pid
+            else f"no worker is pushing to {u}: `chunkyard queue drain` (CHUNKYARD_URL={u})"
+        )
+    if failed:
+        lines.append("failed jobs stay until `chunkyard queue retry` or `chunkyard queue drop`")
+    _print(args, r, "\n".join(lines) if lines else f"(the spool {spool.root} is empty)")
+    return 0
+
+
+def _queue_drain(args: argparse.Namespace, spool: Any) -> int:
+    """Push this gateway's pending jobs, waiting out outages, until none is left."""
+    from .spool import Worker
+    from .transport import Transport, print_waits
+
+    counts = {"committed": 0, "failed": 0, "waiting": 0}
+
+    def report(event: str, job: Any, text: str) -> None:
+        counts[event] = counts.get(event, 0) + 1
+        if not (args.json or args.quiet):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp}  {event:9}  {job.name}  job {job.id}: {text}", flush=True)
+
+    t = Transport(on_wait=None if args.json or args.quiet else print_waits())
+    worker = Worker(spool, t, report)
+    block = args.wait_for_lock or not args.detached
+    pid = spool.worker_pid(t.url)
+    if pid and not (args.detached or args.json or args.quiet):
+        print(f"worker pid {pid} is pushing these jobs: waiting for it", file=sys.stderr)
+    try:
+        took = worker.drain(block=block, once=args.once)
+    finally:
+        t.close()
+    left = len(spool.pending(t.url))
+    r = {**counts, "pending": left, "gateway": t.url, "worker": "this" if took else "another"}
+    if not args.detached:
+        _print(
+            args,
+            r,
+            f"committed {counts['committed']}, failed {counts['failed']}, pending {left}"
+            + ("" if took else f" (worker pid {spool.worker_pid(t.url)} is at it)"),
+        )
+    return 1 if counts["failed"] else 0
+
+
+def _queue_retry(args: argparse.Namespace, spool: Any) -> int:
+    from .spool import spawn_worker
+
+    urls = {j.id: j.url for j in spool.failed()}
+    ids = spool.retry(args.ids)
+    pids = {u: spool.worker_pid(u) or spawn_worker(spool, u) for u in {urls[i] for i in ids}}
+    _print(
+        args,
+        {"retried": ids, "workers": pids},
+        "\n".join(f"job {i} is pending again" for i in ids) or "(no failed jobs)",
+    )
+    return 0
+
+
+def _queue_drop(args: argparse.Namespace, spool: Any) -> int:
+    ids = spool.drop(args.ids)
+    _print(
+        args,
+        {"dropped": ids},
+        "\n".join(f"job {i} dropped" for i in ids) or "(no failed jobs)",
     )
     return 0
 
@@ -388,6 +514,12 @@ def add_commands(
         help="tag the version, repeatable; any key, e.g. author=alice, branch=main, "
         "purpose=ab-test (then: chunkyard ls PREFIX --tag branch=main)",
     )
+    s.add_argument(
+        "--background",
+        action="store_true",
+        help="snapshot into the spool and return at once; a detached worker pushes it "
+        "(chunkyard queue shows it)",
+    )
     s = cmd("pull", cmd_pull, "pull NAME[@VERSION|:ALIAS] to DEST")
     s.add_argument("ref")
     s.add_argument("dest")
@@ -472,3 +604,30 @@ def add_commands(
         help="also delete objects under packs/ that no catalog row names (never right "
         "after losing a catalog: rebuild it first)",
     )
+    _queue_commands(sub)
+
+
+def _queue_commands(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser(
+        "queue",
+        help="pushes spooled by push --background / Client.push(wait=False): "
+        "list (default), drain, retry, drop",
+    )
+    q.set_defaults(fn=cmd_queue)
+    qsub = q.add_subparsers(dest="queue_command")
+
+    def queue_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return qsub.add_parser(name, help=help)
+
+    queue_cmd("ls", "pending and failed jobs: name, files, size, age, attempts, last error")
+    s = queue_cmd("drain", "push the pending jobs of CHUNKYARD_URL's gateway until none is left")
+    s.add_argument("--once", action="store_true", help="try each due job once, then stop")
+    s.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--wait-for-lock", action="store_true", help=argparse.SUPPRESS)
+    for name, help in (
+        ("retry", "put failed jobs back in line (a worker is started)"),
+        ("drop", "delete failed jobs and their snapshots"),
+    ):
+        s = queue_cmd(name, help)
+        s.add_argument("ids", nargs="*", metavar="JOB")
+        s.add_argument("--all", action="store_true", help="every failed job")

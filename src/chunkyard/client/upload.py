@@ -206,8 +206,16 @@ class Uploader:
             return [send(p) for p in parts]
         return list(self.parts.map(send, parts))
 
-    def commit(self, layout: str, files: list[FileResult], tags: dict[str, str]) -> dict:
+    def commit(
+        self,
+        layout: str,
+        files: list[FileResult],
+        tags: dict[str, str],
+        before: Callable[[str, dict], None] | None = None,
+    ) -> dict:
         body = {"layout": layout, "files": [f.to_json() for f in files], "tags": tags}
+        if before is not None:  # the spool records it: sent again, it answers the same
+            before(self.sid, body)
         return self.t.call("POST", f"/v1/sessions/{self.sid}/commit", json=body)
 
 
@@ -280,8 +288,11 @@ def push(
     name: str,
     tags: dict[str, str] | None = None,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    before_commit: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Push a file or a directory as a new version of ``name``; returns its summary.
+    ``before_commit(session, body)`` is told the commit before it is sent (a repeated
+    commit of a committed session answers that session's version).
 
     Files whose path and size match the latest version are cut and hashed first; if
     their file id (from the chunk ids) matches that file's, which the gateway computed
@@ -317,7 +328,7 @@ def push(
             try:
                 results = _add_all(up.packer, entries, known)
                 up.packer.finish()
-                version = up.commit(layout, results, tags or {})
+                version = up.commit(layout, results, tags or {}, before_commit)
                 break
             except PacksGone:
                 # garbage collection took packs the lookup found (FORMAT.md, "Deleting"):
