@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, NotFound, TagConflict
 from ..names import check_tree_paths
 from .packer import FileResult, reused
 from .transport import Transport
@@ -133,12 +133,12 @@ def amend(
         check_tree_paths((f.path for f in files), nfc=False)
         if layout == "file" and len(files) != 1:
             raise InvalidRequest(f"a single-file version holds one file, not {len(files)}")
-        version = up.commit(layout, files, tags or {})
+        version = _commit(up, layout, files, tags or {})
     finally:
         up.close()
     stats = up.packer.stats
     if layout == "tree" and version.get("created", True):
-        version = _bring_forward(transport, name, base, version, written, tags or {})
+        version = _bring_forward(transport, name, base, version, written)
     return {
         **version,
         "chunks_total": stats.chunks_total,
@@ -147,13 +147,21 @@ def amend(
     }
 
 
+def _commit(up: Uploader, layout: str, files: list[FileResult], tags: dict[str, str]) -> dict:
+    """Commit; content equal to the latest version's makes no version, and the tags
+    would go on that one, where tags already set (write-once) keep their values."""
+    try:
+        return up.commit(layout, files, tags)
+    except TagConflict:
+        return up.commit(layout, files, {})
+
+
 def _bring_forward(
     transport: Transport,
     name: str,
     base: dict[str, Any] | None,
     mine: dict[str, Any],
     written: set[str],
-    tags: dict[str, str],
 ) -> dict[str, Any]:
     """After committing ``mine`` on top of ``base``: while other versions landed in
     between, commit ``mine`` plus what they added or changed (see the module's doc)."""
@@ -181,7 +189,7 @@ def _bring_forward(
         after = mine["version"]
         up = Uploader(transport, name)
         try:
-            nxt = up.commit("tree", merged, {**tags, "merged": between})
+            nxt = _commit(up, "tree", merged, {"merged": between})
         finally:
             up.close()
         if not nxt.get("created", True):

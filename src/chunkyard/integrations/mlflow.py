@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ _log = logging.getLogger(__name__)
 
 #: the segment MLflow ends every run's, model's and trace's artifact root with
 ROOT_SEGMENT = "artifacts"
+#: a run's, logged model's or trace's id, which comes right before its ``artifacts``
+MLFLOW_ID = re.compile(r"(m-|tr-)?[0-9a-f]{32}")
 #: what the segment before an artifact root's id says it is (anything else: a run)
 ID_TAGS = {"models": "mlflow.logged_model_id", "traces": "mlflow.trace_id"}
 
@@ -67,15 +70,19 @@ class ChunkyardArtifactRepository(ArtifactRepository):
     # -- where a path lives ----------------------------------------------------
     def _locate(self, path: str | None) -> tuple[str, str]:
         """(artifact name, path inside its versions) of ``path``, relative to the root."""
-        path = (path or "").strip("/")
-        root = self.root.split("/") if self.root else []
-        if root and root[-1] == ROOT_SEGMENT:
-            return self.root, path
-        segments = path.split("/") if path else []
-        if ROOT_SEGMENT in segments:
-            cut = segments.index(ROOT_SEGMENT) + 1
-            return "/".join(root + segments[:cut]), "/".join(segments[cut:])
-        return self.root, path
+        full = posixpath.join(self.root, (path or "").strip("/")).strip("/")
+        segments = full.split("/")
+        ends = [i for i, s in enumerate(segments) if s == ROOT_SEGMENT and i > 0]
+        own = [i for i in ends if MLFLOW_ID.fullmatch(segments[i - 1])]
+        if not (own or ends):  # a location used directly
+            return self.root, full[len(self.root) :].strip("/")
+        cut = (own or ends)[0] + 1
+        return "/".join(segments[:cut]), "/".join(segments[cut:])
+
+    def _relative(self, name: str, path: str) -> str:
+        """The path, relative to the root, of file ``path`` of artifact ``name``."""
+        full = f"{name}/{path}"
+        return full[len(self.root) + 1 :] if self.root else full
 
     def _tags(self, name: str, artifact_path: str | None) -> dict[str, str]:
         tags = {"mlflow.artifact_path": (artifact_path or "").strip("/")}
@@ -169,10 +176,6 @@ class ChunkyardArtifactRepository(ArtifactRepository):
             raise MlflowException(
                 f"no artifact at {path!r} in {self.artifact_uri}", RESOURCE_DOES_NOT_EXIST
             )
-        above = path[: len(path) - len(inner)].rstrip("/")  # the root-relative part of name
-        targets = [
-            (f, partial.under(dst_path, posixpath.join(above, f["path"]) if above else f["path"]))
-            for f in chosen
-        ]
+        targets = [(f, partial.under(dst_path, self._relative(name, f["path"]))) for f in chosen]
         partial.pull_files(self.client.transport, v, targets)  # type: ignore[arg-type]
         return os.path.join(dst_path, os.path.normpath(path)) if path else dst_path
