@@ -209,3 +209,21 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) 
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"mlflow server did not answer: {log.read_text()[-3000:]}")
+
+
+def test_a_tracking_server_reaches_only_its_own_gateway(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a tracking server (MLflow marks its processes), a location naming another
+    gateway is refused, as MLflow refuses other schemes that name hosts."""
+    own = gateway.url.replace("http://", "chunkyard://")
+    monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_ROOT", "mlflow-artifacts:/")
+    monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_DESTINATION", own + "/srv")
+    plugin.ChunkyardArtifactRepository(own + "/srv/1/abc/artifacts")  # its own gateway
+    with pytest.raises(mlflow.exceptions.MlflowException, match="does not connect"):
+        plugin.ChunkyardArtifactRepository("chunkyard://169.254.169.254:80/x/artifacts")
+    monkeypatch.setenv("MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES", "chunkyard")
+    plugin.ChunkyardArtifactRepository("chunkyard://169.254.169.254:80/x/artifacts")
+    monkeypatch.delenv("_MLFLOW_SERVER_ARTIFACT_ROOT")  # a client process: anything goes
+    monkeypatch.delenv("MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES")
+    plugin.ChunkyardArtifactRepository("chunkyard://169.254.169.254:80/x/artifacts")

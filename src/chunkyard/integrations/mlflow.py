@@ -28,10 +28,13 @@ import posixpath
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow.entities import FileInfo
+from mlflow.environment_variables import MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.store.artifact import host_policy
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.utils.file_utils import create_tmp_dir
 
@@ -59,10 +62,37 @@ def register() -> None:
     _artifact_repository_registry.register(SCHEME, ChunkyardArtifactRepository)
 
 
+def _server_may_reach(artifact_uri: str) -> None:
+    """In a tracking server, refuse a location naming a gateway other than that of the
+    server's own ``--default-artifact-root`` or ``--artifacts-destination``: a client may
+    set any experiment location, and the server would connect where it says. MLflow
+    holds its own host-addressed schemes to this rule, with the same way out
+    (``MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES``)."""
+    if not host_policy.is_tracking_server_process():
+        return
+    allowed = MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES.get() or []
+    if SCHEME in {s.lower() for s in allowed}:
+        return
+    own = (
+        os.environ.get(host_policy._SERVER_ARTIFACT_ROOT_ENV_VAR),
+        os.environ.get(host_policy._SERVER_ARTIFACTS_DESTINATION_ENV_VAR),
+    )
+    trusted = {urlsplit(u).netloc for u in own if u and u.startswith(f"{SCHEME}:")}
+    if urlsplit(artifact_uri).netloc not in trusted:
+        raise MlflowException(
+            f"The tracking server does not connect to artifact location {artifact_uri!r}: "
+            "it names a chunkyard gateway other than the server's own artifact storage. Set "
+            f"{MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES.name}={SCHEME} on the server "
+            "to allow it.",
+            INVALID_PARAMETER_VALUE,
+        )
+
+
 class ChunkyardArtifactRepository(ArtifactRepository):
     """Stores MLflow artifacts in chunkyard (see the module's doc for the mapping)."""
 
     def __init__(self, artifact_uri: str, *args: Any, **kwargs: Any) -> None:
+        _server_may_reach(artifact_uri)
         super().__init__(artifact_uri, *args, **kwargs)
         gateway, self.root = split_url(artifact_uri)
         self.client = client_for(gateway)
