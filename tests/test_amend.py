@@ -11,7 +11,8 @@ import pytest
 from chunkyard import Client
 from chunkyard.client import amend
 from chunkyard.errors import InvalidRequest, NotFound
-from conftest import random_bytes
+from conftest import random_bytes, start_gateway
+from http_source import Source
 
 
 def paths(client: Client, ref: str) -> list[str]:
@@ -106,3 +107,25 @@ def test_concurrent_writers_keep_every_file(client: Client, tmp_path: Path) -> N
     assert sorted(paths(client, "amend/many")) == sorted(
         f"w{k}/{p.name}" for k in range(4) for p in files[k::4]
     )
+
+
+def test_read_of_a_reference_range_reads_only_that_range_of_the_source(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    source = Source()
+    gw, server, thread = start_gateway(
+        tmp_path_factory.mktemp("refs"),
+        CHUNKYARD_REF_ALLOW=f"{source.url}/files/",
+        CHUNKYARD_REF_ALLOW_PRIVATE_NETWORKS="1",
+    )
+    try:
+        data = random_bytes(5 * 1024 * 1024, seed=13)
+        with Client(gw.url) as c:
+            c.ref("amend/ref", source.put("/files/w.bin", data))
+            before = source.body_bytes
+            assert c.read("amend/ref", None, 4_000_000, 1000) == data[4_000_000:4_001_000]
+            assert source.body_bytes - before < 64 * 1024
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        source.close()

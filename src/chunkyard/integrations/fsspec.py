@@ -25,8 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
-from fsspec.utils import stringify_path
+try:
+    from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+    from fsspec.utils import stringify_path
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "chunkyard's filesystem needs fsspec: pip install 'chunkyard[fsspec]'"
+    ) from exc
 
 from ..client import amend, partial
 from ..errors import InvalidName, NotFound

@@ -30,13 +30,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlflow.entities import FileInfo
-from mlflow.environment_variables import MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
-from mlflow.store.artifact import host_policy
-from mlflow.store.artifact.artifact_repo import ArtifactRepository
-from mlflow.utils.file_utils import create_tmp_dir
+try:
+    from mlflow.entities import FileInfo
+    from mlflow.environment_variables import MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+    from mlflow.store.artifact import host_policy
+    from mlflow.store.artifact.artifact_repo import ArtifactRepository
+    from mlflow.utils.file_utils import create_tmp_dir
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "chunkyard's MLflow plugin needs mlflow: pip install 'chunkyard[mlflow]'"
+    ) from exc
 
 from ..client import partial
 from ..errors import NotFound
