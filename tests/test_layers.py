@@ -35,6 +35,7 @@ ALLOWED = {
     "repository": {"format", "io", "catalog", "repository"},
     "server": {"format", "io", "repository", "server"},
     "client": {"format", "client"},
+    "integrations": {"format", "client", "integrations"},  # MLflow, fsspec: the client's users
     "program": {"format", "client", "server", "program"},
 }
 
@@ -48,7 +49,7 @@ def layer(module: str) -> str:
         return "format"
     if top in ("stores", "netguard", "config"):
         return "io"
-    if top in ("catalog", "repository", "server", "client"):
+    if top in ("catalog", "repository", "server", "client", "integrations"):
         return top
     if top in ("cli", "__main__"):
         return "program"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..errors import InvalidName
 from ..names import check_alias, check_name, check_tags, parse_ref
-from . import download, events, references, upload
+from . import amend, download, events, partial, references, upload
 from .transport import OnWait, RetryPolicy, Transport, print_waits
 
 if TYPE_CHECKING:
@@ -134,6 +134,49 @@ class Client:
         name, version = parse_ref(ref)
         with self._bar(f"pull {name}") as factory:
             return download.pull(self.transport, name, version, dest, factory)
+
+    def add(
+        self,
+        name: str,
+        files: Mapping[str, str | os.PathLike],
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A new version of ``name``: its latest version's files plus ``files``, which map
+        paths in the version to local files (or to local directories, whose files go
+        under that path; ``""`` is the root), replacing what is at those paths. Kept
+        files are named by id, neither read nor sent; new ones are pushed as by
+        :meth:`push`. Writers adding to one name at once keep each other's files."""
+        check_name(name)
+        tags = check_tags(tags)
+        entries = amend.local_entries(files)
+        with self._bar(f"add {name}") as factory:
+            total = sum(p.stat().st_size for p, _ in entries)
+            progress = factory(total) if factory else None
+            return amend.amend(self.transport, name, entries, tags=tags, progress=progress)
+
+    def remove(
+        self, name: str, paths: Iterable[str], tags: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A new version of ``name`` without the files at ``paths`` (a directory's path
+        removes the files under it); nothing is sent."""
+        check_name(name)
+        gone = {p.strip("/") for p in paths}
+
+        def removed(path: str) -> bool:
+            return path in gone or any(path.startswith(g + "/") for g in gone)
+
+        return amend.amend(self.transport, name, [], removed, check_tags(tags))
+
+    def read(
+        self, ref: str, path: str | None = None, start: int = 0, length: int | None = None
+    ) -> bytes:
+        """Bytes ``[start, start+length)`` of file ``path`` of ``ref`` (None: a
+        single-file version's file), read without fetching the rest of the file: only
+        the chunks that hold the range come from the store, each verified."""
+        v = self.show(ref)
+        entry = partial.find_file(v, path)
+        end = entry["size"] if length is None else start + length
+        return partial.read_range(self.transport, v, entry, start, end)
 
     def ref(
         self,
