@@ -34,7 +34,10 @@ ALLOWED = {
     "repository": {"format", "io", "catalog", "repository"},
     "server": {"format", "io", "repository", "server"},
     "client": {"format", "client"},
-    "program": {"format", "client", "server", "program"},
+    # import/export/copy: drives gateways through the client and, for buckets, opens
+    # the store backends with the caller's own credentials (never the gateway's)
+    "migrate": {"format", "io", "client", "migrate"},
+    "program": {"format", "client", "migrate", "server", "program"},
 }
 
 
@@ -47,7 +50,7 @@ def layer(module: str) -> str:
         return "format"
     if top in ("stores", "netguard", "config"):
         return "io"
-    if top in ("catalog", "repository", "server", "client"):
+    if top in ("catalog", "repository", "server", "client", "migrate"):
         return top
     if top in ("cli", "__main__"):
         return "program"

@@ -144,8 +144,18 @@ class Uploader:
             return [send(p) for p in parts]
         return list(self.parts.map(send, parts))
 
-    def commit(self, layout: str, files: list[FileResult], tags: dict[str, str]) -> dict:
-        body = {"layout": layout, "files": [f.to_json() for f in files], "tags": tags}
+    def commit(
+        self,
+        layout: str,
+        files: list[FileResult],
+        tags: dict[str, str],
+        always_new: bool = False,
+    ) -> dict:
+        """``always_new``: a version even if the content equals the latest's."""
+        body: dict[str, Any] = {"layout": layout, "files": [f.to_json() for f in files]}
+        body["tags"] = tags
+        if always_new:  # only when asked: gateways before it refuse the field
+            body["always_new"] = True
         return self.t.call("POST", f"/v1/sessions/{self.sid}/commit", json=body)
 
 
