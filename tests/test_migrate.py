@@ -315,6 +315,35 @@ def bucket(request) -> Iterator[str]:
     clear(base)
 
 
+def test_an_mlruns_tree_whose_artifacts_are_in_a_bucket(src):
+    """A file tracking store with an S3 artifact store (``--default-artifact-root
+    s3://…``): the run's artifacts are read from the bucket."""
+    import tempfile
+
+    import yaml
+
+    require_env("s3", *S3_ENV)
+    base = fresh_url(os.environ["CHUNKYARD_TEST_S3_URL"])
+    put_objects(base, {"runs/r1/artifacts/model/weights.bin": random_bytes(80_000, seed=12)})
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "mlruns"
+        (root / "7" / "r1").mkdir(parents=True)
+        (root / "7" / "meta.yaml").write_text(
+            yaml.safe_dump({"experiment_id": "7", "name": "remote", "lifecycle_stage": "active"})
+        )
+        run = {"run_id": "r1", "run_name": "far", "experiment_id": "7", "start_time": 1}
+        run["artifact_uri"] = f"{base}/runs/r1/artifacts"
+        (root / "7" / "r1" / "meta.yaml").write_text(yaml.safe_dump(run))
+        try:
+            with Client(src.url) as c:
+                (v,) = import_source(c, str(root), "mig/remote-runs")["versions"]
+                shown = c.show("mig/remote-runs")
+                assert [f["path"] for f in shown["file_list"]] == ["model/weights.bin"]
+                assert shown["tags"]["import.source"] == f"{base}/runs/r1/artifacts/"
+        finally:
+            clear(base)
+
+
 def test_import_a_bucket_prefix(bucket, src, tmp_path: Path):
     objects = {
         "llm/config.json": b'{"layers": 2}',

@@ -8,12 +8,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..client.cli import _human_size, _print, _tags
 from ..errors import InvalidRequest
 
-Progress = Callable[[str, int], Callable[[int], None] | None]
+if TYPE_CHECKING:
+    from .writer import Progress
 
 
 def _shown(args: argparse.Namespace) -> bool:

@@ -19,21 +19,15 @@ same URI (the target must allow it) and must pin the same objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..client.api import Client
 from ..errors import DigestMismatch, NotFound
 from ..names import check_name, parse_ref
 from .staging import Staging, VersionFiles, ahead, drop
-from .writer import VersionWriter, batches
+from .writer import Progress, VersionWriter, batches, no_progress
 
 TAG = "copy.source"
-Progress = Callable[[str, int], Callable[[int], None] | None]
-
-
-def _no_progress(label: str, total: int) -> None:
-    return None
 
 
 def copy(
@@ -42,7 +36,7 @@ def copy(
     ref: str,
     to_name: str | None = None,
     staging: str | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Copy ``ref`` (``NAME``: every version, in order; ``NAME@N`` or ``NAME:ALIAS``:
     that one) from ``source`` to ``target`` (as ``to_name``, default the same name).

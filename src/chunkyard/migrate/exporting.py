@@ -19,15 +19,10 @@ from ..client.api import Client
 from ..names import parse_ref
 from .buckets import Bucket, bucket_uri
 from .staging import Staging, VersionFiles, ahead, drop
-from .writer import batches
+from .writer import Progress, batches, no_progress
 
 #: seconds: stores keep last-modified times to the second (Azure, S3 listings)
 CLOCK_SLACK = 1.0
-Progress = Callable[[str, int], Callable[[int], None] | None]
-
-
-def _no_progress(label: str, total: int) -> None:
-    return None
 
 
 def export(
@@ -36,7 +31,7 @@ def export(
     dest: str,
     staging: str | None = None,
     overwrite: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Write version ``ref`` to ``dest``; returns the version's summary with
     ``destination``, ``files_written``, ``files_skipped`` and ``bytes_written``."""

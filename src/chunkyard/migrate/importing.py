@@ -14,7 +14,6 @@ MLflow's file store, or a bucket prefix, into versions of NAME.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -28,20 +27,15 @@ from ..names import check_name, check_tags, check_tree_paths
 from . import mlruns
 from .buckets import Bucket, bucket_uri
 from .staging import Staging, ahead, drop
-from .writer import VersionWriter, batches
+from .writer import Progress, VersionWriter, batches, no_progress
 
 #: objects of a bucket fetched at once within a batch of small ones
 FETCHES = 8
-Progress = Callable[[str, int], Callable[[int], None] | None]
 
 
 def nfc(path: str) -> str:
     """A path as a version holds it: in Unicode NFC (keys written on macOS may not be)."""
     return normalize("NFC", path)
-
-
-def _no_progress(label: str, total: int) -> None:
-    return None
 
 
 def import_source(
@@ -51,7 +45,7 @@ def import_source(
     tags: dict[str, str] | None = None,
     experiments: list[str] | None = None,
     staging: str | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Import ``source`` into ``name``; returns what was made: ``kind``, ``versions``
     (each version's summary), ``skipped`` and the totals ``bytes_read`` (content read

@@ -23,6 +23,12 @@ from ..client.upload import Uploader
 BATCH_FILES = 512
 BATCH_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
+#: ``progress(label, total)``: a callback taking byte counts for one bar, or None
+Progress = Callable[[str, int], Callable[[int], None] | None]
+
+
+def no_progress(label: str, total: int) -> None:
+    return None
 
 
 def batches(items: list[T], size: Callable[[T], int]) -> list[list[T]]:
