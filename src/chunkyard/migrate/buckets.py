@@ -33,7 +33,7 @@ import blake3
 
 from ..client.transport import Transport
 from ..errors import Conflict, InvalidRequest, StoreError
-from ..pins import make_pin, parse_uri, response_drift
+from ..pins import drift, make_pin, parse_uri, response_confirms, response_drift
 from ..stores import CompletedPart, ObjectInfo, Store, open_store
 from ..stores.base import PartPlan
 
@@ -99,10 +99,12 @@ class Bucket:
     # -- reading -------------------------------------------------------------------
     def objects(self) -> list[tuple[str, ObjectInfo]]:
         """``(path under the prefix, object)`` of every object, by path; "directory
-        markers" (keys ending in ``/``) are not files and are left out."""
+        markers" (keys ending in ``/``) are not files and are left out. A plain listing
+        (GCS and Azure list generations and version ids; S3 objects are pinned by ETag),
+        so reading needs no permission beyond listing and getting objects."""
 
         async def listing() -> list[ObjectInfo]:
-            return [i async for i in self.store.list_pinned(self.uri.key)]
+            return [i async for i in self.store.list(self.uri.key)]
 
         out = [
             (info.key[len(self.uri.key) :], info)
@@ -124,16 +126,17 @@ class Bucket:
                 info.key, EXPIRES, version_id=info.version_id, if_match=info.etag or None
             )
         ).to_json()
-        pos = 0
+        pos, confirmed = 0, False
         with open(dest, "wb") as out:
 
             def headers() -> dict[str, str]:  # asked on every try: resume where it broke
                 return {"accept-encoding": "identity"} | ({"range": f"bytes={pos}-"} if pos else {})
 
             def write(resp: Any) -> None:
-                nonlocal pos
+                nonlocal pos, confirmed
                 if response_drift(pin, resp.status, resp.headers):
                     raise self._changed(uri)
+                confirmed = response_confirms(pin, resp.headers)
                 if pos and resp.status == 200:  # the Range was ignored: start over
                     out.seek(0)
                     out.truncate()
@@ -154,6 +157,10 @@ class Bucket:
                 raise
         if pos != info.size:
             raise self._changed(uri)
+        if not confirmed:  # the answer did not say which bytes it served: look again
+            now = self._run(self.store.stat(info.key))
+            if now is None or drift(pin, now.size, now.etag, now.version_id) != "ok":
+                raise self._changed(uri)
 
     @staticmethod
     def _changed(uri: str) -> Conflict:
