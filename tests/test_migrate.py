@@ -464,8 +464,10 @@ def test_copy_sends_only_what_the_target_lacks(src, dst, tmp_path: Path):
             d.pull(f"team/model@{n}", tmp_path / f"pulled-{n}")
             assert read_tree(tmp_path / f"pulled-{n}") == files
 
-        again = copy(s, d, "team/model")  # resumable: nothing left to do
+        again = copy(s, d, "team/model", aliases=True)  # resumable: nothing left to do
         assert again["copied"] == [] and len(again["skipped"]) == 3
+        assert again["aliases"] == [{"alias": "champion", "version": 2}]
+        assert d.show("team/model:champion")["version"] == 2
 
         # the same bytes under another name of the dedup domain: nothing to send
         moved = copy(s, d, "team/model:champion", to_name="team/model-b")
@@ -506,6 +508,16 @@ def test_copy_cli_sends_the_target_only_its_own_token(src, dst, tmp_path: Path):
     assert read_tree(tmp_path / "back") == {"a.txt": b"a", "b.txt": b"b" * 5000}
     with pytest.raises(Unauthorized), Client(dst.url, token="cy_wrong") as d:
         d.show("cli/copied")
+
+    # the target's url and token from a profile
+    config = tmp_path / "config.toml"
+    config.write_text(f'[profiles.dr]\nurl = "{dst.url}"\ntoken = "{dst.admin}"\n')
+    config.chmod(0o600)
+    by_profile = cli(
+        {**env, "CHUNKYARD_CONFIG": str(config)}, "copy", "cli/copied", "--to-profile", "dr"
+    )
+    assert by_profile.returncode == 0, by_profile.stderr
+    assert "copied before, as version 1" in by_profile.stdout
 
     # export and import through the CLI too
     out = cli(env, "export", "cli/copied@1", str(tmp_path / "exported"), "--json")

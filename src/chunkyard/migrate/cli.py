@@ -110,7 +110,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         _target(args) as target,
         _progress(args, f"copy {args.ref}") as progress,
     ):
-        r = copy(source, target, args.ref, args.as_name, args.staging, progress)
+        r = copy(source, target, args.ref, args.as_name, args.staging, progress, args.aliases)
     lines = [
         f"{r['source']}@{v['source_version']} → {v['name']}@{v['version']}  "
         f"{v['files'] - v['files_reused']}/{v['files']} file(s) fetched, "
@@ -121,6 +121,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         f"{r['source']}@{s['source_version']}: copied before, as version {s['version']}"
         for s in r["skipped"]
     ]
+    lines += [f"{r['target']}:{a['alias']} → {a['version']}" for a in r["aliases"]]
     lines.append(
         f"{len(r['copied'])} version(s) copied, {len(r['skipped'])} skipped: "
         f"{_human_size(r['bytes_fetched'])} fetched, {_human_size(r['bytes_uploaded'])} sent"
@@ -164,4 +165,9 @@ def add_commands(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     s.add_argument("--to-token", help="the target's token (else CHUNKYARD_TO_TOKEN)")
     s.add_argument("--to-profile", metavar="PROFILE", help="the target's url and token")
     s.add_argument("--as", dest="as_name", metavar="NAME", help="the name on the target")
+    s.add_argument(
+        "--aliases",
+        action="store_true",
+        help="then point the target's aliases where the source's point (at the copies)",
+    )
     s.add_argument("--staging", **staging)

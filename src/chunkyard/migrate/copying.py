@@ -37,11 +37,14 @@ def copy(
     to_name: str | None = None,
     staging: str | None = None,
     progress: Progress = no_progress,
+    aliases: bool = False,
 ) -> dict[str, Any]:
     """Copy ``ref`` (``NAME``: every version, in order; ``NAME@N`` or ``NAME:ALIAS``:
     that one) from ``source`` to ``target`` (as ``to_name``, default the same name).
     Returns ``copied`` (per version: ``source_version``, ``version``, ``files``,
-    ``files_reused``, ``bytes_fetched``, ``bytes_uploaded``), ``skipped`` and totals."""
+    ``files_reused``, ``bytes_fetched``, ``bytes_uploaded``), ``skipped`` and totals.
+    With ``aliases``, the target's aliases of the name then point where the source's
+    do, at the copies (``aliases`` in the answer: those moved)."""
     name, wanted = parse_ref(ref)
     dest = check_name(to_name or name)
     if wanted is None and "@" not in ref and ":" not in ref:
@@ -51,7 +54,8 @@ def copy(
     with Copier(source, target, name, dest, staging, progress) as cp:
         for v in versions:
             cp.one(v)
-        return cp.summary()
+        moved = cp.aliases() if aliases else []
+        return {**cp.summary(), "aliases": moved}
 
 
 class Copier:
@@ -108,6 +112,18 @@ class Copier:
             "bytes_fetched": sum(v["bytes_fetched"] for v in self.copied),
             "bytes_uploaded": sum(v["bytes_uploaded"] for v in self.copied),
         }
+
+    def aliases(self) -> list[dict[str, Any]]:
+        """Point the target's aliases at the copies of the versions the source's
+        aliases point at (those whose version was copied, now or before)."""
+        moved = []
+        have = {a["alias"]: a["version"] for a in self.dst.aliases(self.dest)} if self.done else {}
+        for a in self.src.aliases(self.name):
+            copied = self.done.get(f"{self.src.url}/{self.name}@{a['version']}")
+            if copied is not None and have.get(a["alias"]) != copied:
+                self.dst.set_alias(self.dest, a["alias"], copied)
+                moved.append({"alias": a["alias"], "version": copied})
+        return moved
 
     def one(self, summary: dict[str, Any]) -> None:
         number = summary["version"]
