@@ -15,7 +15,7 @@ MLflow's file store, or a bucket prefix, into versions of NAME.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from unicodedata import normalize
@@ -128,27 +128,20 @@ class Importer:
         advance = self.progress(f"import {self.name}" + (f" ({run})" if run else ""), total)
 
         def stage(batch: list[int]) -> list[tuple[Path, str, bool]]:
-            out: list[tuple[Path, str, bool]] = []
-            remote = [i for i in batch if not isinstance(files[i][2], Path)]
-            with ThreadPoolExecutor(FETCHES) if len(remote) > 1 else nullcontext() as pool:
-                dests = {i: self.staging.path() for i in remote}
+            """``(local file, path in the version, staged)`` of a batch."""
+            remote = {i: self.staging.path() for i in batch if not isinstance(files[i][2], Path)}
 
-                def get(i: int) -> None:
-                    bucket, info = files[i][2]
-                    bucket.fetch(info, dests[i])
+            def get(i: int) -> None:
+                bucket, info = files[i][2]
+                bucket.fetch(info, remote[i])
 
-                try:
-                    list(pool.map(get, remote) if pool else map(get, remote))
-                except BaseException:
-                    drop(dests.values())
-                    raise
-            for i in batch:
-                where = files[i][2]
-                if isinstance(where, Path):
-                    out.append((where, files[i][0], False))
-                else:
-                    out.append((dests[i], files[i][0], True))
-            return out
+            try:
+                with ThreadPoolExecutor(FETCHES, thread_name_prefix="cy-import") as pool:
+                    list(pool.map(get, remote))
+            except BaseException:
+                drop(remote.values())
+                raise
+            return [(remote.get(i, files[i][2]), files[i][0], i in remote) for i in batch]
 
         with VersionWriter(self.c.transport, self.name, advance) as w:
             for staged in ahead(stage, batches(list(range(len(files))), lambda i: files[i][1])):
@@ -161,7 +154,7 @@ class Importer:
     # -- the kinds of source ---------------------------------------------------------
     def one(self, source: str, kind: str, tags: dict[str, str]) -> None:
         """A directory, file or bucket prefix as one version."""
-        where = source if kind == "bucket" else str(Path(source).resolve())
+        where = source.rstrip("/") + "/" if kind == "bucket" else str(Path(source).resolve())
         files = self._files(where)
         if not files:
             raise SourceNotFound(f"nothing to import at {source}", uri=source)
