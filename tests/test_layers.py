@@ -36,7 +36,10 @@ ALLOWED = {
     "server": {"format", "io", "repository", "server"},
     "client": {"format", "client"},
     "integrations": {"format", "client", "integrations"},  # MLflow, fsspec: the client's users
-    "program": {"format", "client", "server", "program"},
+    # import/export/copy: drives gateways through the client and, for buckets, opens
+    # the store backends with the caller's own credentials (never the gateway's)
+    "migrate": {"format", "io", "client", "migrate"},
+    "program": {"format", "client", "migrate", "server", "program"},
 }
 
 
@@ -49,7 +52,7 @@ def layer(module: str) -> str:
         return "format"
     if top in ("stores", "netguard", "config"):
         return "io"
-    if top in ("catalog", "repository", "server", "client", "integrations"):
+    if top in ("catalog", "repository", "server", "client", "integrations", "migrate"):
         return top
     if top in ("cli", "__main__"):
         return "program"

@@ -29,6 +29,7 @@ from .errors import (
     InvalidRequest,
     NotFound,
 )
+from .migrate import cli as migrate_cli
 from .server import cli as server_cli
 from .version import __version__
 
@@ -99,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
 
     server_cli.add_commands(cmd)
     client_cli.add_commands(cmd, sub)
+    migrate_cli.add_commands(cmd)
     _token_commands(sub)
     _db_commands(sub)
     s = cmd("completion", cmd_completion, "print a shell completion script: bash, zsh or tcsh")

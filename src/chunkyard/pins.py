@@ -399,6 +399,21 @@ def response_drift(pin: Pin, status: int, headers: Mapping[str, str]) -> str | N
     return None
 
 
+def response_confirms(pin: Pin, headers: Mapping[str, str]) -> bool:
+    """Whether a source's answer to a pinned GET names the pinned bytes itself (the
+    pinned version id, or the pinned ETag where the two are comparable). When it does
+    not (a store that ignores a version asked for in the URL and names none in its
+    answer, such as the GCS emulator), only a look at the object afterwards can tell."""
+    scheme = pin.uri.partition("://")[0]
+    served = headers.get(_VERSION_HEADERS.get(scheme, ""), "")
+    if pin.version_id and served:
+        return served == pin.version_id
+    if scheme == "gs":  # the XML API's ETag is not the JSON API's one we recorded
+        return False
+    etag = headers.get("etag", "")
+    return bool(pin.etag and etag and strip_etag(etag) == pin.etag)
+
+
 def drifted(pin: Pin, state: str, path: str | None = None, **found: object) -> ReferenceDrifted:
     """The error for an object that no longer matches its pin, naming it."""
     what = {"missing": "is gone", "content": "no longer has the registered content"}.get(

@@ -39,8 +39,8 @@ def bar(
     )
     lock = threading.Lock()
 
-    def factory(total: int) -> Callable[[int], None]:
-        task = progress.add_task(label, total=total)
+    def factory(total: int, name: str | None = None) -> Callable[[int], None]:
+        task = progress.add_task(name or label, total=total)  # one bar per call
 
         def advance(n: int) -> None:
             with lock:

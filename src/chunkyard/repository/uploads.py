@@ -360,15 +360,19 @@ async def commit(
     layout: str,
     files: list[FileEntry],
     tags: dict[str, str],
+    always_new: bool = False,
 ) -> dict[str, Any]:
     """Create the new version in one transaction: it appears whole or not at all.
 
     Content identical to the latest version (the same digest, which the gateway
-    computes from verified chunks) returns that version instead of creating one."""
+    computes from verified chunks) returns that version instead of creating one,
+    unless ``always_new``."""
     await anyio.to_thread.run_sync(check_files, layout, files)  # long lists: off the loop
     tags = check_tags(tags)
     await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
-    return await metadata.write_after(repo, _commit, repo, who, sid, layout, files, tags)
+    return await metadata.write_after(
+        repo, _commit, repo, who, sid, layout, files, tags, always_new
+    )
 
 
 async def _verify_own_uploads(repo: Repository, who: Principal, sid: str, names: set[str]) -> None:
@@ -397,6 +401,7 @@ def _commit(
     layout: str,
     files: list[FileEntry],
     tags: dict[str, str],
+    always_new: bool = False,
 ) -> dict[str, Any]:
     sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
@@ -410,7 +415,7 @@ def _commit(
         return {**summary(conn, name, v), "created": sess.state == "committed"}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
     rows = _file_rows(conn, who, sess, art_id, files)
-    v, created = add_version(conn, art_id, layout, rows, tags)
+    v, created = add_version(conn, art_id, layout, rows, tags, always_new)
     sessions_q.mark_committed(conn, sid, v.id, created)
     if not created:
         return {**summary(conn, name, v), "created": False}
@@ -421,11 +426,16 @@ def _commit(
 
 
 def add_version(
-    conn: Connection, art_id: int, layout: str, rows: list[dict[str, Any]], tags: dict[str, str]
+    conn: Connection,
+    art_id: int,
+    layout: str,
+    rows: list[dict[str, Any]],
+    tags: dict[str, str],
+    always_new: bool = False,
 ) -> tuple[versions_q.VersionRow, bool]:
     """A new version of the files ``rows`` (``version_files`` rows, their digests from
-    verified chunks), or the latest version if its content is the same: then the tags
-    move to it. Returns the version and whether it is new."""
+    verified chunks), or the latest version if its content is the same (unless
+    ``always_new``): then the tags move to it. Returns the version and whether it is new."""
     digest = (
         rows[0]["digest"]
         if layout == "file"
@@ -433,7 +443,8 @@ def add_version(
     )
     latest = versions_q.find_version(conn, art_id, None)
     if (
-        latest is not None
+        not always_new
+        and latest is not None
         and latest.format >= 3
         and (latest.kind, latest.layout, latest.digest) == ("stored", layout, digest)
     ):

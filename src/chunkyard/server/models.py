@@ -245,6 +245,9 @@ class Commit(Model):
     layout: Literal["file", "tree"]
     files: Annotated[list[CommitFile], Meta(max_length=1_000_000)]
     tags: Tags = {}
+    #: a new version even when the content equals the latest's (imports and copies: one
+    #: version per run or per source version, each with its own tags)
+    always_new: bool = False
 
 
 class SmallFile(Model):

@@ -89,7 +89,9 @@ async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
     # meanwhile serves other requests between the thread's turns
     files = await anyio.to_thread.run_sync(_entries, call.body.files)
     b = call.body
-    result = await uploads.commit(call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags))
+    result = await uploads.commit(
+        call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags), b.always_new
+    )
     return JSON(result, status_code=201 if result["created"] else 200)
 
 
