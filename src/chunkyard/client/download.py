@@ -63,6 +63,9 @@ SMALL_PULL = 1024 * 1024
 #: a batch of small files: one reconstruction answer
 SMALL_BATCH_FILES = 512
 SMALL_BATCH_BYTES = 32 * 1024 * 1024
+#: files (or batches of small ones) pulled at once, sharing the ``DEPTH`` units in
+#: flight: one file's hashing and renaming overlaps another's fetches
+FILES_PARALLEL = 2
 
 
 def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
@@ -204,7 +207,7 @@ class Downloader:
             yield page
             start = page["next"]
 
-    def file(self, base: str, entry: dict, dest: Path) -> None:
+    def file(self, base: str, entry: dict, dest: Path, depth: int = DEPTH) -> None:
         """Workers write their units in place (``pwrite``: the kernel's copy into the page
         cache runs on both cores); this thread hashes them in order, then renames.
 
@@ -217,7 +220,7 @@ class Downloader:
         try:
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
             jobs = _placed(units, part.fd, part.kept)
-            for data, bufs, unit in pipelined(self.pool, self._fetch, jobs, DEPTH):
+            for data, bufs, unit in pipelined(self.pool, self._fetch, jobs, depth):
                 check.update(unit["chunks"], unit["skip"], data)
                 self.progress(len(data))
                 data.release()
@@ -556,15 +559,21 @@ def _pull_stored(
 ) -> dict[str, int]:
     d = Downloader(transport, progress, fmt)
     small = [(e, t) for e, t in todo if e["size"] <= SMALL_PULL]
+    if len(small) < 2:
+        small = []
+    large = [(e, t) for e, t in todo if not small or e["size"] > SMALL_PULL]
+    jobs: list[Callable[[], None]] = [lambda: d.small_files(base, small)] if small else []
+    if len(large) == 1:
+        jobs.append(lambda: d.file(base, *large[0]))
+    else:  # each with its share of the units in flight: memory stays as for one file
+        share = max(1, DEPTH // FILES_PARALLEL)
+        jobs += [lambda et=et: d.file(base, *et, depth=share) for et in large]
+    files = ThreadPoolExecutor(FILES_PARALLEL, thread_name_prefix="cy-file")
     try:
-        if len(small) > 1:
-            d.small_files(base, small)
-        else:
-            small = []
-        for entry, target in todo:
-            if entry["size"] > SMALL_PULL or not small:
-                d.file(base, entry, target)
+        for done in [files.submit(job) for job in jobs]:
+            done.result()
     finally:
+        files.shutdown(wait=True, cancel_futures=True)
         d.close()
     return {"bytes_downloaded": d.bytes_downloaded, "bytes_resumed": d.bytes_resumed}
 
