@@ -15,7 +15,7 @@ import threading
 from urllib.parse import urlsplit
 
 from ..client.api import Client
-from ..client.transport import DEFAULT_URL
+from ..client.profiles import DEFAULT_URL
 from ..errors import InvalidRequest
 
 SCHEME = "chunkyard"
