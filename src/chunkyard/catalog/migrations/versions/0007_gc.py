@@ -25,5 +25,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("packs") as batch:
-        batch.drop_column("swept_at")
+    # SQLite (>= 3.35) drops a column in place; a batch copy of ``packs`` would fail
+    # its foreign keys (pack_entries and chunks point at it)
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE packs DROP COLUMN swept_at")
+    else:
+        op.drop_column("packs", "swept_at")
