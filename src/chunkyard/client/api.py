@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ..errors import InvalidName
+from ..errors import InvalidName, InvalidRequest
 from ..names import check_alias, check_name, check_tags, parse_ref
 from . import amend, download, events, partial, references, upload
 from .transport import OnWait, RetryPolicy, Transport, print_waits
@@ -73,6 +73,8 @@ class Client:
         tags: dict[str, str] | None = None,
         *,
         wait: Literal[True] = True,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> dict[str, Any]: ...
 
     @overload
@@ -83,6 +85,8 @@ class Client:
         tags: dict[str, str] | None = None,
         *,
         wait: Literal[False],
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> PushHandle: ...
 
     def push(
@@ -92,6 +96,8 @@ class Client:
         tags: dict[str, str] | None = None,
         *,
         wait: bool = True,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> dict[str, Any] | PushHandle:
         """Push a file or directory as a new version of ``name`` (or return the latest
         version if its content is identical). Returns a summary: ``name``, ``version``,
@@ -108,13 +114,20 @@ class Client:
         with a :class:`~chunkyard.client.spool.PushHandle` (``id``, ``state()``,
         ``wait()``). A thread of this process pushes spooled jobs in order, through
         outages of the gateway; jobs left when the client closes or the process ends
-        are pushed by a detached worker, or by the next process that spools."""
+        are pushed by a detached worker, or by the next process that spools.
+
+        ``include``/``exclude``: globs on a tree's relative paths (exclude wins) that
+        select the files pushed, as for :meth:`pull` (not with ``wait=False``)."""
         if not wait:
+            if include or exclude:
+                raise InvalidRequest("include/exclude select files of a push that waits")
             return self._spooler().push(path, name, tags)
         check_name(name)
         tags = check_tags(tags)
         with self._bar(f"push {name}") as factory:
-            return upload.push(self.transport, path, name, tags, factory)
+            return upload.push(
+                self.transport, path, name, tags, factory, include=include, exclude=exclude
+            )
 
     def _spooler(self) -> Background:
         with self._background_lock:
@@ -125,15 +138,30 @@ class Client:
                 self._background = Background(self.url, t.token, t.retry, self.spool_dir)
             return self._background
 
-    def pull(self, ref: str, dest: str | os.PathLike) -> dict[str, Any]:
+    def pull(
+        self,
+        ref: str,
+        dest: str | os.PathLike,
+        *,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        delete: bool = False,
+    ) -> dict[str, Any]:
         """Write ``name``, ``name@VERSION`` or ``name:ALIAS`` to ``dest``; every chunk and
         the whole content are verified. A reference version comes straight from its
         source, pinned; drift there raises :class:`~chunkyard.errors.ReferenceDrifted`.
         What an interrupted pull of the same file to the same place verified is kept
-        (checked again) and the rest fetched: ``bytes_resumed``, ``bytes_downloaded``."""
+        (checked again) and the rest fetched: ``bytes_resumed``, ``bytes_downloaded``.
+
+        Like rsync: files ``dest`` holds already are not written again
+        (``files_skipped``, ``files_written``); ``include``/``exclude`` globs on the
+        relative path select part of a tree (exclude wins); ``delete`` removes selected
+        files the version lacks (``files_deleted``)."""
         name, version = parse_ref(ref)
         with self._bar(f"pull {name}") as factory:
-            return download.pull(self.transport, name, version, dest, factory)
+            return download.pull(
+                self.transport, name, version, dest, factory, include, exclude, delete
+            )
 
     def add(
         self,

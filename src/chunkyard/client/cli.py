@@ -54,9 +54,13 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_push(args: argparse.Namespace) -> int:
     if args.background:
+        if args.include or args.exclude:
+            raise InvalidRequest("--include/--exclude select files of a push that waits")
         return push_background(args)
     with _client(args) as c:
-        r = c.push(args.path, args.name, _tags(args.tag))
+        r = c.push(
+            args.path, args.name, _tags(args.tag), include=args.include, exclude=args.exclude
+        )
     what = "new version" if r.get("created") else "unchanged, latest version"
     _print(
         args,
@@ -200,7 +204,9 @@ def _queue_drop(args: argparse.Namespace, spool: Any) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        r = c.pull(args.ref, args.dest)
+        r = c.pull(
+            args.ref, args.dest, include=args.include, exclude=args.exclude, delete=args.delete
+        )
     checked = (
         f"verified {r['digest'][:16]}…"
         if r.get("digest_of", "content") == "content"
@@ -209,7 +215,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     _print(
         args,
         r,
-        f"{r['name']}@{r['version']} → {r['path']}  ({_human_size(r['size'])}, {checked})",
+        f"{r['name']}@{r['version']} → {r['path']}  ({_human_size(r['size'])}, {checked}; "
+        f"{r['files_written']} written, {r['files_skipped']} unchanged"
+        + (f", {r['files_deleted']} deleted)" if "files_deleted" in r else ")"),
     )
     return 0
 
@@ -499,6 +507,17 @@ def print_token_result(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(f"token {r['id']} revoked")
 
 
+def _selection(s: argparse.ArgumentParser) -> None:
+    """``--include``/``--exclude``: globs on a tree's relative paths, exclude wins."""
+    for flag, what in (("--include", "only files matching"), ("--exclude", "not files matching")):
+        s.add_argument(
+            flag,
+            action="append",
+            metavar="GLOB",
+            help=f"{what} GLOB (relative POSIX path or a directory of it; repeatable)",
+        )
+
+
 def add_commands(
     cmd: Callable[..., argparse.ArgumentParser], sub: argparse._SubParsersAction
 ) -> None:
@@ -520,9 +539,16 @@ def add_commands(
         help="snapshot into the spool and return at once; a detached worker pushes it "
         "(chunkyard queue shows it)",
     )
+    _selection(s)
     s = cmd("pull", cmd_pull, "pull NAME[@VERSION|:ALIAS] to DEST")
     s.add_argument("ref")
     s.add_argument("dest")
+    _selection(s)
+    s.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove files under DEST the version lacks (only selected ones), as rsync",
+    )
     s = cmd("ref", cmd_ref, "register an external URI as a version (no copy)")
     s.add_argument("name")
     s.add_argument("uri", help="s3://bucket/key, s3://bucket/prefix/, gs://…, az://…, https://…")

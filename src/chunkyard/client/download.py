@@ -22,7 +22,7 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePath
@@ -43,6 +43,7 @@ from ..errors import (
 from ..names import check_path, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
+from . import trees
 from .packer import pipelined
 from .references import drifted, refusals_as_drift
 from .resume import PartialFile, partial_paths
@@ -62,6 +63,9 @@ SMALL_PULL = 1024 * 1024
 #: a batch of small files: one reconstruction answer
 SMALL_BATCH_FILES = 512
 SMALL_BATCH_BYTES = 32 * 1024 * 1024
+#: files (or batches of small ones) pulled at once, sharing the ``DEPTH`` units in
+#: flight: one file's hashing and renaming overlaps another's fetches
+FILES_PARALLEL = 2
 
 
 def _units(page: dict[str, Any]) -> Iterator[tuple[dict, dict, dict]]:
@@ -203,7 +207,7 @@ class Downloader:
             yield page
             start = page["next"]
 
-    def file(self, base: str, entry: dict, dest: Path) -> None:
+    def file(self, base: str, entry: dict, dest: Path, depth: int = DEPTH) -> None:
         """Workers write their units in place (``pwrite``: the kernel's copy into the page
         cache runs on both cores); this thread hashes them in order, then renames.
 
@@ -216,7 +220,7 @@ class Downloader:
         try:
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
             jobs = _placed(units, part.fd, part.kept)
-            for data, bufs, unit in pipelined(self.pool, self._fetch, jobs, DEPTH):
+            for data, bufs, unit in pipelined(self.pool, self._fetch, jobs, depth):
                 check.update(unit["chunks"], unit["skip"], data)
                 self.progress(len(data))
                 data.release()
@@ -482,26 +486,68 @@ def pull(
     ref: str | int | None,
     dest: str | os.PathLike,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    delete: bool = False,
 ) -> dict[str, Any]:
-    """Write version ``ref`` of ``name`` to ``dest``; returns the version summary."""
+    """Write version ``ref`` of ``name`` to ``dest``; returns the version summary.
+
+    Like rsync (:mod:`chunkyard.client.trees`): only files ``include``/``exclude``
+    select are pulled, files ``dest`` holds already are skipped (``files_skipped``),
+    and with ``delete`` selected files the version lacks are removed
+    (``files_deleted``)."""
     ref_text = "latest" if ref is None else str(ref)
     base = f"/v1/artifacts/{name}/-/versions/{ref_text}"
     v = transport.call("GET", base)
     base = f"/v1/artifacts/{name}/-/versions/{v['version']}"  # pin: aliases may move
     dest = Path(dest)
-    todo = targets(v, dest)
-    progress = progress_factory(v["size"]) if progress_factory else None
+    if delete and v["layout"] != "tree":
+        raise InvalidRequest("--delete mirrors a tree: this version is a single file")
+    todo = [(e, t) for e, t in targets(v, dest) if trees.selected(e["path"], include, exclude)]
+    ns = trees.stamp_ns(v.get("created_at") or 0.0)
+    progress = progress_factory(sum(e["size"] for e, _ in todo)) if progress_factory else None
     counts: dict[str, int] = {}
     try:
-        if v["kind"] == "reference":
-            _pull_reference(transport, base, todo, progress)
-        else:
-            counts = _pull_stored(transport, base, todo, progress, v.get("format", 2))
+        fresh = _differing(todo, v.get("format", 2), ns, progress, v["kind"] == "reference")
+        if fresh and v["kind"] == "reference":
+            _pull_reference(transport, base, fresh, progress)
+        elif fresh:
+            counts = _pull_stored(transport, base, fresh, progress, v.get("format", 2))
+        for _, target in fresh:
+            trees.stamp(target, ns)
+        counts.update(files_written=len(fresh), files_skipped=len(todo) - len(fresh))
+        if delete:
+            keep = {e["path"] for e in v["file_list"]}
+            counts["files_deleted"] = trees.delete(*trees.extras(dest, keep, include, exclude))
     except OSError as exc:
         if exc.filename is None:  # not the file system's: the network's, say
             raise
         raise _write_error(exc) from exc
-    return {**v, **counts, "path": str(todo[0][1] if v["layout"] == "file" else dest)}
+    path = todo[0][1] if v["layout"] == "file" and todo else dest
+    return {**v, **counts, "path": str(path)}
+
+
+def _differing(
+    todo: list[tuple[dict, Path]],
+    fmt: int,
+    ns: int,
+    progress: Callable[[int], None] | None,
+    reference: bool = False,
+) -> list[tuple[dict, Path]]:
+    """The files of ``todo`` their targets do not hold already (hashed a few at once)."""
+    there = [os.path.lexists(t) for _, t in todo]
+    if not any(there):
+        return todo
+    with ThreadPoolExecutor(4, thread_name_prefix="cy-same") as pool:
+        same = list(
+            pool.map(
+                lambda item: item[1] and trees.unchanged(*item[0], fmt, ns, reference),
+                zip(todo, there, strict=True),
+            )
+        )
+    if progress is not None:
+        progress(sum(e["size"] for (e, _), s in zip(todo, same, strict=True) if s))
+    return [item for item, s in zip(todo, same, strict=True) if not s]
 
 
 def _pull_stored(
@@ -513,15 +559,21 @@ def _pull_stored(
 ) -> dict[str, int]:
     d = Downloader(transport, progress, fmt)
     small = [(e, t) for e, t in todo if e["size"] <= SMALL_PULL]
+    if len(small) < 2:
+        small = []
+    large = [(e, t) for e, t in todo if not small or e["size"] > SMALL_PULL]
+    jobs: list[Callable[[], None]] = [lambda: d.small_files(base, small)] if small else []
+    if len(large) == 1:
+        jobs.append(lambda: d.file(base, *large[0]))
+    else:  # each with its share of the units in flight: memory stays as for one file
+        share = max(1, DEPTH // FILES_PARALLEL)
+        jobs += [lambda et=et: d.file(base, *et, depth=share) for et in large]
+    files = ThreadPoolExecutor(FILES_PARALLEL, thread_name_prefix="cy-file")
     try:
-        if len(small) > 1:
-            d.small_files(base, small)
-        else:
-            small = []
-        for entry, target in todo:
-            if entry["size"] > SMALL_PULL or not small:
-                d.file(base, entry, target)
+        for done in [files.submit(job) for job in jobs]:
+            done.result()
     finally:
+        files.shutdown(wait=True, cancel_futures=True)
         d.close()
     return {"bytes_downloaded": d.bytes_downloaded, "bytes_resumed": d.bytes_resumed}
 

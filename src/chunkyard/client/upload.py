@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..names import check_tree_paths
 from ..parts import plan_even_parts
+from . import trees
 from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
 from .resume import PushRecord, push_key
 from .transport import Transport, with_fresh_url
@@ -294,8 +295,12 @@ def push(
     tags: dict[str, str] | None = None,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
     before_commit: Callable[[str, dict], None] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Push a file or a directory as a new version of ``name``; returns its summary.
+    ``include``/``exclude`` globs select the files of a tree pushed
+    (:func:`chunkyard.client.trees.selected`).
     ``before_commit(session, body)`` is told the commit before it is sent (a repeated
     commit of a committed session answers that session's version).
 
@@ -306,7 +311,12 @@ def push(
     if not root.exists():
         raise InvalidRequest(f"{root} does not exist")
     layout = "tree" if root.is_dir() else "file"
-    entries = version_paths(list_tree(root) if layout == "tree" else [(root, root.name)])
+    listed = list_tree(root) if layout == "tree" else [(root, root.name)]
+    if layout == "tree" and (include or exclude):
+        listed = [(p, rel) for p, rel in listed if trees.selected(rel, include, exclude)]
+        if not listed:
+            raise InvalidRequest(f"no file under {root} is selected by --include/--exclude")
+    entries = version_paths(listed)
     total = sum(p.stat().st_size for p, _ in entries)
     progress = progress_factory(total) if progress_factory else None
     if total <= small_push_limit() and len(entries) <= SMALL_PUSH_FILES:
