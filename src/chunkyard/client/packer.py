@@ -205,6 +205,7 @@ class Packer:
         plan: list[Any] = []
         seen: set[bytes] = set()
         probe = True  # until a chunk compresses
+        grouping: tuple[int, int] | None = None  # chosen at the window's first new chunk
         for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
             if loc is not None:
                 plan.append(("known", known_packs[loc[0]], loc[1]))
@@ -212,7 +213,11 @@ class Packer:
                 plan.append(("dup",))
             else:
                 seen.add(cid)
-                entry = packfmt.compress(cctx, w.chunk(i), probe)
+                if grouping is None:
+                    grouping = _choose_grouping(cctx, w)
+                width, shift = grouping
+                phase = (w.offset + w.cuts[i][0] + shift) % width
+                entry = packfmt.compress(cctx, w.chunk(i), probe, width, phase)
                 probe = entry[0] == packfmt.SCHEME_RAW
                 plan.append(entry)
         return w, ids, plan
@@ -462,6 +467,14 @@ class Packer:
         for d in digests:
             d.result()
         return FileResult(rel, size, hasher.hexdigest(), terms=terms)
+
+
+def _choose_grouping(cctx: packfmt.Compressor, w: Window) -> tuple[int, int]:
+    """How to store a window's new chunks, from a sample of its middle."""
+    n = packfmt.SAMPLE_SIZE
+    start = max(0, (len(w.data) - n) // 2)
+    sample = w.data[start : start + n]
+    return packfmt.choose_grouping(cctx, sample, w.offset + start) if sample else (1, 0)
 
 
 def _groups(cuts: list, limit: int) -> Iterator[list]:
