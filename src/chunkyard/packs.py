@@ -149,9 +149,7 @@ class _Scratch(threading.local):
         self.out = np.empty(MAX_RECORD, np.uint8)
 
     def shifted(self, values: np.ndarray, bits: int) -> np.ndarray:
-        tmp = (self.wide if values.dtype == np.uint16 else self.wide.view(np.uint32))[
-            : len(values)
-        ]
+        tmp = (self.wide if values.dtype == np.uint16 else self.wide.view(np.uint32))[: len(values)]
         return np.right_shift(values, bits, out=tmp)
 
 
@@ -181,9 +179,7 @@ def _planes(raw: bytes | memoryview, width: int, phase: int) -> list[np.ndarray]
     end = first + count * width
     for k in range(n - end if n > first else 0):
         planes[k, row + count] = raw[end + k]
-    return [
-        planes[k, (1 if k < phase else 0) : -(-(phase + n - k) // width)] for k in range(width)
-    ]
+    return [planes[k, (1 if k < phase else 0) : -(-(phase + n - k) // width)] for k in range(width)]
 
 
 def group(

@@ -41,6 +41,9 @@ LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
+#: threads that hash and compress windows: one per core (FastCDC cutting and placing
+#: chunks in packs stay one thread each, ~2 and ~5 GB/s: see README "Scaling")
+WORKERS = max(2, min(os.cpu_count() or 2, 16))
 #: files up to this size are read whole and handled many at a time
 #: (:meth:`Packer.add_small_files`)
 SMALL_MAX = 1024 * 1024
@@ -150,6 +153,7 @@ class Packer:
         target_size: int = packfmt.TARGET_SIZE,
         progress: Callable[[int], None] | None = None,
         proof_key: bytes = bytes(32),
+        workers: int = WORKERS,
     ) -> None:
         self.lookup, self.ship = lookup, ship
         #: keys the possession proofs of the terms (the upload session's)
@@ -157,11 +161,13 @@ class Packer:
         self.target_size = target_size
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
-        self.cpu = ThreadPoolExecutor(2, thread_name_prefix="cy-cpu")
+        self.cpu = ThreadPoolExecutor(workers, thread_name_prefix="cy-cpu")
+        #: windows hashed or compressed at once (each in flight holds a window buffer)
+        self.depth = workers
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
-        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
+        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * max(DEPTH, workers) + 4)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
@@ -356,7 +362,7 @@ class Packer:
                 yield w, [c[2] for c in group], {"packs": packs_, "locations": locs}
 
         try:
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), 2):
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), self.depth):
                 self._place(w, ids, plan, terms)
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
@@ -457,9 +463,9 @@ class Packer:
                         digests.popleft().result()
                     yield w
 
-            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), 2)
+            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), self.depth)
             looked_up = pipelined(self.lookups, self._lookup, hashed, LOOKUPS)
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, 2):
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, self.depth):
                 n = len(w.data)
                 self._place(w, ids, plan, terms)
                 w.release()
