@@ -60,12 +60,19 @@ def stage_costs(path: Path) -> dict[str, Any]:
     schemes: dict[int, int] = {}
     stored = 0
 
+    out = memoryview(bytearray(WINDOW_SIZE + MAX_SIZE))  # recycled, as the packer does
+
     def add(w: Any) -> list:
         width, shift = _choose_grouping(cctx, w)
-        records = []
-        for i, (off, _) in enumerate(w.cuts):
+        records, pos, probe = [], 0, True
+        for i, (off, n) in enumerate(w.cuts):
             phase = (w.offset + off + shift) % width
-            records.append(packfmt.compress(cctx, w.chunk(i), True, width, phase))
+            room = out[pos : pos + n] if width > 1 else None
+            scheme, rec = packfmt.compress(cctx, w.chunk(i), probe, width, phase, room)
+            probe = scheme == packfmt.SCHEME_RAW
+            if scheme > packfmt.SCHEME_ZSTD:
+                pos += len(rec)
+            records.append((scheme, rec))
         return records
 
     def place(w: Any, keys: list[bytes], records: list) -> None:

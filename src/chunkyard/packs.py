@@ -183,11 +183,19 @@ def _planes(raw: bytes | memoryview, width: int, phase: int) -> list[np.ndarray]
 
 
 def group(
-    c: Compressor, raw: bytes | memoryview, width: int, phase: int, probe: bool = True
-) -> bytes | None:
+    c: Compressor,
+    raw: bytes | memoryview,
+    width: int,
+    phase: int,
+    probe: bool = True,
+    out: memoryview | None = None,
+) -> bytes | memoryview | None:
     """A byte-grouped record (planes ``0 .. width-2`` raw, then one zstd frame of the
     top plane), or None where it would not be smaller than the chunk. With ``probe``,
-    gives up when the top plane's first 4 KiB do not shrink by 10%."""
+    gives up when the top plane's first 4 KiB do not shrink by 10%. With ``out`` (at
+    least ``len(raw)`` bytes) the record is written there and a view of it returned:
+    records kept in fresh bytes objects cost the push more page faults (0.4 core-s per
+    GiB here) than grouping itself."""
     planes = _planes(raw, width, phase)
     top = planes[-1]
     if probe and len(top) > 2 * PROBE_SIZE // width:
@@ -195,9 +203,18 @@ def group(
         if len(c.plane.compress(top[:n])) > n * 0.9:
             return None
     frame = c.plane.compress(top)
-    if len(frame) + len(raw) - len(top) >= len(raw):
+    low = len(raw) - len(top)
+    if len(frame) + low >= len(raw):
         return None
-    return b"".join([*planes[:-1], frame])
+    if out is None:
+        return b"".join([*planes[:-1], frame])
+    dest = np.frombuffer(out, np.uint8, low + len(frame))
+    pos = 0
+    for plane in planes[:-1]:
+        dest[pos : pos + len(plane)] = plane
+        pos += len(plane)
+    out[low : low + len(frame)] = frame
+    return out[: low + len(frame)]
 
 
 def ungroup(
@@ -254,9 +271,10 @@ def compress(
     probe: bool = True,
     width: int = 1,
     phase: int = 0,
+    out: memoryview | None = None,
 ) -> tuple[int, bytes | memoryview]:
-    """zstd level 1 (``width`` 1) or a byte-grouped record, or the raw bytes where that
-    does not shrink them.
+    """zstd level 1 (``width`` 1) or a byte-grouped record (written into ``out`` when
+    given, see :func:`group`), or the raw bytes where that does not shrink them.
 
     With ``probe``, a chunk whose first 8 KiB do not shrink by 2% is stored raw without
     compressing the rest: random-looking data (encrypted, already compressed) then costs
@@ -264,7 +282,7 @@ def compress(
     that does shrink, so callers skip it after a chunk that compressed (neighbouring
     chunks are alike). Storing raw is always valid; this only decides how hard to try."""
     if width > 1:
-        grouped = group(c, raw, width, phase, probe)
+        grouped = group(c, raw, width, phase, probe, out)
         return (SCHEME_RAW, raw) if grouped is None else (width + phase, grouped)
     if probe and len(raw) > 2 * PROBE_SIZE:
         probe = c.zstd.compress(raw[:PROBE_SIZE])

@@ -84,6 +84,28 @@ def nothing_stored(ids: list[bytes]) -> dict:
     return {"packs": [], "locations": [None] * len(ids)}
 
 
+class Plan(list):
+    """What to do with each chunk of a window (see ``Packer._compress_new``), and the
+    recycled buffer its grouped records are written into; :meth:`release` once
+    placed."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.buffer: bytearray | None = None
+
+    def room(self, pos: int, n: int) -> memoryview | None:
+        """``n`` bytes at ``pos`` of the buffer, or None when it is full."""
+        if self.buffer is None:
+            self.buffer = self.pool.get()
+        return memoryview(self.buffer)[pos : pos + n] if pos + n <= len(self.buffer) else None
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.pool.put(self.buffer)
+            self.buffer = None
+
+
 class PackSlot:
     """A pack being filled: its id is known only when it is finished."""
 
@@ -168,6 +190,8 @@ class Packer:
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
         self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * max(DEPTH, workers) + 4)
+        #: where each window's grouped records are written until they are placed
+        self.records = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=max(DEPTH, workers) + 2)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
@@ -208,10 +232,11 @@ class Packer:
         w, ids, answer = job
         known_packs = answer["packs"]
         cctx = self._compressor()
-        plan: list[Any] = []
         seen: set[bytes] = set()
         probe = True  # until a chunk compresses
         grouping: tuple[int, int] | None = None  # chosen at the window's first new chunk
+        plan = Plan(self.records)
+        pos = 0
         for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
             if loc is not None:
                 plan.append(("known", known_packs[loc[0]], loc[1]))
@@ -223,8 +248,12 @@ class Packer:
                     grouping = _choose_grouping(cctx, w)
                 width, shift = grouping
                 phase = (w.offset + w.cuts[i][0] + shift) % width
-                entry = packfmt.compress(cctx, w.chunk(i), probe, width, phase)
+                raw = w.chunk(i)
+                out = plan.room(pos, len(raw)) if width > 1 else None
+                entry = packfmt.compress(cctx, raw, probe, width, phase, out)
                 probe = entry[0] == packfmt.SCHEME_RAW
+                if out is not None and entry[0] > packfmt.SCHEME_ZSTD:
+                    pos += len(entry[1])
                 plan.append(entry)
         return w, ids, plan
 
@@ -364,6 +393,7 @@ class Packer:
         try:
             for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), self.depth):
                 self._place(w, ids, plan, terms)
+                plan.release()
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
         finally:
@@ -387,6 +417,7 @@ class Packer:
                     self._place(w, ids, plan, result.terms, first, end)
                 self.progress(result.size)
                 results.append(result)
+            plan.release()
 
         def lookup_and_compress(w: Window, ids: list[bytes]) -> tuple[Window, list, list]:
             return self._compress_new((w, ids, self.lookup(ids) if ids else nothing_stored([])))
@@ -468,6 +499,7 @@ class Packer:
             for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, self.depth):
                 n = len(w.data)
                 self._place(w, ids, plan, terms)
+                plan.release()
                 w.release()
                 self.progress(n)
         for d in digests:
