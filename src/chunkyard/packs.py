@@ -360,7 +360,7 @@ class PackWriter:
             FOOTER_MAGIC,
         )
         data = memoryview(self.buffer)[:end]
-        return Pack(tail_id(data[index_offset:]), data, self.entries)
+        return Pack(pack_id_of(data), data, self.entries)
 
 
 def tail_id(tail: bytes | memoryview) -> str:
