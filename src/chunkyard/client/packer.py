@@ -41,6 +41,9 @@ LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
+#: threads that hash and compress windows: one per core (FastCDC cutting and placing
+#: chunks in packs stay one thread each, ~2 and ~5 GB/s: see README "Scaling")
+WORKERS = max(2, min(os.cpu_count() or 2, 16))
 #: files up to this size are read whole and handled many at a time
 #: (:meth:`Packer.add_small_files`)
 SMALL_MAX = 1024 * 1024
@@ -79,6 +82,28 @@ def _digest_of(path: Path) -> str:
 def nothing_stored(ids: list[bytes]) -> dict:
     """A lookup for a fresh store: every chunk is new."""
     return {"packs": [], "locations": [None] * len(ids)}
+
+
+class Plan(list):
+    """What to do with each chunk of a window (see ``Packer._compress_new``), and the
+    recycled buffer its grouped records are written into; :meth:`release` once
+    placed."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.buffer: bytearray | None = None
+
+    def room(self, pos: int, n: int) -> memoryview | None:
+        """``n`` bytes at ``pos`` of the buffer, or None when it is full."""
+        if self.buffer is None:
+            self.buffer = self.pool.get()
+        return memoryview(self.buffer)[pos : pos + n] if pos + n <= len(self.buffer) else None
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.pool.put(self.buffer)
+            self.buffer = None
 
 
 class PackSlot:
@@ -150,6 +175,7 @@ class Packer:
         target_size: int = packfmt.TARGET_SIZE,
         progress: Callable[[int], None] | None = None,
         proof_key: bytes = bytes(32),
+        workers: int = WORKERS,
     ) -> None:
         self.lookup, self.ship = lookup, ship
         #: keys the possession proofs of the terms (the upload session's)
@@ -157,11 +183,15 @@ class Packer:
         self.target_size = target_size
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
-        self.cpu = ThreadPoolExecutor(2, thread_name_prefix="cy-cpu")
+        self.cpu = ThreadPoolExecutor(workers, thread_name_prefix="cy-cpu")
+        #: windows hashed or compressed at once (each in flight holds a window buffer)
+        self.depth = workers
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
-        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
+        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * max(DEPTH, workers) + 4)
+        #: where each window's grouped records are written until they are placed
+        self.records = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=max(DEPTH, workers) + 2)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
@@ -202,9 +232,11 @@ class Packer:
         w, ids, answer = job
         known_packs = answer["packs"]
         cctx = self._compressor()
-        plan: list[Any] = []
         seen: set[bytes] = set()
         probe = True  # until a chunk compresses
+        grouping: tuple[int, int] | None = None  # chosen at the window's first new chunk
+        plan = Plan(self.records)
+        pos = 0
         for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
             if loc is not None:
                 plan.append(("known", known_packs[loc[0]], loc[1]))
@@ -212,8 +244,16 @@ class Packer:
                 plan.append(("dup",))
             else:
                 seen.add(cid)
-                entry = packfmt.compress(cctx, w.chunk(i), probe)
+                if grouping is None:
+                    grouping = _choose_grouping(cctx, w)
+                width, shift = grouping
+                phase = (w.offset + w.cuts[i][0] + shift) % width
+                raw = w.chunk(i)
+                out = plan.room(pos, len(raw)) if width > 1 else None
+                entry = packfmt.compress(cctx, raw, probe, width, phase, out)
                 probe = entry[0] == packfmt.SCHEME_RAW
+                if out is not None and entry[0] > packfmt.SCHEME_ZSTD:
+                    pos += len(entry[1])
                 plan.append(entry)
         return w, ids, plan
 
@@ -351,8 +391,9 @@ class Packer:
                 yield w, [c[2] for c in group], {"packs": packs_, "locations": locs}
 
         try:
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), 2):
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), self.depth):
                 self._place(w, ids, plan, terms)
+                plan.release()
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
         finally:
@@ -376,6 +417,7 @@ class Packer:
                     self._place(w, ids, plan, result.terms, first, end)
                 self.progress(result.size)
                 results.append(result)
+            plan.release()
 
         def lookup_and_compress(w: Window, ids: list[bytes]) -> tuple[Window, list, list]:
             return self._compress_new((w, ids, self.lookup(ids) if ids else nothing_stored([])))
@@ -452,16 +494,25 @@ class Packer:
                         digests.popleft().result()
                     yield w
 
-            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), 2)
+            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), self.depth)
             looked_up = pipelined(self.lookups, self._lookup, hashed, LOOKUPS)
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, 2):
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, self.depth):
                 n = len(w.data)
                 self._place(w, ids, plan, terms)
+                plan.release()
                 w.release()
                 self.progress(n)
         for d in digests:
             d.result()
         return FileResult(rel, size, hasher.hexdigest(), terms=terms)
+
+
+def _choose_grouping(cctx: packfmt.Compressor, w: Window) -> tuple[int, int]:
+    """How to store a window's new chunks, from a sample of its middle."""
+    n = packfmt.SAMPLE_SIZE
+    start = max(0, (len(w.data) - n) // 2)
+    sample = w.data[start : start + n]
+    return packfmt.choose_grouping(cctx, sample, w.offset + start) if sample else (1, 0)
 
 
 def _groups(cuts: list, limit: int) -> Iterator[list]:

@@ -137,8 +137,6 @@ class Uploader:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(keys))
 
     def _checksums(self, kind: str, pack: packfmt.Pack, parts: list[dict]) -> list[str]:
-        if kind == "blake3" and len(parts) == 1:  # one part: its BLAKE3 is the pack id
-            return [base64.b64encode(bytes.fromhex(pack.id)).decode()]
         view = memoryview(pack.data)
         return [part_checksum(kind, view[p["offset"] : p["offset"] + p["size"]]) for p in parts]
 
