@@ -260,9 +260,9 @@ def _body_reader(resp: urllib3.BaseHTTPResponse) -> Any:
     library's response under urllib3's, when the body is not content-encoded.
     urllib3's own ``readinto`` reads into a fresh ``bytes`` and copies it over: for
     an 8 MiB range, 8 MiB of new pages and one more pass over them, about a third of
-    the receiving side's work. Reading under it leaves urllib3's byte count behind,
-    which nothing after a whole read looks at (the connection goes back to the pool
-    as before, once the standard library has seen the body end)."""
+    the receiving side's work. Reading under it leaves urllib3's count of the bytes
+    to come behind: the reader sets it once the body is whole, so that the connection
+    goes back to the pool."""
     raw = getattr(resp, "_fp", None)
     if isinstance(raw, http.client.HTTPResponse) and not resp.headers.get("content-encoding"):
         return raw
@@ -504,6 +504,8 @@ class Transport:
                 while pos < want:
                     n = src.readinto(view[pos:want])
                     if not n:
+                        if src is not resp and src.length:  # ended before Content-Length
+                            raise http.client.IncompleteRead(b"", src.length)
                         break
                     pos += n
                 extra = src.read(1)
@@ -511,6 +513,8 @@ class Transport:
                 raise urllib3.exceptions.ProtocolError(f"connection broken: {exc!r}") from exc
             if pos != want or extra:
                 raise StoreError(f"{what}: store did not send exactly {want} bytes")
+            if src is not resp:  # read under urllib3: it must know the body ended, or it
+                resp.length_remaining = 0  # takes the end for a short read, drops the link
             return view[:want]
 
         return self._store(req, what, headers={"range": f"bytes={start}-{end - 1}"}, read=into)
