@@ -53,9 +53,8 @@ T = TypeVar("T")
 UPLOADS = ".uploads"
 #: one part per pack: on local disk there is nothing to gain from splitting
 PART_SIZE = 64 * 1024 * 1024
-#: ``madvise`` advice that reads a mapped range in and maps it (Linux 5.14); older
-#: kernels refuse it, and the range is then paged in as it is sent
-_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+#: reads a mapped range in as it is mapped (Linux); elsewhere it is paged in as sent
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _iso(t: float) -> str:
@@ -390,14 +389,17 @@ class LocalStore(Store):
         base = start - start % mmap.ALLOCATIONGRANULARITY
         try:
             with open(path, "rb") as f:
-                mapped = mmap.mmap(f.fileno(), end - base, access=mmap.ACCESS_READ, offset=base)
+                if _POPULATE:  # paged in here, on a worker: a cold pack stalls no event loop
+                    flags = mmap.MAP_SHARED | _POPULATE
+                    mapped = mmap.mmap(
+                        f.fileno(), end - base, flags=flags, prot=mmap.PROT_READ, offset=base
+                    )
+                else:
+                    mapped = mmap.mmap(f.fileno(), end - base, access=mmap.ACCESS_READ, offset=base)
         except (OSError, ValueError):  # a file system that cannot map, or a short file
             with open(path, "rb") as f:
                 f.seek(start)
                 return f.read(end - start)
-        # paged in here, on this thread: a cold pack would stall the event loop else
-        with contextlib.suppress(OSError):
-            mapped.madvise(_POPULATE_READ, 0, end - base)
         return memoryview(mapped)[start - base :]
 
     def _part_path(self, key: str, upload_id: str, number: int) -> Path:
