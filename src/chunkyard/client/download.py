@@ -5,9 +5,9 @@ pack data, each with a GET signed for its bytes; ``DEPTH`` of them are in flight
 fetched on a worker thread, decoded there (every chunk checked against its id; at most
 one unit per core at a time) and written in place, while this thread computes the
 file's id (from the chunk ids) and its BLAKE3 in order. Memory is bounded by
-``2 × DEPTH × BUF`` (a unit's records and its chunks), not file size. The file is written under a
-temporary name and renamed into place only once it matches its file id and the
-uploader's BLAKE3, so a failed pull never leaves a wrong file behind.
+``2 × DEPTH × BUF`` (a unit's records and its chunks), not file size. The file is
+written under a temporary name and renamed into place only once it matches its file id
+and the uploader's BLAKE3, so a failed pull never leaves a wrong file behind.
 
 Whatever the gateway sends, a pull writes only inside its destination: every path of
 the version is checked before any file is written (:func:`targets`), and a version the
