@@ -196,6 +196,7 @@ class Scripted:
         self.script: deque[Any] = deque()
         self.seen: list[tuple[str, str]] = []
         self.headers: list[dict[str, str]] = []
+        self.peers: list[int] = []  # the client's port of each request: its connection
         self.body = b'{"ok": true}'
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -212,6 +213,7 @@ class Scripted:
             def answer(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 s.seen.append((self.command, self.path))
+                s.peers.append(self.client_address[1])
                 s.headers.append({k.lower(): v for k, v in self.headers.items()})
                 step = s.script.popleft() if s.script else 200
                 status, headers, *rest = step if isinstance(step, tuple) else (step, {})
@@ -355,6 +357,19 @@ def test_a_read_cut_short_is_read_again(scripted, transport):
     got = transport.fetch_into(req, 0, len(buf), buf)
     assert bytes(got) == scripted.body and len(scripted.seen) == 3
     assert transport.waits[0].reason.startswith("connection lost")
+
+
+def test_reads_into_a_buffer_keep_their_connection(scripted, transport):
+    """Pack reads land in the caller's buffer straight off the socket, and the
+    connection then serves the next read: not one connection per range."""
+    scripted.body = bytes(range(256)) * 64
+    req = {"method": "GET", "url": scripted.url + "/pack", "headers": {}}
+    buf = bytearray(len(scripted.body) + 10)
+    for _ in range(3):
+        assert bytes(transport.fetch_into(req, 0, len(scripted.body), buf)) == scripted.body
+    assert len(scripted.seen) == 3 and len(set(scripted.peers)) == 1
+    with pytest.raises(StoreError, match="did not send exactly"):  # more than asked for
+        transport.fetch_into(req, 0, len(scripted.body) - 1, buf)
 
 
 def test_a_reference_download_renews_resumes_and_reports_drift(scripted, transport, tmp_path):

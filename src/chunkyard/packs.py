@@ -217,6 +217,19 @@ def group(
     return out[: low + len(frame)]
 
 
+class _Words(threading.local):
+    """Per-thread scratch for :func:`ungroup`: the chunk as little-endian words of
+    ``width`` bytes (byte ``k`` of a word is plane ``k``), with room for a phase."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(MAX_RECORD + 8, np.uint8)
+        self.words = {w: self.buf.view(f"<u{w}") for w in GROUP_WIDTHS}
+        self.wide = {w: np.empty(MAX_RECORD // w + 2, f"<u{w}") for w in GROUP_WIDTHS if w > 2}
+
+
+_words = _Words()
+
+
 def ungroup(
     stored: bytes | memoryview,
     raw_len: int,
@@ -227,7 +240,13 @@ def ungroup(
 ) -> memoryview:
     """The chunk a grouped record holds, written into ``out`` (``raw_len`` bytes) or
     else into this thread's scratch (valid until its next call). Raises
-    ``zstandard.ZstdError`` or ValueError on a damaged record."""
+    ``zstandard.ZstdError`` or ValueError on a damaged record.
+
+    The planes are put back together as words: the top plane widened and shifted into
+    the top byte of each, each lower plane OR-ed into its own byte, then the bytes from
+    ``phase`` on are the chunk. Whole-array casts, shifts and ORs run vectorised with
+    the GIL released; a byte-strided scatter ran at about a byte per cycle and cost
+    more than the zstd frame (0.30 against 0.12 core-seconds per GiB of bf16 here)."""
     sizes = plane_sizes(raw_len, width, phase)
     low = raw_len - sizes[-1]
     if len(stored) < low:
@@ -235,14 +254,29 @@ def ungroup(
     top = dctx.decompress(stored[low:], max_output_size=sizes[-1]) if sizes[-1] else b""
     if len(top) != sizes[-1]:
         raise ValueError("top plane has the wrong length")
-    dest = np.frombuffer(out, np.uint8) if out is not None else _scratch.out[:raw_len]
+    rows = -(-(raw_len + phase) // width)
+    words = _words.words[width][:rows]
+    # plane w-1 starts at row 0 (w-1 >= phase); a row it lacks at the end is zero
+    words[: sizes[-1]] = np.frombuffer(top, np.uint8)
+    words[sizes[-1] :] = 0
+    np.left_shift(words, 8 * (width - 1), out=words)
     src = np.frombuffer(stored, np.uint8, low)
     pos = 0
     for k, n in enumerate(sizes[:-1]):
-        dest[(k - phase) % width :: width] = src[pos : pos + n]
+        first = 1 if k < phase else 0  # plane k < phase starts a row late
+        into = words[first : first + n]
+        if k == 0:
+            np.bitwise_or(into, src[pos : pos + n], out=into)
+        else:
+            wide = _words.wide[width][:n]
+            np.left_shift(src[pos : pos + n], 8 * k, out=wide, dtype=wide.dtype)
+            np.bitwise_or(into, wide, out=into)
         pos += n
-    dest[(width - 1 - phase) % width :: width] = np.frombuffer(top, np.uint8)
-    return memoryview(dest)
+    chunk = _words.buf[phase : phase + raw_len]
+    if out is None:
+        return memoryview(chunk)
+    np.frombuffer(out, np.uint8)[:] = chunk
+    return memoryview(out)
 
 
 def choose_grouping(c: Compressor, sample: bytes | memoryview, offset: int) -> tuple[int, int]:

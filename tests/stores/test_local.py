@@ -47,3 +47,21 @@ class TestLocalStore(StoreContract):
         """A directory has no network to be unreachable: a root that is a file."""
         (tmp_path / "not-a-dir").write_bytes(b"")
         return LocalStore(tmp_path / "not-a-dir")
+
+
+def test_ranges_are_read_from_a_mapping_and_outlive_the_file(tmp_path: Path) -> None:
+    """What the blob endpoint sends for a signed range: exactly those bytes, at any
+    offset (a mapping starts on a page boundary), still readable once the object is
+    deleted (GC may remove a pack a pull is sending); a range past the end of the
+    file is answered short, not mapped."""
+    data = bytes(range(256)) * 4096 * 3  # 3 MiB
+    path = tmp_path / "pack"
+    path.write_bytes(data)
+    for start, end in [(0, len(data)), (1, 4097), (4095, 2 * 4096 + 3), (len(data) - 5, len(data))]:
+        assert bytes(LocalStore.read_range(path, start, end)) == data[start:end]
+    view = LocalStore.read_range(path, 70_000, 1_500_000)
+    path.unlink()
+    assert bytes(view) == data[70_000:1_500_000]
+    path.write_bytes(data[:100])
+    assert bytes(LocalStore.read_range(path, 10, 4096)) == data[10:100]
+    assert LocalStore.read_range(path, 50, 50) == b""

@@ -44,6 +44,9 @@ except ImportError:  # pragma: no cover - Windows: no resuming, no locking
 
 #: format of the records this module writes (a record of another is ignored)
 RECORD_VERSION = 1
+#: a pull records how much of a file it verified at most this often (seconds): each
+#: record is a small file written and renamed, 128 a GiB cost more than they saved
+RECORD_EVERY = 0.5
 
 
 def state_dir() -> Path:
@@ -220,6 +223,7 @@ class PartialFile:
         self.path, record = partial_paths(dest, file_id)
         self.record: Path | None = record
         self.kept = 0
+        self._next_record = 0.0  # monotonic time of the next record written
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock(self.fd):  # another process pulls the same file here: no resuming
             os.close(self.fd)
@@ -233,8 +237,12 @@ class PartialFile:
         os.ftruncate(self.fd, size)  # keeps what was written, sizes the rest
 
     def verified(self, offset: int) -> None:
-        """Bytes ``[0, offset)`` are written and verified: a later pull may keep them."""
-        if self.record is not None and offset > self.kept:
+        """Bytes ``[0, offset)`` are written and verified: a later pull may keep them.
+        Recorded at most every :data:`RECORD_EVERY` seconds (a pull interrupted then
+        fetches the rest of that time's bytes again)."""
+        now = time.monotonic()
+        if self.record is not None and offset > self.kept and now >= self._next_record:
+            self._next_record = now + RECORD_EVERY
             data = {"record": RECORD_VERSION, "file_id": self.file_id, "size": self.size}
             with contextlib.suppress(OSError):
                 _write_json(self.record, {**data, "verified": offset})

@@ -61,9 +61,8 @@ async def put_blob_part(call: Call[m.BlobPath, m.BlobPutQuery, None]) -> Respons
     public=True,
 )
 async def get_blob(call: Call[m.BlobPath, m.BlobGetQuery, None]) -> Response:
-    path, signed = _local_store(call.repo).open_signed(
-        call.path.key, dict(call.request.query_params)
-    )
+    store = _local_store(call.repo)
+    path, signed = store.open_signed(call.path.key, dict(call.request.query_params))
     if signed is None:
         return _BigChunkFileResponse(path, media_type="application/octet-stream")
     # a URL signed for a range reads within it: what the client asks, or all of it
@@ -72,12 +71,7 @@ async def get_blob(call: Call[m.BlobPath, m.BlobGetQuery, None]) -> Response:
     if start < signed[0] or end > signed[1]:
         raise BadSignature(f"this URL reads bytes {signed[0]}-{signed[1] - 1} only")
 
-    def read() -> bytes:
-        with open(path, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-
-    data = await anyio.to_thread.run_sync(read)
+    data = await anyio.to_thread.run_sync(store.read_range, path, start, end)
     return Response(
         data,
         status_code=206,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 import uuid
@@ -52,6 +53,8 @@ T = TypeVar("T")
 UPLOADS = ".uploads"
 #: one part per pack: on local disk there is nothing to gain from splitting
 PART_SIZE = 64 * 1024 * 1024
+#: reads a mapped range in as it is mapped (Linux); elsewhere it is paged in as sent
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _iso(t: float) -> str:
@@ -371,6 +374,33 @@ class LocalStore(Store):
             first, _, last = params["range"].partition("-")
             signed = (int(first), int(last) + 1)
         return path, signed
+
+    @staticmethod
+    def read_range(path: Path, start: int, end: int) -> bytes | memoryview:
+        """Bytes ``[start, end)`` of a file that ``open_signed`` allowed, for the blob
+        endpoint to send (blocking: run it on a worker thread). The file is mapped, not
+        read: the answer is sent from the page cache as it is, where reading it
+        cost a copy and 8 MiB of fresh pages per range, two thirds of the gateway's work
+        serving a pull. The mapping lives as long as the view (until the last byte is
+        sent); objects are never modified in place, and one deleted meanwhile stays
+        readable through it."""
+        if end <= start:
+            return b""
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(path, "rb") as f:
+                if _POPULATE:  # paged in here, on a worker: a cold pack stalls no event loop
+                    flags = mmap.MAP_SHARED | _POPULATE
+                    mapped = mmap.mmap(
+                        f.fileno(), end - base, flags=flags, prot=mmap.PROT_READ, offset=base
+                    )
+                else:
+                    mapped = mmap.mmap(f.fileno(), end - base, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError):  # a file system that cannot map, or a short file
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        return memoryview(mapped)[start - base :]
 
     def _part_path(self, key: str, upload_id: str, number: int) -> Path:
         d = self._upload_dir(upload_id)
