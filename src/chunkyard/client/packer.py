@@ -8,6 +8,15 @@ Windows of a few MiB flow through it, at most ``DEPTH`` ahead; at most
 ``PACKS_IN_FLIGHT`` finished packs are shipping while the next is filled. All heavy
 work (FastCDC, BLAKE3, zstd) runs in C with the GIL released, so both cores work.
 
+Files of at least ``PARALLEL_MIN`` bytes run ``FILES_PARALLEL`` at a time
+(:meth:`Packer.add_files`), each through a shallower pipeline so that memory stays as
+for one, and each filling packs of its own (a :class:`Lane`): a pack closes by its own
+records (``PackWriter.full``), so where a file's packs end depends on that file alone,
+whichever file runs beside it, and a push run again after an interruption rebuilds the
+packs it had not finished under the same ids. (A chunk two files running at once both
+hold lands in the pack of whichever places it first; run again, that may be the other,
+and the pack it changes is sent again whole. The data is never wrong.)
+
 ``lookup`` says which chunk ids are already stored (the gateway's missing-chunk
 query) and ``ship`` sends a finished pack (presigned parts); the benchmark plugs in
 stand-ins to measure the pipeline alone.
@@ -28,7 +37,7 @@ import blake3
 
 from .. import packs as packfmt
 from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, new_chunker, windows
-from ..digest import chunk_id, chunk_key, file_digest, file_id, new_file_hasher
+from ..digest import DEFAULT_MODE, chunk_id, chunk_key, file_digest, file_id, new_file_hasher
 from ..errors import InvalidRequest
 from ..hashing import chunk_ids, start_chunk_ids
 
@@ -41,6 +50,11 @@ LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
+#: files at least this large run FILES_PARALLEL at a time, each filling packs of its
+#: own; smaller ones share packs, one after another (a file's own lane ends in a pack
+#: of its tail: at this size at most one short pack for two full ones)
+PARALLEL_MIN = 64 * 1024 * 1024
+FILES_PARALLEL = 2
 #: files up to this size are read whole and handled many at a time
 #: (:meth:`Packer.add_small_files`)
 SMALL_MAX = 1024 * 1024
@@ -88,6 +102,21 @@ class PackSlot:
         self.id: str | None = None
 
 
+class Lane:
+    """Where a run of files places its new chunks, in order: the pack being filled
+    (its writer made at its first chunk) and its slot. The packer's own lane takes
+    every file but those :meth:`Packer.add_files` runs beside each other, each in a
+    lane of its own."""
+
+    def __init__(self) -> None:
+        self.slot = PackSlot()
+        self.writer: packfmt.PackWriter | None = None
+
+
+class _Halted(Exception):
+    """A file running beside another stops: the other failed."""
+
+
 @dataclass
 class FileResult:
     path: str
@@ -97,9 +126,13 @@ class FileResult:
     terms: list[list] = field(default_factory=list)
     from_version: int | None = None
     file_id: str = ""  # with from_version: the file of that version it equals
+    #: a tree file's permission bits (None, or the default: not sent; FORMAT.md "Push")
+    mode: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "size": self.size, "b3sum": self.b3sum}
+        if self.mode is not None and self.mode != DEFAULT_MODE:
+            out["mode"] = self.mode
         if self.from_version is not None:
             out.update(from_version=self.from_version, file_id=self.file_id)
         else:
@@ -111,13 +144,15 @@ class FileResult:
 
 
 def reused(rel: str, size: int, known: dict) -> FileResult:
-    """A file equal to one of the latest version: named, not sent."""
+    """A file equal to one of the latest version: named, not sent (with that file's
+    mode, which a push then replaces by the local file's)."""
     return FileResult(
         rel,
         size,
         known.get("b3sum", ""),
         from_version=known["version"],
         file_id=known["digest"],
+        mode=known.get("mode"),
     )
 
 
@@ -166,9 +201,11 @@ class Packer:
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
         self.recent: OrderedDict[bytes, tuple[PackSlot | str, int]] = OrderedDict()
-        self.slot = PackSlot()
-        self.writer = self._new_writer()
+        self.lane = Lane()
         self.shipping: deque[Future] = deque()
+        #: packs finishing or shipping, over every lane: memory stays bounded
+        self._ship_gate = threading.Semaphore(PACKS_IN_FLIGHT)
+        self._halt = threading.Event()
 
     def close(self) -> None:
         for pool in (self.cpu, self.io, self.lookups, self.digest_pool):
@@ -226,29 +263,42 @@ class Packer:
         terms: list[list],
         first: int = 0,
         end: int | None = None,
+        lane: Lane | None = None,
     ) -> None:
-        """Put chunks ``[first, end)`` of a window in packs, in order, recording terms."""
-        for i in range(first, len(ids) if end is None else end):
+        """Put chunks ``[first, end)`` of a window in ``lane``'s packs (the packer's own
+        by default), in order, recording terms. Lanes place on threads of their own."""
+        if self._halt.is_set():
+            raise _Halted
+        lane = lane or self.lane
+        stop = len(ids) if end is None else end
+        new = 0
+        for i in range(first, stop):
             cid, entry = ids[i], plan[i]
-            self.stats.chunks_total += 1
             if entry[0] == "known":
                 self._add_term(terms, entry[1], entry[2], cid)
                 continue
-            loc = self.recent.get(cid)
+            with self._lock:
+                loc = self.recent.get(cid)
             if loc is not None:  # already placed earlier in this push
                 self._add_term(terms, *loc, cid)
                 continue
             if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
                 entry = packfmt.compress(self._compressor(), w.chunk(i))
             scheme, stored = entry
-            idx = self.writer.add(cid, w.cuts[i][1], scheme, stored)
-            self.stats.chunks_new += 1
-            self.recent[cid] = (self.slot, idx)
-            if len(self.recent) > RECENT_LIMIT:
-                self.recent.popitem(last=False)
-            self._add_term(terms, self.slot, idx, cid)
-            if self.writer.full():  # closed by its own records: see PackWriter.full
-                self._flush_pack()
+            if lane.writer is None:
+                lane.writer = self._new_writer()
+            idx = lane.writer.add(cid, w.cuts[i][1], scheme, stored)
+            new += 1
+            with self._lock:
+                self.recent[cid] = (lane.slot, idx)
+                if len(self.recent) > RECENT_LIMIT:
+                    self.recent.popitem(last=False)
+            self._add_term(terms, lane.slot, idx, cid)
+            if lane.writer.full():  # closed by its own records: see PackWriter.full
+                self._flush_pack(lane)
+        with self._lock:
+            self.stats.chunks_total += max(0, stop - first)
+            self.stats.chunks_new += new
 
     def _add_term(self, terms: list[list], pack: PackSlot | str, idx: int, key: bytes) -> None:
         """Append chunk ``idx`` of ``pack`` (whose key is ``key``), joining the last term
@@ -269,14 +319,34 @@ class Packer:
             buf = self._pack_buffers.pop() if self._pack_buffers else None
         return packfmt.PackWriter(self.target_size, buf)
 
-    def _flush_pack(self) -> None:
-        if not len(self.writer):
+    def _flush_pack(self, lane: Lane | None = None) -> None:
+        """Ship ``lane``'s pack (the packer's own by default) once fewer than
+        ``PACKS_IN_FLIGHT`` packs are shipping; the lane fills a new one. A pack that
+        failed to ship fails this."""
+        lane = lane or self.lane
+        writer = lane.writer
+        if writer is None or not len(writer):
             return
-        while len(self.shipping) >= PACKS_IN_FLIGHT:
-            self.shipping.popleft().result()
-        self.shipping.append(self.io.submit(self._finish_and_ship, self.writer, self.slot))
-        self.slot = PackSlot()
-        self.writer = self._new_writer()
+        self._ship_gate.acquire()
+        try:
+            self._raise_failed()
+            job = self.io.submit(self._finish_and_ship, writer, lane.slot)
+        except BaseException:
+            self._ship_gate.release()
+            raise
+        job.add_done_callback(lambda _: self._ship_gate.release())
+        with self._lock:
+            self.shipping.append(job)
+        lane.slot, lane.writer = PackSlot(), None
+
+    def _raise_failed(self) -> None:
+        """Forget the packs shipped; raise the error of one that failed."""
+        with self._lock:
+            done = [j for j in self.shipping if j.done()]
+            for j in done:
+                self.shipping.remove(j)
+        for j in done:
+            j.result()
 
     def _finish_and_ship(self, writer: packfmt.PackWriter, slot: PackSlot) -> None:
         try:
@@ -291,8 +361,12 @@ class Packer:
     def finish(self) -> None:
         """Ship the last pack and wait until every pack is shipped."""
         self._flush_pack()
-        while self.shipping:
-            self.shipping.popleft().result()
+        while True:
+            with self._lock:
+                if not self.shipping:
+                    return
+                job = self.shipping.popleft()
+            job.result()
 
     # -- files -------------------------------------------------------------
     def _same_as_known(
@@ -305,12 +379,15 @@ class Packer:
         self.progress(size)
         return reused(rel, size, known)
 
-    def add_similar_file(self, path: Path, rel: str, known: dict) -> FileResult:
+    def add_similar_file(
+        self, path: Path, rel: str, known: dict, lane: Lane | None = None, depth: int = 2
+    ) -> FileResult:
         """A large file that resembles one of the latest version (a new checkpoint of
         the same model): cut and hash all of it first on two processes
         (:func:`chunkyard.hashing.start_chunk_ids`); unchanged, it is named, not sent;
         otherwise ask the gateway about every chunk at once, then read, compress and
-        send only the runs that hold new chunks, while its BLAKE3 is computed beside."""
+        send only the runs that hold new chunks, while its BLAKE3 is computed beside.
+        ``lane`` and ``depth`` as for :meth:`add_file`."""
         size = path.stat().st_size
         cuts = start_chunk_ids(path).result()
         same = self._same_as_known(rel, size, known, cuts)
@@ -351,8 +428,8 @@ class Packer:
                 yield w, [c[2] for c in group], {"packs": packs_, "locations": locs}
 
         try:
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), 2):
-                self._place(w, ids, plan, terms)
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), depth):
+                self._place(w, ids, plan, terms, lane=lane)
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
         finally:
@@ -423,10 +500,20 @@ class Packer:
         if records:
             yield records, Window(memoryview(buf), cuts, 0), ids
 
-    def add_file(self, path: Path, rel: str, known: dict | None = None) -> FileResult:
+    def add_file(
+        self,
+        path: Path,
+        rel: str,
+        known: dict | None = None,
+        lane: Lane | None = None,
+        depth: int = 2,
+    ) -> FileResult:
         """Chunk one file into the packs. ``known``: the same path's entry in the latest
         version ({size, digest (its file id), b3sum, version}); a file of that size is
-        cut and hashed first, and reused if its file id matches."""
+        cut and hashed first, and reused if its file id matches. ``lane``: whose packs
+        its new chunks go to (the packer's own by default); ``depth``: windows each
+        stage of the pipeline holds ahead (1 for a file that runs beside another, so
+        that two of them take the memory of one)."""
         size = path.stat().st_size
         if known is not None and known["size"] == size:
             same = self._same_as_known(rel, size, known, chunk_ids(path, parallel=False))
@@ -445,23 +532,74 @@ class Packer:
         with open(path, "rb") as f:
 
             def windows_with_digest() -> Iterator[Window]:
-                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=2):
+                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=depth):
                     w.hold()
                     digests.append(self.digest_pool.submit(update_digest, w))
-                    while len(digests) > DEPTH + 2:
+                    while len(digests) > DEPTH + depth:
                         digests.popleft().result()
                     yield w
 
-            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), 2)
-            looked_up = pipelined(self.lookups, self._lookup, hashed, LOOKUPS)
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, 2):
+            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), depth)
+            looked_up = pipelined(self.lookups, self._lookup, hashed, min(LOOKUPS, depth + 1))
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, depth):
                 n = len(w.data)
-                self._place(w, ids, plan, terms)
+                self._place(w, ids, plan, terms, lane=lane)
                 w.release()
                 self.progress(n)
         for d in digests:
             d.result()
         return FileResult(rel, size, hasher.hexdigest(), terms=terms)
+
+    def add_files(self, files: list[tuple[Path, str, dict | None]]) -> list[FileResult]:
+        """Files larger than :data:`SMALL_MAX` (``(path, path in the version, known)``
+        as for :meth:`add_file`), results in order. Those of at least
+        :data:`PARALLEL_MIN` bytes run :data:`FILES_PARALLEL` at a time, each in a lane
+        of its own; the others one after another in the packer's lane, as one job
+        beside them (so files of a few MiB still fill packs together). With fewer than
+        two such files, every file runs in order in the packer's lane, as ever."""
+        sizes = [p.stat().st_size for p, _, _ in files]
+        alone = [i for i, n in enumerate(sizes) if n >= PARALLEL_MIN]
+        if len(alone) < 2:
+            return [self._one(*f) for f in files]
+        shared = [i for i in range(len(files)) if sizes[i] < PARALLEL_MIN]
+        out: dict[int, FileResult] = {}
+
+        def run_shared() -> None:
+            for i in shared:
+                out[i] = self._one(*files[i], depth=1)
+
+        def run_alone(i: int) -> None:
+            lane = Lane()
+            out[i] = self._one(*files[i], lane=lane, depth=1)
+            self._flush_pack(lane)  # the file's tail: its lane ends with it
+
+        jobs: list[Callable[[], None]] = [run_shared] if shared else []
+        jobs += [lambda i=i: run_alone(i) for i in alone]
+        pool = ThreadPoolExecutor(FILES_PARALLEL, thread_name_prefix="cy-file")
+        running = [pool.submit(job) for job in jobs]
+        try:
+            for job in running:
+                job.result()
+        except BaseException:
+            self._halt.set()  # the other file stops at its next window
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [out[i] for i in range(len(files))]
+
+    def _one(
+        self,
+        path: Path,
+        rel: str,
+        known: dict | None,
+        lane: Lane | None = None,
+        depth: int = 2,
+    ) -> FileResult:
+        """One file: a large one that resembles the latest version's file of its path
+        by the hash-everything-first path, any other streamed."""
+        if known is not None and path.stat().st_size >= SIMILAR_MIN:
+            return self.add_similar_file(path, rel, known, lane, depth)
+        return self.add_file(path, rel, known, lane, depth)
 
 
 def _groups(cuts: list, limit: int) -> Iterator[list]:
