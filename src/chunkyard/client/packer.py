@@ -8,14 +8,15 @@ Windows of a few MiB flow through it, at most ``DEPTH`` ahead; at most
 ``PACKS_IN_FLIGHT`` finished packs are shipping while the next is filled. All heavy
 work (FastCDC, BLAKE3, zstd) runs in C with the GIL released, so both cores work.
 
-Files of at least ``PARALLEL_MIN`` bytes run ``FILES_PARALLEL`` at a time
-(:meth:`Packer.add_files`), each through a shallower pipeline so that memory stays as
-for one, and each filling packs of its own (a :class:`Lane`): a pack closes by its own
-records (``PackWriter.full``), so where a file's packs end depends on that file alone,
-whichever file runs beside it, and a push run again after an interruption rebuilds the
-packs it had not finished under the same ids. (A chunk two files running at once both
-hold lands in the pack of whichever places it first; run again, that may be the other,
-and the pack it changes is sent again whole. The data is never wrong.)
+A tree with large files runs ``FILES_PARALLEL`` of them at a time where cores are to
+spare (:meth:`Packer.add_files`): the files are dealt to lanes by size, each lane runs its
+files in order through a shallower pipeline (so memory stays about as for one) and
+fills packs of its own (a :class:`Lane`). A pack closes by its own records
+(``PackWriter.full``), so where a lane's packs end depends on its files alone, whatever
+runs beside it, and a push run again after an interruption rebuilds the packs it had
+not finished under the same ids. (A chunk that files in two lanes both hold lands in
+the pack of whichever places it first; run again, that may be the other lane, and the
+pack it changes is sent again whole. The data is never wrong.)
 
 ``lookup`` says which chunk ids are already stored (the gateway's missing-chunk
 query) and ``ship`` sends a finished pack (presigned parts); the benchmark plugs in
@@ -50,11 +51,25 @@ LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
-#: files at least this large run FILES_PARALLEL at a time, each filling packs of its
-#: own; smaller ones share packs, one after another (a file's own lane ends in a pack
-#: of its tail: at this size at most one short pack for two full ones)
+#: a tree with at least two files this large runs its large files in FILES_PARALLEL
+#: lanes (each lane ends in a short pack of its tail: worth it only for large files)
 PARALLEL_MIN = 64 * 1024 * 1024
 FILES_PARALLEL = 2
+#: lanes run only where cores are spare: on two, one file's pipeline (a reader, two CPU
+#: workers, the digest, the pack being finished) keeps both busy, and a second lane
+#: made pushes slower, not faster (README, "Trees like rsync", has the numbers)
+LANE_CPUS = 4
+
+
+def lane_count() -> int:
+    """Lanes a push of large files runs at once on this machine."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return FILES_PARALLEL if cpus >= LANE_CPUS else 1
+
+
 #: files up to this size are read whole and handled many at a time
 #: (:meth:`Packer.add_small_files`)
 SMALL_MAX = 1024 * 1024
@@ -105,8 +120,7 @@ class PackSlot:
 class Lane:
     """Where a run of files places its new chunks, in order: the pack being filled
     (its writer made at its first chunk) and its slot. The packer's own lane takes
-    every file but those :meth:`Packer.add_files` runs beside each other, each in a
-    lane of its own."""
+    every file but those :meth:`Packer.add_files` deals to another lane."""
 
     def __init__(self) -> None:
         self.slot = PackSlot()
@@ -192,7 +206,8 @@ class Packer:
         self.target_size = target_size
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
-        self.cpu = ThreadPoolExecutor(2, thread_name_prefix="cy-cpu")
+        #: two CPU workers per lane (:meth:`add_files`)
+        self.cpu = ThreadPoolExecutor(2 * lane_count(), thread_name_prefix="cy-cpu")
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
@@ -552,36 +567,43 @@ class Packer:
 
     def add_files(self, files: list[tuple[Path, str, dict | None]]) -> list[FileResult]:
         """Files larger than :data:`SMALL_MAX` (``(path, path in the version, known)``
-        as for :meth:`add_file`), results in order. Those of at least
-        :data:`PARALLEL_MIN` bytes run :data:`FILES_PARALLEL` at a time, each in a lane
-        of its own; the others one after another in the packer's lane, as one job
-        beside them (so files of a few MiB still fill packs together). With fewer than
-        two such files, every file runs in order in the packer's lane, as ever."""
+        as for :meth:`add_file`), results in order.
+
+        With two files of at least :data:`PARALLEL_MIN` bytes or more, on a machine
+        with cores to spare (:func:`lane_count`), the files are dealt to lanes before
+        anything runs, each in turn to the lane with the fewest bytes so far (the
+        packer's own lane first), and the lanes run at once, each its files in order
+        through a shallower pipeline. Which lane a file takes depends on the sizes
+        alone, and a lane's packs on its files alone: a push run again on the same
+        machine deals and packs the same way. Otherwise every file runs in order in
+        the packer's lane, as ever."""
         sizes = [p.stat().st_size for p, _, _ in files]
-        alone = [i for i, n in enumerate(sizes) if n >= PARALLEL_MIN]
-        if len(alone) < 2:
+        count = lane_count()
+        if count < 2 or sum(n >= PARALLEL_MIN for n in sizes) < 2:
             return [self._one(*f) for f in files]
-        shared = [i for i in range(len(files)) if sizes[i] < PARALLEL_MIN]
+        lanes = [self.lane] + [Lane() for _ in range(count - 1)]
+        dealt: list[list[int]] = [[] for _ in lanes]
+        load = [0] * len(lanes)
+        for i, n in enumerate(sizes):
+            k = load.index(min(load))
+            dealt[k].append(i)
+            load[k] += n
         out: dict[int, FileResult] = {}
 
-        def run_shared() -> None:
-            for i in shared:
-                out[i] = self._one(*files[i], depth=1)
+        def run(k: int) -> None:
+            lane = lanes[k]
+            for i in dealt[k]:
+                out[i] = self._one(*files[i], lane=lane, depth=1)
+            if lane is not self.lane:
+                self._flush_pack(lane)  # its tail; the packer's own lane goes on
 
-        def run_alone(i: int) -> None:
-            lane = Lane()
-            out[i] = self._one(*files[i], lane=lane, depth=1)
-            self._flush_pack(lane)  # the file's tail: its lane ends with it
-
-        jobs: list[Callable[[], None]] = [run_shared] if shared else []
-        jobs += [lambda i=i: run_alone(i) for i in alone]
-        pool = ThreadPoolExecutor(FILES_PARALLEL, thread_name_prefix="cy-file")
-        running = [pool.submit(job) for job in jobs]
+        pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="cy-lane")
+        running = [pool.submit(run, k) for k in range(len(lanes))]
         try:
             for job in running:
                 job.result()
         except BaseException:
-            self._halt.set()  # the other file stops at its next window
+            self._halt.set()  # the other lane stops at its next window
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
