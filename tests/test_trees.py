@@ -426,3 +426,29 @@ def test_bad_empty_dirs_are_refused_and_change_nothing(gateway, client: Client, 
         )
     assert exc.value.code == "invalid_manifest"
     assert gateway.snapshot() == before
+
+
+def test_amend_carries_modes_and_empty_dirs_forward(client: Client, tmp_path: Path):
+    """Adding files (MLflow's log_artifact, an fsspec write) keeps the modes of the
+    files carried forward and the empty directories no new file fills."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "run.sh", 0o755)
+    (src / "out").mkdir()
+    (src / "cache").mkdir()
+    client.push(src, "trees/amend")
+    new = tmp_path / "metrics.json"
+    new.write_bytes(b"{}")
+    os.chmod(new, 0o600)
+    v = client.add("trees/amend", {"out/metrics.json": new})
+    assert v["version"] == 2
+    shown = client.show("trees/amend")
+    assert {f["path"]: f["mode"] for f in shown["file_list"]} == {
+        "out/metrics.json": 0o600,
+        "run.sh": 0o755,
+    }
+    assert shown["dirs"] == ["cache"]  # "out" holds a file now
+    client.pull("trees/amend", tmp_path / "dest")
+    assert modes_of(tmp_path / "dest") == {"out/metrics.json": 0o600, "run.sh": 0o755}
+    assert (tmp_path / "dest/cache").is_dir()
