@@ -263,24 +263,14 @@ def _packs_of(files: list[Path], done: dict[bytes, tuple[str, int]]) -> list[str
     """Ids of the packs a packer ships for ``files`` when the gateway holds the chunks
     ``done`` (chunk id -> pack, index) already."""
     from chunkyard.client.packer import Packer
-    from chunkyard.digest import chunk_id
+    from test_resume import holding
 
     shipped: list = []
-
-    def lookup(keys: list[bytes]) -> dict:
-        packs: dict[str, int] = {}
-        locations: list = []
-        for key in keys:
-            where = done.get(chunk_id(key))
-            locations.append(
-                None if where is None else [packs.setdefault(where[0], len(packs)), where[1]]
-            )
-        return {"packs": list(packs), "locations": locations}
 
     def ship(pack) -> None:
         shipped.append((pack.id, [e.chunk_id for e in pack.entries]))
 
-    with Packer(lookup, ship, MiB) as p:
+    with Packer(holding(done), ship, MiB) as p:
         p.add_files([(f, f.name, None) for f in files])
         p.finish()
     return shipped
