@@ -108,9 +108,14 @@ def test_a_flipped_byte_on_the_local_disk_is_named_with_its_versions(local_gw, t
     assert [(p["pack"], p["index"], p["state"]) for p in chunks] == [(pack, 1, "corrupt")]
     assert chunks[0]["chunk"] == victim.chunk_id.hex()
     assert chunks[0]["versions"] == ["fsck/a@1", "fsck/a@2"]
-    whole = [p for p in r["problems"] if p["kind"] == "pack"]
-    assert [(p["pack"], p["state"]) for p in whole] == [(pack, "damaged")]
+    # a layout-3 pack id covers the index, not the records: the chunk is what is damaged
+    assert [p for p in r["problems"] if p["kind"] == "pack"] == []
     assert r["chunks_damaged"] == 1
+    blob[-packfmt.FOOTER_SIZE - 20] ^= 0x01  # the index: now the pack does not match its id
+    path.write_bytes(bytes(blob))
+    code, r = run_fsck(local_gw)
+    whole = [p for p in r["problems"] if p["kind"] == "pack"]
+    assert code == 5 and [(p["pack"], p["state"]) for p in whole] == [(pack, "damaged")]
     human = subprocess.run(
         [sys.executable, "-m", "chunkyard.cli", "fsck", "--data", str(local_gw.data)],
         capture_output=True,

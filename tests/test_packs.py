@@ -1,5 +1,7 @@
 import blake3
+import numpy as np
 import pytest
+import zstandard
 
 from chunkyard import packs
 from chunkyard.digest import chunk_id, chunk_key
@@ -21,7 +23,10 @@ def test_round_trip_and_layout():
     p = build(chunks)
     data = bytes(p.data)
     assert data[:4] == packs.MAGIC and data[-8:] == packs.FOOTER_MAGIC
-    assert blake3.blake3(data).hexdigest() == p.id
+    # layout 3: the id is a keyed hash of the index and footer, not of every byte
+    index_offset = packs.FOOTER.unpack(data[-packs.FOOTER_SIZE :])[0]
+    assert p.id == packs.tail_id(data[index_offset:]) == packs.pack_id_of(data)
+    assert blake3.blake3(data).hexdigest() != p.id
     checked = packs.verify(p.id, data)
     entries = [e for e, _ in checked]
     assert entries == p.entries
@@ -54,7 +59,7 @@ def test_corruption_is_detected(where):
         packs.verify(p.id, bytes(data))
     # even with a matching id, the structure and chunk ids are checked
     with pytest.raises(PackCorrupt):
-        packs.verify(blake3.blake3(bytes(data)).hexdigest(), bytes(data))
+        packs.verify(packs.pack_id_of(bytes(data)), bytes(data))
 
 
 def test_writer_respects_target_size():
@@ -91,3 +96,137 @@ def test_packs_of_layout_1_stay_readable():
     bad[100] ^= 1
     with pytest.raises(PackCorrupt):
         packs.verify(blake3.blake3(bytes(bad)).hexdigest(), bytes(bad))
+
+
+def layout_2(chunks: list[bytes]) -> tuple[str, bytes]:
+    """A pack as chunkyard wrote it before byte grouping (layout 2: zstd or raw records,
+    the id is the BLAKE3 of every byte)."""
+    c = packs.new_compressor()
+    body, entries, pos = bytearray(packs.HEADER.pack(packs.MAGIC, 2, 0)), [], packs.HEADER_SIZE
+    for raw in chunks:
+        scheme, stored = packs.compress(c, raw)
+        entries.append(
+            packs.ENTRY.pack(chunk_id(chunk_key(raw)), pos, len(stored), len(raw), scheme)
+        )
+        body += stored
+        pos += len(stored)
+    index = b"".join(entries)
+    check = blake3.blake3(index).digest()[:16]
+    data = bytes(
+        body + index + packs.FOOTER.pack(pos, len(chunks), 2, 0, check, packs.FOOTER_MAGIC)
+    )
+    return blake3.blake3(data).hexdigest(), data
+
+
+def test_packs_of_layout_2_stay_readable():
+    chunks = [b"c" * 30_000, random_bytes(20_000, seed=6)]
+    pack_id, data = layout_2(chunks)
+    assert packs.pack_id_of(data) == pack_id
+    checked = packs.verify(pack_id, data)
+    assert [key for _, key in checked] == [chunk_key(c) for c in chunks]
+    run = [[e.chunk_id.hex(), e.stored_len, e.raw_len, e.scheme] for e, _ in checked]
+    end = checked[-1][0].offset + checked[-1][0].stored_len
+    assert bytes(packs.decode_run(run, data[8:end], 0, 50_000)) == b"".join(chunks)
+    bad = bytearray(data)
+    bad[-packs.FOOTER_SIZE - 1] ^= 1  # flips a pad byte of the index: the id no longer matches
+    with pytest.raises(PackCorrupt):
+        packs.verify(pack_id, bytes(bad))
+
+
+def weights(n: int, width: int, seed: int) -> bytes:
+    """bf16 (width 2) or float32 (width 4) little-endian weights, normal(0, 0.02)."""
+    rng = np.random.default_rng(seed)
+    f32 = (rng.standard_normal(n // width + 1, dtype=np.float32) * np.float32(0.02)).view("<u4")
+    data = (f32 >> 16).astype("<u2").tobytes() if width == 2 else f32.tobytes()
+    return data[:n]
+
+
+@pytest.mark.parametrize("width", packs.GROUP_WIDTHS)
+def test_every_grouped_scheme_round_trips(width):
+    c = packs.new_compressor()
+    dctx = zstandard.ZstdDecompressor()
+    lengths = [0, 1, 2, 3, 5, 4097, 60_001, packs.MAX_RECORD]
+    for phase in range(width):
+        scheme = width + phase
+        assert packs.grouping(scheme) == (width, phase)
+        for n in lengths:
+            # a chunk of phase p starts p bytes into a value
+            raw = weights(n + width, width, seed=n + phase)[phase : phase + n]
+            planes = packs.plane_sizes(n, width, phase)
+            assert sum(planes) == n
+            stored = packs.group(c, raw, width, phase, probe=False)
+            if stored is None:  # grouping did not shrink it: a writer stores it raw
+                assert n < 64
+                continue
+            assert len(stored) < n
+            entry = packs.Entry(chunk_id(chunk_key(raw)), 0, len(stored), n, scheme)
+            got, key = packs.decode(entry, stored, dctx)
+            assert bytes(got) == raw and key == chunk_key(raw)
+            out = bytearray(n + 3)  # into a caller's buffer
+            packs.decode(entry, stored, dctx, out=memoryview(out)[1 : n + 1])
+            assert bytes(out[1 : n + 1]) == raw
+
+
+def test_grouped_records_in_a_pack_and_in_runs():
+    bf16, f32 = weights(200_000, 2, seed=7), weights(120_000, 4, seed=8)
+    c = packs.new_compressor()
+    w = packs.PackWriter(1024 * 1024)
+    chunks = [(bf16[:99_999], 2, 0), (bf16[99_999:], 2, 1), (f32, 4, 0), (b"t" * 9000, 1, 0)]
+    for raw, width, phase in chunks:
+        scheme, stored = packs.compress(c, raw, True, width, phase)
+        w.add(chunk_key(raw), len(raw), scheme, stored)
+    p = w.finish()
+    data = bytes(p.data)
+    assert [e.scheme for e in p.entries] == [2, 3, 4, packs.SCHEME_ZSTD]
+    assert sum(e.stored_len for e in p.entries[:2]) < 0.75 * len(bf16)
+    checked = packs.verify(p.id, data)
+    assert [key for _, key in checked] == [chunk_key(raw) for raw, _, _ in chunks]
+    run = [[e.chunk_id.hex(), e.stored_len, e.raw_len, e.scheme] for e in p.entries]
+    whole = b"".join(raw for raw, _, _ in chunks)
+    records = data[8 : p.entries[-1].offset + p.entries[-1].stored_len]
+    assert bytes(packs.decode_run(run, records, 7, len(whole) - 9)) == whole[7:-2]
+
+
+@pytest.mark.parametrize("where", ["raw plane", "frame", "truncated frame"])
+def test_damaged_grouped_record_is_detected(where):
+    raw = weights(80_000, 2, seed=9)
+    c = packs.new_compressor()
+    stored = bytearray(packs.group(c, raw, 2, 0, probe=False))
+    if where == "raw plane":
+        stored[100] ^= 1
+    elif where == "frame":
+        stored[-5] ^= 0x40
+    else:
+        del stored[-3:]
+    entry = packs.Entry(chunk_id(chunk_key(raw)), 0, len(stored), len(raw), 2)
+    with pytest.raises(PackCorrupt):
+        packs.decode(entry, bytes(stored))
+
+
+def test_unknown_schemes_are_refused():
+    raw = b"x" * 1000
+    entry = packs.Entry(chunk_id(chunk_key(raw)), 0, 1000, 1000, 8)
+    with pytest.raises(PackCorrupt, match="unknown scheme"):
+        packs.decode(entry, raw)
+    # a layout-2 pack may not use the schemes layout 3 added
+    c = packs.new_compressor()
+    stored = packs.group(c, weights(40_000, 2, seed=10), 2, 0, probe=False)
+    body = packs.HEADER.pack(packs.MAGIC, 2, 0) + stored
+    index = packs.ENTRY.pack(bytes(32), 8, len(stored), 40_000, 2)
+    check = blake3.blake3(index).digest()[:16]
+    data = body + index + packs.FOOTER.pack(len(body), 1, 2, 0, check, packs.FOOTER_MAGIC)
+    with pytest.raises(PackCorrupt, match="unknown scheme"):
+        packs.read_index(data)
+
+
+def test_grouping_is_chosen_by_what_the_data_is():
+    c = packs.new_compressor()
+    n = packs.SAMPLE_SIZE
+    assert packs.choose_grouping(c, weights(n, 2, seed=11), 0) == (2, 0)
+    # a stream offset that is odd moves the phase, not the choice
+    assert packs.choose_grouping(c, weights(n + 1, 2, seed=11)[1:], 1) == (2, 0)
+    assert packs.choose_grouping(c, weights(n, 4, seed=12), 0) == (4, 0)
+    # weights that start one byte into the stream (a header of odd length before them)
+    assert packs.choose_grouping(c, weights(n, 2, seed=13), 1) == (2, 1)
+    text = b" ".join(b"word%d" % (i % 97) for i in range(n // 6))[:n]
+    assert packs.choose_grouping(c, text, 0) == (1, 0)

@@ -115,6 +115,13 @@ class RangeNotSatisfiable(InvalidRequest):
     code, status = "range_not_satisfiable", 416
 
 
+class FormatTooNew(InvalidRequest):
+    """A version written in a repository format newer than this program reads: it must
+    refuse it rather than misread it (an older reader does not know newer schemes)."""
+
+    code = "format_too_new"
+
+
 class NotFound(ChunkyardError):
     code, status = "not_found", 404
 

@@ -4,4 +4,4 @@ that every layer can name them."""
 __version__ = "0.1.0"
 
 #: the repository format (FORMAT.md) this code writes; it reads this one and older ones
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4

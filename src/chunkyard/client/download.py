@@ -34,6 +34,7 @@ from ..digest import FileIdHasher, chunk_id, chunk_key, new_file_hasher
 from ..errors import (
     ChunkyardError,
     DigestMismatch,
+    FormatTooNew,
     IntegrityFailure,
     InvalidName,
     InvalidRequest,
@@ -43,6 +44,7 @@ from ..errors import (
 from ..names import check_path, check_tree_dirs, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
+from ..version import FORMAT_VERSION
 from . import trees
 from .packer import pipelined
 from .references import drifted, refusals_as_drift
@@ -531,6 +533,11 @@ def pull(
     ref_text = "latest" if ref is None else str(ref)
     base = f"/v1/artifacts/{name}/-/versions/{ref_text}"
     v = transport.call("GET", base)
+    if v.get("format", 2) > FORMAT_VERSION:
+        raise FormatTooNew(
+            f"{name}@{v['version']} is in repository format {v['format']}; this client reads "
+            f"formats up to {FORMAT_VERSION}: upgrade chunkyard to pull it"
+        )
     base = f"/v1/artifacts/{name}/-/versions/{v['version']}"  # pin: aliases may move
     dest = Path(dest)
     if delete and v["layout"] != "tree":

@@ -51,6 +51,9 @@ LOOKUP_BATCH = 32768
 #: missing-chunk queries in flight: each waits on a gateway round trip, not on a core
 LOOKUPS = 3
 PACKS_IN_FLIGHT = 2
+#: threads that hash and compress windows: one per core (FastCDC cutting and placing
+#: chunks in packs stay one thread each, ~2 and ~5 GB/s: see README "Scaling")
+WORKERS = max(2, min(os.cpu_count() or 2, 16))
 #: a tree with at least two files this large runs its large files in FILES_PARALLEL
 #: lanes (each lane ends in a short pack of its tail: worth it only for large files)
 PARALLEL_MIN = 64 * 1024 * 1024
@@ -108,6 +111,28 @@ def _digest_of(path: Path) -> str:
 def nothing_stored(ids: list[bytes]) -> dict:
     """A lookup for a fresh store: every chunk is new."""
     return {"packs": [], "locations": [None] * len(ids)}
+
+
+class Plan(list):
+    """What to do with each chunk of a window (see ``Packer._compress_new``), and the
+    recycled buffer its grouped records are written into; :meth:`release` once
+    placed."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.buffer: bytearray | None = None
+
+    def room(self, pos: int, n: int) -> memoryview | None:
+        """``n`` bytes at ``pos`` of the buffer, or None when it is full."""
+        if self.buffer is None:
+            self.buffer = self.pool.get()
+        return memoryview(self.buffer)[pos : pos + n] if pos + n <= len(self.buffer) else None
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.pool.put(self.buffer)
+            self.buffer = None
 
 
 class PackSlot:
@@ -199,6 +224,7 @@ class Packer:
         target_size: int = packfmt.TARGET_SIZE,
         progress: Callable[[int], None] | None = None,
         proof_key: bytes = bytes(32),
+        workers: int = WORKERS,
     ) -> None:
         self.lookup, self.ship = lookup, ship
         #: keys the possession proofs of the terms (the upload session's)
@@ -206,12 +232,16 @@ class Packer:
         self.target_size = target_size
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
-        #: two CPU workers per lane (:meth:`add_files`)
-        self.cpu = ThreadPoolExecutor(2 * lane_count(), thread_name_prefix="cy-cpu")
+        self.cpu = ThreadPoolExecutor(workers, thread_name_prefix="cy-cpu")
+        #: windows hashed or compressed at once (each in flight holds a window buffer);
+        #: lanes share them (:meth:`add_files`)
+        self.depth = workers
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
         self.digest_pool = ThreadPoolExecutor(1, thread_name_prefix="cy-digest")
-        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * DEPTH + 4)
+        self.buffers = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=2 * max(DEPTH, workers) + 4)
+        #: where each window's grouped records are written until they are placed
+        self.records = BufferPool(WINDOW_SIZE + MAX_SIZE, keep=max(DEPTH, workers) + 2)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
@@ -254,9 +284,11 @@ class Packer:
         w, ids, answer = job
         known_packs = answer["packs"]
         cctx = self._compressor()
-        plan: list[Any] = []
         seen: set[bytes] = set()
         probe = True  # until a chunk compresses
+        grouping: tuple[int, int] | None = None  # chosen at the window's first new chunk
+        plan = Plan(self.records)
+        pos = 0
         for i, (cid, loc) in enumerate(zip(ids, answer["locations"], strict=True)):
             if loc is not None:
                 plan.append(("known", known_packs[loc[0]], loc[1]))
@@ -264,8 +296,16 @@ class Packer:
                 plan.append(("dup",))
             else:
                 seen.add(cid)
-                entry = packfmt.compress(cctx, w.chunk(i), probe)
+                if grouping is None:
+                    grouping = _choose_grouping(cctx, w)
+                width, shift = grouping
+                phase = (w.offset + w.cuts[i][0] + shift) % width
+                raw = w.chunk(i)
+                out = plan.room(pos, len(raw)) if width > 1 else None
+                entry = packfmt.compress(cctx, raw, probe, width, phase, out)
                 probe = entry[0] == packfmt.SCHEME_RAW
+                if out is not None and entry[0] > packfmt.SCHEME_ZSTD:
+                    pos += len(entry[1])
                 plan.append(entry)
         return w, ids, plan
 
@@ -395,7 +435,7 @@ class Packer:
         return reused(rel, size, known)
 
     def add_similar_file(
-        self, path: Path, rel: str, known: dict, lane: Lane | None = None, depth: int = 2
+        self, path: Path, rel: str, known: dict, lane: Lane | None = None, depth: int = 0
     ) -> FileResult:
         """A large file that resembles one of the latest version (a new checkpoint of
         the same model): cut and hash all of it first on two processes
@@ -403,6 +443,7 @@ class Packer:
         otherwise ask the gateway about every chunk at once, then read, compress and
         send only the runs that hold new chunks, while its BLAKE3 is computed beside.
         ``lane`` and ``depth`` as for :meth:`add_file`."""
+        depth = depth or self.depth
         size = path.stat().st_size
         cuts = start_chunk_ids(path).result()
         same = self._same_as_known(rel, size, known, cuts)
@@ -445,6 +486,7 @@ class Packer:
         try:
             for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), depth):
                 self._place(w, ids, plan, terms, lane=lane)
+                plan.release()
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
         finally:
@@ -468,6 +510,7 @@ class Packer:
                     self._place(w, ids, plan, result.terms, first, end)
                 self.progress(result.size)
                 results.append(result)
+            plan.release()
 
         def lookup_and_compress(w: Window, ids: list[bytes]) -> tuple[Window, list, list]:
             return self._compress_new((w, ids, self.lookup(ids) if ids else nothing_stored([])))
@@ -521,14 +564,16 @@ class Packer:
         rel: str,
         known: dict | None = None,
         lane: Lane | None = None,
-        depth: int = 2,
+        depth: int = 0,
     ) -> FileResult:
         """Chunk one file into the packs. ``known``: the same path's entry in the latest
         version ({size, digest (its file id), b3sum, version}); a file of that size is
         cut and hashed first, and reused if its file id matches. ``lane``: whose packs
-        its new chunks go to (the packer's own by default); ``depth``: windows each
-        stage of the pipeline holds ahead (1 for a file that runs beside another, so
-        that two of them take the memory of one)."""
+        its new chunks go to (the packer's own by default); ``depth``: windows hashed
+        or compressed at once (0: the packer's; a lane's share of them when files run
+        beside each other, so that two take the memory of one)."""
+        depth = depth or self.depth
+        ahead = min(2, depth)  # windows read ahead, and hashed for the digest
         size = path.stat().st_size
         if known is not None and known["size"] == size:
             same = self._same_as_known(rel, size, known, chunk_ids(path, parallel=False))
@@ -547,18 +592,19 @@ class Packer:
         with open(path, "rb") as f:
 
             def windows_with_digest() -> Iterator[Window]:
-                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=depth):
+                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=ahead):
                     w.hold()
                     digests.append(self.digest_pool.submit(update_digest, w))
-                    while len(digests) > DEPTH + depth:
+                    while len(digests) > DEPTH + ahead:
                         digests.popleft().result()
                     yield w
 
             hashed = pipelined(self.cpu, self._hash, windows_with_digest(), depth)
-            looked_up = pipelined(self.lookups, self._lookup, hashed, min(LOOKUPS, depth + 1))
+            looked_up = pipelined(self.lookups, self._lookup, hashed, min(LOOKUPS, ahead + 1))
             for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, depth):
                 n = len(w.data)
                 self._place(w, ids, plan, terms, lane=lane)
+                plan.release()
                 w.release()
                 self.progress(n)
         for d in digests:
@@ -590,10 +636,12 @@ class Packer:
             load[k] += n
         out: dict[int, FileResult] = {}
 
+        share = max(1, self.depth // len(lanes))
+
         def run(k: int) -> None:
             lane = lanes[k]
             for i in dealt[k]:
-                out[i] = self._one(*files[i], lane=lane, depth=1)
+                out[i] = self._one(*files[i], lane=lane, depth=share)
             if lane is not self.lane:
                 self._flush_pack(lane)  # its tail; the packer's own lane goes on
 
@@ -615,13 +663,21 @@ class Packer:
         rel: str,
         known: dict | None,
         lane: Lane | None = None,
-        depth: int = 2,
+        depth: int = 0,
     ) -> FileResult:
         """One file: a large one that resembles the latest version's file of its path
         by the hash-everything-first path, any other streamed."""
         if known is not None and path.stat().st_size >= SIMILAR_MIN:
             return self.add_similar_file(path, rel, known, lane, depth)
         return self.add_file(path, rel, known, lane, depth)
+
+
+def _choose_grouping(cctx: packfmt.Compressor, w: Window) -> tuple[int, int]:
+    """How to store a window's new chunks, from a sample of its middle."""
+    n = packfmt.SAMPLE_SIZE
+    start = max(0, (len(w.data) - n) // 2)
+    sample = w.data[start : start + n]
+    return packfmt.choose_grouping(cctx, sample, w.offset + start) if sample else (1, 0)
 
 
 def _groups(cuts: list, limit: int) -> Iterator[list]:

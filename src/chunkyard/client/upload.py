@@ -143,8 +143,6 @@ class Uploader:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(keys))
 
     def _checksums(self, kind: str, pack: packfmt.Pack, parts: list[dict]) -> list[str]:
-        if kind == "blake3" and len(parts) == 1:  # one part: its BLAKE3 is the pack id
-            return [base64.b64encode(bytes.fromhex(pack.id)).decode()]
         data = pack.data
         algo = {"md5": hashlib.md5, "sha256": hashlib.sha256, "blake3": blake3.blake3}[kind]
         view = memoryview(data)

@@ -21,7 +21,7 @@ from ..catalog import packs as packs_q
 from ..catalog import versions as versions_q
 from ..catalog.packs import EntryRow, PackRow
 from ..catalog.versions import FileRow, Ref, VersionRow
-from ..errors import InvalidRequest, NotFound, PackCorrupt
+from ..errors import FormatTooNew, InvalidRequest, NotFound, PackCorrupt
 from ..manifest import loads
 from ..pins import Pin, drifted
 from ..version import FORMAT_VERSION
@@ -48,7 +48,7 @@ def find_file(
 ) -> tuple[VersionRow, FileRow]:
     v = find_version(conn, name, ref)
     if v.format > FORMAT_VERSION:
-        raise InvalidRequest(
+        raise FormatTooNew(
             f"version {v.number} of {name!r} is in repository format {v.format}; this gateway "
             f"reads formats up to {FORMAT_VERSION}: upgrade it to read this version"
         )
