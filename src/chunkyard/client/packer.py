@@ -573,7 +573,8 @@ class Packer:
         or compressed at once (0: the packer's; a lane's share of them when files run
         beside each other, so that two take the memory of one)."""
         depth = depth or self.depth
-        ahead = min(2, depth)  # windows read ahead, and hashed for the digest
+        ahead = min(2, depth)  # windows read ahead
+        hashing = min(DEPTH, depth + 1) + ahead  # windows held for the whole-file digest
         size = path.stat().st_size
         if known is not None and known["size"] == size:
             same = self._same_as_known(rel, size, known, chunk_ids(path, parallel=False))
@@ -595,12 +596,13 @@ class Packer:
                 for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=ahead):
                     w.hold()
                     digests.append(self.digest_pool.submit(update_digest, w))
-                    while len(digests) > DEPTH + ahead:
+                    while len(digests) > hashing:
                         digests.popleft().result()
                     yield w
 
             hashed = pipelined(self.cpu, self._hash, windows_with_digest(), depth)
-            looked_up = pipelined(self.lookups, self._lookup, hashed, min(LOOKUPS, ahead + 1))
+            asking = LOOKUPS if ahead > 1 else 1  # a lane's share: one round trip ahead
+            looked_up = pipelined(self.lookups, self._lookup, hashed, asking)
             for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, depth):
                 n = len(w.data)
                 self._place(w, ids, plan, terms, lane=lane)
