@@ -442,3 +442,23 @@ def test_amend_carries_modes_and_empty_dirs_forward(client: Client, tmp_path: Pa
     client.pull("trees/amend", tmp_path / "dest")
     assert modes_of(tmp_path / "dest") == {"out/metrics.json": 0o600, "run.sh": 0o755}
     assert (tmp_path / "dest/cache").is_dir()
+
+
+def test_a_pull_takes_only_sane_modes_and_dirs_from_a_gateway(tmp_path: Path):
+    """Whatever a gateway answers: no setuid/setgid/sticky bit, no directory outside the
+    destination, checked before anything is written."""
+    from chunkyard.client.download import targets
+    from chunkyard.errors import InvalidName
+
+    def version(mode: object, dirs: list) -> dict:
+        files = [{"path": "a/x", "size": 0, "digest": "", "mode": mode}]
+        return {"name": "n", "version": 1, "layout": "tree", "file_list": files, "dirs": dirs}
+
+    assert targets(version(0o755, ["b"]), tmp_path / "ok")
+    for mode, dirs in ((0o4755, []), (-1, []), ("755", []), (True, []), (0o755, ["../up"])):
+        with pytest.raises(InvalidName):
+            targets(version(mode, dirs), tmp_path / "d")
+    for dirs in (["a"], ["a/x"], ["/abs"], "b"):
+        with pytest.raises(InvalidName):
+            targets(version(0o644, dirs), tmp_path / "d")  # type: ignore[arg-type]
+    assert not (tmp_path / "d").exists()

@@ -441,12 +441,15 @@ def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
             if len(files) != 1:
                 raise InvalidName(f"a single-file version with {len(files)} files")
             path = check_path(files[0].get("path"))
+            _check_mode(files[0])
             if not dest.is_dir():
                 return [(files[0], dest)]
             return [(files[0], dest / _local(path.rsplit("/", 1)[-1]))]
         paths = check_tree_paths((f.get("path") for f in files), nfc=False)
         out = [(f, dest / _local(p)) for f, p in zip(files, paths, strict=True)]
         dirs = empty_dirs(v, paths)
+        for f in files:
+            _check_mode(f)
     except InvalidName as exc:
         raise InvalidName(
             f"{where} holds a file path this client will not write: {exc.message}", **exc.detail
@@ -456,6 +459,13 @@ def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
             raise InvalidRequest(f"{dest} exists and is not a directory")
         _in_the_way(dest, paths, dirs)
     return out
+
+
+def _check_mode(entry: dict[str, Any]) -> None:
+    """A file's recorded mode is permission bits and nothing more (no setuid bit)."""
+    mode = entry.get("mode")
+    if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
+        raise InvalidName(f"file {entry['path'][:200]!r} has mode {mode!r}, not 0 to 0o777")
 
 
 def empty_dirs(v: dict[str, Any], paths: list[str]) -> list[str]:
