@@ -107,10 +107,13 @@ def amend(
     tags: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     layout: str = "tree",
+    modes: bool = True,
 ) -> dict[str, Any]:
     """A new version of ``name``: the latest version's files, less those ``remove``
     selects and those the new ``entries`` (local file, path) replace, plus the entries
-    (``layout`` "file": one file, which is then the version's only file).
+    (``layout`` "file": one file, which is then the version's only file). ``modes``:
+    the entries keep their local files' modes (False: temporary files, whose mode says
+    nothing; they take the default).
     Returns the version's summary with the push's ``chunks_total``, ``chunks_new`` and
     ``bytes_uploaded``; ``created`` is False if the content equals the latest version."""
     base = _base(transport, name)
@@ -130,7 +133,7 @@ def amend(
         results = _add_all(up.packer, entries, known) if entries else []
         up.packer.finish()
         for result, (local, _) in zip(results, entries, strict=True):
-            result.mode = file_mode(local)  # the local file's, not the one it replaces
+            result.mode = file_mode(local) if modes else None  # not the replaced file's
         files = sorted(kept + results, key=lambda f: f.path)
         check_tree_paths((f.path for f in files), nfc=False)
         if layout == "file" and len(files) != 1:
