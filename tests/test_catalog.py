@@ -472,7 +472,7 @@ async def test_0005_records_existing_aliases_and_names_sort_bytewise(request, tm
                 assert collation == "C"
 
 
-async def test_0008_modes_and_dirs_up_and_down(tmp_path):
+async def test_0009_modes_and_dirs_up_and_down(tmp_path):
     """Existing versions get no mode and no empty directories (NULL: not recorded); the
     downgrade drops both columns, on SQLite and PostgreSQL alike, keeping the rows."""
     from alembic import command
@@ -512,11 +512,11 @@ async def test_0008_modes_and_dirs_up_and_down(tmp_path):
     for kind in ("sqlite", "postgresql"):
         (tmp_path / kind).mkdir()
         async with new_database(kind, tmp_path / kind, migrate=False) as db:
-            await db.write(move, "0007")
+            await db.write(move, "0008")
             await db.write(seed)
             await db.migrate()
             assert await db.read(columns, 1) == (None, None, "x")
-            await db.write(move, "0007", True)
+            await db.write(move, "0008", True)
             assert await db.read(columns, 2) == ("gone", "gone", "x")
             await db.migrate()
             assert await db.read(columns, 3) == (None, None, "x")

@@ -292,6 +292,59 @@ def test_a_killed_push_resumes_on_s3(tmp_path, state, s3_url):
         throttle.close()
 
 
+def test_a_push_begun_under_sha256_resumes_under_crc32c(tmp_path, state, s3_url):
+    """A push killed while its gateway's store signed SHA-256 part checksums (the S3
+    default before CRC32C), run again once the gateway was restarted on the CRC32C
+    default: S3 holds an upload's parts to the algorithm it was created with, so each
+    upload in flight is begun again under CRC32C (its parts sent again), packs finished
+    before are not, and the version pulls back whole."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    throttle = Throttle(int(endpoint.rsplit(":", 1)[1]), rate=6 * MiB)
+    gw = GatewayProcess(
+        tmp_path / "gw",
+        {
+            "CHUNKYARD_STORE": f"{s3_url}?checksum=sha256",
+            # packs of an 8 MiB part and a ~4 MiB one: the short part is held well
+            # before the pack completes, and the push is killed then
+            "CHUNKYARD_PACK_TARGET": str(12 * MiB),
+            "AWS_ENDPOINT_URL": throttle.url,
+        },
+    ).start()
+    held = Held(gw.data, lambda: S3Store(s3_url))
+    catalog = gw.data / "catalog.db"
+    try:
+        gw.wait_ready()
+        data, args, env, first = start_push(tmp_path, state, gw.url, held, 40 * MiB, parts=1)
+        wait_until("a part of an unfinished upload", lambda: held.count()[1] >= 1)
+        kill(first)
+        before = held.settled()
+        gw.stop()
+        conn = sqlite3.connect(catalog)
+        kinds = conn.execute("select part_checksum from uploads where state = 'uploading'")
+        in_flight = [k for (k,) in kinds]
+        conn.close()
+        assert in_flight and set(in_flight) == {"sha256"}, in_flight
+        assert before[1] > 0, "parts of an upload in flight are held"
+
+        gw.env["CHUNKYARD_STORE"] = s3_url  # the default: CRC32C
+        gw.start().wait_ready()
+        throttle.rate = None
+        second = finished(chunkyard(env, *args))
+        whole, listed = held.count()
+        assert listed == 0
+        assert second["resumed"] and second["created"] and second["version"] == 1
+        # no part of an upload begun under SHA-256 is taken: they are all sent again
+        assert second["parts_resumed"] == 0
+        assert second["parts_sent"] == whole - before[0], (second, before, whole)
+        conn = sqlite3.connect(catalog)
+        assert conn.execute("select count(*) from uploads").fetchone()[0] == 0
+        conn.close()
+        assert pulled(tmp_path, env) == data
+    finally:
+        gw.stop()
+        throttle.close()
+
+
 def test_a_killed_pull_resumes(tmp_path, state):
     """A pull killed half-way keeps what it wrote and verified; pulled again, it reads
     those bytes back (each chunk checked against its id) and fetches only the rest."""

@@ -14,16 +14,14 @@ the returned headers, collect the ETag response headers, ask the store to comple
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
 
-import blake3
 import httpx
 import pytest
 
+from chunkyard import parts
 from chunkyard.errors import ChunkyardError, StoreError, StoreObjectMissing
 from chunkyard.stores.base import CompletedPart, PartPlan, Store
 
@@ -33,13 +31,7 @@ PART_OK = {200, 201, 204, 308}
 
 def part_checksum(store: Store, body: bytes) -> str | None:
     """What a client computes for one part, per the store's ``part_checksum``."""
-    if store.part_checksum == "md5":
-        return base64.b64encode(hashlib.md5(body).digest()).decode()
-    if store.part_checksum == "sha256":
-        return base64.b64encode(hashlib.sha256(body).digest()).decode()
-    if store.part_checksum == "blake3":
-        return base64.b64encode(blake3.blake3(body).digest()).decode()
-    return None
+    return parts.part_checksum(store.part_checksum, body) if store.part_checksum else None
 
 
 async def write_object(

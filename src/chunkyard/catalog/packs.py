@@ -54,6 +54,7 @@ class UploadRow(NamedTuple):
     key: str
     state: str
     created_at: float
+    part_checksum: str | None = None  # the kind its store upload was created with
 
 
 class EntryRow(NamedTuple):

@@ -95,6 +95,8 @@ uploads = Table(
     Column("key", Text, nullable=False),
     Column("state", String(16), nullable=False),  # uploading | complete | corrupt
     Column("created_at", Float, nullable=False),
+    # the part checksum the store upload was created with (S3 holds a part to it)
+    Column("part_checksum", String(16), nullable=True),
     UniqueConstraint("session_id", "pack_id", name="uq_uploads_session_pack"),
     Index("ix_uploads_state", "state"),
 )

@@ -8,7 +8,6 @@ the way packs ship, and the one-transaction commit at the end.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import stat
 import threading
@@ -17,8 +16,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import blake3
 
 from .. import packs as packfmt
 from ..digest import DEFAULT_MODE
@@ -33,7 +30,7 @@ from ..errors import (
     StoreError,
 )
 from ..names import check_tree_dirs, check_tree_paths
-from ..parts import plan_even_parts
+from ..parts import part_checksum, plan_even_parts
 from . import trees
 from .packer import SMALL_MAX, FileResult, Packer
 from .resume import PushRecord, push_key
@@ -143,13 +140,8 @@ class Uploader:
         return self.t.call("POST", f"/v1/sessions/{self.sid}/missing", content=b"".join(keys))
 
     def _checksums(self, kind: str, pack: packfmt.Pack, parts: list[dict]) -> list[str]:
-        data = pack.data
-        algo = {"md5": hashlib.md5, "sha256": hashlib.sha256, "blake3": blake3.blake3}[kind]
-        view = memoryview(data)
-        return [
-            base64.b64encode(algo(view[p["offset"] : p["offset"] + p["size"]]).digest()).decode()
-            for p in parts
-        ]
+        view = memoryview(pack.data)
+        return [part_checksum(kind, view[p["offset"] : p["offset"] + p["size"]]) for p in parts]
 
     def _ship(self, pack: packfmt.Pack) -> None:
         body: dict[str, Any] = {"pack": pack.id, "size": pack.size}
@@ -161,8 +153,13 @@ class Uploader:
             body["checksums"] = self._checksums(kind, pack, parts)
         plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
         if plan["state"] == "need_checksums":
+            # the session's answer named none, or another kind (the gateway's store
+            # changed since): checksum this pack and the next as the gateway asks
+            self.session["part_checksum"] = plan["checksum"]
             body["checksums"] = self._checksums(plan["checksum"], pack, plan["parts"])
             plan = self.t.call("POST", f"/v1/sessions/{self.sid}/packs", json=body)
+            if plan["state"] == "need_checksums":
+                raise InvalidRequest(f"the gateway refused the {plan['checksum']} part checksums")
         if plan["state"] != "uploading":  # the very same pack is in the store already
             if plan["state"] == "complete":  # sent by an interrupted run of this push
                 self._counted(packs_resumed=1)

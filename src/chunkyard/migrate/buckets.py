@@ -19,9 +19,7 @@ allows. The store SDK does only the listing, the signing and the completion.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import blake3
-
 from ..client.transport import Transport
 from ..errors import Conflict, InvalidRequest, StoreError
+from ..parts import PartPlan, part_checksum
 from ..pins import drift, make_pin, parse_uri, response_confirms, response_drift
 from ..stores import CompletedPart, ObjectInfo, Store, open_store
-from ..stores.base import PartPlan
 
 T = TypeVar("T")
 #: presigned requests live this long: one object's transfer, with room for retries
@@ -211,7 +207,8 @@ class Bucket:
             data = f.read(part.size)
         if len(data) != part.size:
             raise InvalidRequest(f"{src} changed while it was being written to {self}")
-        checksum = _checksum(self.store.part_checksum, data)
+        kind = self.store.part_checksum
+        checksum = part_checksum(kind, data) if kind else None
         req = self._run(
             self.store.presign_part(key, upload_id, part, size, checksum, EXPIRES)
         ).to_json()
@@ -219,9 +216,3 @@ class Bucket:
         if progress is not None:
             progress(len(data))
         return CompletedPart(part.number, resp.headers.get("etag", ""), checksum or "")
-
-
-def _checksum(kind: str | None, data: bytes) -> str | None:
-    """The part checksum a store wants with each part (base64), or None."""
-    algo = {"md5": hashlib.md5, "sha256": hashlib.sha256, "blake3": blake3.blake3}.get(kind or "")
-    return None if algo is None else base64.b64encode(algo(data).digest()).decode()

@@ -49,6 +49,7 @@ from ..errors import (
 )
 from ..manifest import Term, dumps, loads
 from ..names import check_name, check_tags, check_tree_dirs, check_tree_paths
+from ..parts import checksum_fits
 from ..stores.base import CompletedPart, HeldPart, PartPlan
 from . import Repository, metadata, verifier
 from .access import Principal
@@ -207,18 +208,21 @@ async def begin_pack(
     holds already needs no upload at all (the commit still proves possession)."""
     store = repo.store
     plan = store.plan_parts(size)
-    if store.part_checksum and checksums is None:
-        # the client cannot know the store's part plan: tell it, and it asks again
+    kind = store.part_checksum
+    if kind and (checksums is None or not all(checksum_fits(kind, c) for c in checksums)):
+        # the client cannot know the store's part plan, or computed the checksums the
+        # store wanted when its session began (the store's kind changed): tell it, and
+        # it asks again
         await repo.db.read(open_session, sid, who)
         return {
             "pack": pack_id,
             "state": "need_checksums",
-            "checksum": store.part_checksum,
+            "checksum": kind,
             "parts": [{"number": p.number, "offset": p.offset, "size": p.size} for p in plan],
         }
-    if store.part_checksum and (checksums is None or len(checksums) != len(plan)):
+    if kind and checksums is not None and len(checksums) != len(plan):
         raise InvalidRequest(
-            f"this store needs a {store.part_checksum} checksum per part",
+            f"this store needs a {kind} checksum per part",
             parts=[p.size for p in plan],
         )
 
@@ -232,14 +236,29 @@ async def begin_pack(
         return {"pack": pack_id, "state": "verified", "parts": []}
     if upload is not None and upload.state == "complete":
         return {"pack": pack_id, "state": "complete", "parts": []}
-    if upload is not None and (upload.state != "uploading" or upload.size != size):
+    if upload is not None and (
+        upload.state != "uploading"
+        or upload.size != size
+        # the store's upload holds parts to another checksum (the store's kind changed)
+        or upload.part_checksum != store.part_checksum
+    ):
         await _abandon(repo, upload)  # this session's own earlier attempt: start over
         upload = None
     if upload is None:
         upload_id = uuid.uuid4().hex
         key = _pack_key(pack_id, upload_id)
         store_upload = await store.create_upload(key, size)
-        row = UploadRow(upload_id, sid, pack_id, size, store_upload, key, "uploading", time.time())
+        row = UploadRow(
+            upload_id,
+            sid,
+            pack_id,
+            size,
+            store_upload,
+            key,
+            "uploading",
+            time.time(),
+            store.part_checksum,
+        )
         raced = await repo.db.write(packs_q.insert_upload, row)
         if raced is not None:  # the same session asked twice at once: use the first
             await store.abort_upload(key, store_upload)
@@ -255,7 +274,7 @@ async def begin_pack(
         if part.number in stored:
             parts.append({**where, "stored": True, "etag": stored[part.number].etag})
             continue
-        checksum = checksums[i] if store.part_checksum and checksums else None
+        checksum = checksums[i] if kind and checksums else None
         req = await store.presign_part(
             upload.key, upload.store_upload_id, part, size, checksum, expiry
         )

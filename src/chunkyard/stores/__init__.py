@@ -36,6 +36,24 @@ def _gcs_xml(url: str) -> Store:
     return store
 
 
+def _s3(url: str) -> Store:
+    """``s3://bucket/prefix``, optionally ``?checksum=crc32c|sha256|md5``: the checksum
+    every part carries (CRC32C by default; SHA-256 or MD5 for S3-compatible stores that
+    do not check CRC32C)."""
+    from .s3 import S3Store
+
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    unknown = set(query) - {"checksum"}
+    if unknown or len(query.get("checksum", [""])) != 1:
+        raise InvalidRequest(f"s3:// store URLs take only ?checksum=…, got {url!r}")
+    if "checksum" not in query:
+        return S3Store(url)
+    store = S3Store(parsed._replace(query="").geturl(), checksum=query["checksum"][0])
+    store.url = url
+    return store
+
+
 def open_store(url: str, *, blob_url: str = "", secret: bytes = b"") -> Store:
     """``file:///dir`` or a plain path → local; ``s3://``, ``gs://``, ``az://`` → cloud.
 
@@ -44,9 +62,7 @@ def open_store(url: str, *, blob_url: str = "", secret: bytes = b"") -> Store:
     """
     scheme = urlparse(url).scheme.lower()
     if scheme == "s3":
-        from .s3 import S3Store
-
-        return S3Store(url)
+        return _s3(url)
     if scheme == "gs":
         query = parse_qs(urlparse(url).query)
         if query.get("api") == ["xml"]:

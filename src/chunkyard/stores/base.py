@@ -113,8 +113,9 @@ class Store(abc.ABC):
     #: URL the store was configured from (``file:///…``, ``s3://bucket/prefix``)
     url: str
     #: checksum the client must compute per part and send in the presign request:
-    #: ``"md5"`` (base64 Content-MD5), ``"sha256"`` (base64 x-amz-checksum-sha256),
-    #: ``"blake3"`` (base64, local store) or None
+    #: ``"crc32c"`` or ``"sha256"`` (base64 x-amz-checksum-*), ``"md5"`` (base64
+    #: Content-MD5), ``"blake3"`` (base64, local store) or None; one of
+    #: :data:`chunkyard.parts.CHECKSUM_SIZES`, computed by :func:`chunkyard.parts.part_checksum`
     part_checksum: str | None = None
     #: True where parts must be sent in order (GCS resumable sessions)
     sequential_parts: bool = False

@@ -2,12 +2,15 @@
 
 Server-side calls go through aiobotocore so the gateway never blocks its event loop;
 presigning uses a plain botocore client because it is pure local computation.
-Every part URL signs the part's ``x-amz-checksum-sha256`` (the multipart upload is
-created with the SHA256 checksum algorithm): the store itself rejects a part whose
-bytes were corrupted on the way (S3 and SeaweedFS answer ``BadDigest``), and a client
-cannot swap in other bytes without breaking the signature. SHA-256 rather than
-Content-MD5 because with SHA-NI it costs the client 2.4x less CPU here (1.8 vs
-0.75 GB/s), and the client's CPU is what a direct upload competes for.
+Every part URL signs the part's checksum, by default ``x-amz-checksum-crc32c`` (the
+multipart upload is created with the CRC32C checksum algorithm): the store itself
+rejects a part whose bytes were corrupted on the way (S3 and SeaweedFS answer
+``BadDigest``), and a client cannot send other bytes under that URL than bytes with
+this checksum. CRC32C rather than SHA-256 or Content-MD5 because the client's CPU is
+what a direct upload competes for: 0.13 core-seconds per GiB here against 0.6 for
+SHA-256 and 1.4 for MD5. That a CRC can be forged matters not: the gateway verifies
+every pack against its id before anything may name it. ``sha256`` and ``md5`` stay
+selectable (``s3://bucket/prefix?checksum=sha256``; GCS's XML API takes only MD5).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..errors import InvalidRequest, StoreError, StoreObjectMissing
+from ..parts import checksum_fits
 from .base import (
     CompletedPart,
     HeldPart,
@@ -54,6 +58,17 @@ MAX_PARTS = 10_000
 #: S3's 5 MiB-5 GiB / 10,000-part limits.
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+#: each part checksum: CreateMultipartUpload's ChecksumAlgorithm (None: Content-MD5
+#: needs none) and the UploadPart parameter, header and ListParts field that carry it
+_CHECKSUMS: dict[str, tuple[str | None, str, str]] = {
+    "crc32c": ("CRC32C", "ChecksumCRC32C", "x-amz-checksum-crc32c"),
+    "sha256": ("SHA256", "ChecksumSHA256", "x-amz-checksum-sha256"),
+    "md5": (None, "ContentMD5", "Content-MD5"),
+}
+#: the flexible checksums a completion names its parts with, by digest size: a part
+#: keeps the kind its upload was created with (an upload begun before the store's kind
+#: changed completes with the checksums it was sent with)
+_COMPLETE_FIELDS = {4: "ChecksumCRC32C", 32: "ChecksumSHA256"}
 #: what reading an object's body can raise besides ClientError: aiobotocore turns a
 #: dropped connection into a BotoCoreError, but lets aiohttp's payload errors through
 #: (a body cut short by a reset: ClientPayloadError)
@@ -70,7 +85,7 @@ def _split_url(url: str, scheme: str) -> tuple[str, str]:
 
 
 class S3Store(Store):
-    part_checksum = "sha256"
+    part_checksum = "crc32c"
     lists_uploads = True  # ListMultipartUploads (GCS's XML API has it too)
 
     def __init__(
@@ -82,12 +97,14 @@ class S3Store(Store):
         access_key: str | None = None,
         secret_key: str | None = None,
         part_size: int = PART_SIZE,
-        checksum: str = "sha256",
+        checksum: str = "crc32c",
     ) -> None:
         self.url = url
         self.bucket, self.prefix = _split_url(url, "s3")
-        if checksum not in ("sha256", "md5"):
-            raise InvalidRequest("S3 part checksum must be sha256 or md5")
+        if checksum not in _CHECKSUMS:
+            raise InvalidRequest(
+                f"S3 part checksum must be one of {', '.join(_CHECKSUMS)}, not {checksum!r}"
+            )
         # md5 for S3-compatible APIs without flexible checksums (GCS's XML API)
         self.part_checksum = checksum
         if part_size < MIN_PART:
@@ -299,7 +316,8 @@ class S3Store(Store):
 
     async def create_upload(self, key: str, size: int) -> str:
         try:
-            extra = {"ChecksumAlgorithm": "SHA256"} if self.part_checksum == "sha256" else {}
+            algorithm = _CHECKSUMS[self.part_checksum][0]
+            extra = {"ChecksumAlgorithm": algorithm} if algorithm else {}
             resp = await (await self._s3()).create_multipart_upload(
                 Bucket=self.bucket, Key=self._key(key), **extra
             )
@@ -316,38 +334,34 @@ class S3Store(Store):
         checksum: str | None,
         expires: int,
     ) -> PresignedRequest:
-        md5 = self.part_checksum == "md5"
-        try:
-            if checksum is None or len(base64.b64decode(checksum, validate=True)) != (
-                16 if md5 else 32
-            ):
-                raise ValueError
-        except (ValueError, binascii.Error) as exc:
-            raise InvalidRequest(
-                f"S3 parts need the base64 {self.part_checksum} of the part"
-            ) from exc
+        if not checksum_fits(self.part_checksum, checksum):
+            raise InvalidRequest(f"S3 parts need the base64 {self.part_checksum} of the part")
+        _, param, header = _CHECKSUMS[self.part_checksum]
         params = {
             "Bucket": self.bucket,
             "Key": self._key(key),
             "UploadId": upload_id,
             "PartNumber": part.number,
-            ("ContentMD5" if md5 else "ChecksumSHA256"): checksum,
+            param: checksum,
         }
         url = self._signer.generate_presigned_url("upload_part", ExpiresIn=expires, Params=params)
         # the checksum header is signed: the client must send exactly this value, and
         # the store refuses a body that does not hash to it
-        header = "Content-MD5" if md5 else "x-amz-checksum-sha256"
         return PresignedRequest("PUT", url, {header: checksum})
 
     async def _parts(self, key: str, upload_id: str) -> list[HeldPart]:
         """ListParts, every page of it."""
         s3, held, marker = await self._s3(), [], 0
+        # the checksum S3 recorded for each part, of the kind this store signs (an
+        # upload of another kind is begun again before its parts are compared);
+        # SeaweedFS records none
+        field = _CHECKSUMS[self.part_checksum][1]
         while True:
             resp = await s3.list_parts(
                 Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, PartNumberMarker=marker
             )
             held += [
-                HeldPart(p["PartNumber"], p["Size"], p["ETag"], p.get("ChecksumSHA256", ""))
+                HeldPart(p["PartNumber"], p["Size"], p["ETag"], p.get(field, ""))
                 for p in resp.get("Parts", [])
             ]
             if not resp.get("IsTruncated"):
@@ -378,10 +392,8 @@ class S3Store(Store):
                         f"part {p.number} was not uploaded", missing_parts=[p.number]
                     )
                 entry = {"PartNumber": p.number, "ETag": etag}
-                if self.part_checksum == "sha256":
-                    if not p.checksum:
-                        raise InvalidRequest(f"part {p.number} needs its SHA-256 to complete")
-                    entry["ChecksumSHA256"] = p.checksum
+                if self.part_checksum != "md5":  # S3 wants flexible checksums named again
+                    entry[self._complete_field(p)] = p.checksum
                 listed.append(entry)
             await (await self._s3()).complete_multipart_upload(
                 Bucket=self.bucket,
@@ -394,6 +406,18 @@ class S3Store(Store):
             if self._code(exc) == "NoSuchUpload" and await self.stat(key) is not None:
                 return
             raise self._error("complete_upload", exc, key) from exc
+
+    def _complete_field(self, part: CompletedPart) -> str:
+        try:
+            field = _COMPLETE_FIELDS.get(len(base64.b64decode(part.checksum, validate=True)))
+        except (ValueError, binascii.Error):
+            field = None
+        if not part.checksum or field is None:
+            raise InvalidRequest(
+                f"part {part.number} needs the {self.part_checksum} checksum it was sent "
+                "with to complete"
+            )
+        return field
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         try:

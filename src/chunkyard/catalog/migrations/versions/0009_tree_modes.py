@@ -1,7 +1,7 @@
 """trees like rsync: file modes and empty directories
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 
 - ``version_files.mode``: a tree file's permission bits (``st_mode & 0o777``) as its
   push recorded them. NULL for every existing row: versions made before modes were
@@ -14,8 +14,8 @@ Revises: 0007
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
