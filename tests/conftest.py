@@ -100,6 +100,16 @@ def start_gateway(
     return RunningGateway(f"http://127.0.0.1:{port}", data, settings), server, thread
 
 
+@pytest.fixture(autouse=True)
+def usual_umask() -> Iterator[None]:
+    """Every test starts with umask 022 and leaves the one it found: a push records
+    its files' modes (so a digest depends on them), and commands run in this process
+    (``db rebuild``, ``serve``) set a private umask of their own."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     gw, server, thread = start_gateway(tmp_path_factory.mktemp("gw"))

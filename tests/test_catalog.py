@@ -472,6 +472,56 @@ async def test_0005_records_existing_aliases_and_names_sort_bytewise(request, tm
                 assert collation == "C"
 
 
+async def test_0009_modes_and_dirs_up_and_down(tmp_path):
+    """Existing versions get no mode and no empty directories (NULL: not recorded); the
+    downgrade drops both columns, on SQLite and PostgreSQL alike, keeping the rows."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    from chunkyard.catalog.db import MIGRATIONS
+
+    def move(conn, to: str, down: bool = False) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, to)
+
+    def seed(conn) -> None:
+        for sql in (
+            "INSERT INTO artifacts (name, created_at) VALUES ('team/a', 1)",
+            "INSERT INTO versions (artifact_id, number, kind, layout, digest, size, file_count,"
+            " created_at) VALUES (1, 1, 'stored', 'tree', '', 1, 1, 1)",
+            "INSERT INTO version_files (version_id, idx, path, size, digest, manifest)"
+            " VALUES (1, 0, 'x', 1, '', '[]')",
+        ):
+            conn.execute(text(sql))
+
+    def columns(conn, step: int) -> tuple:
+        """(versions.dirs, version_files.mode, path), "gone" for a column that is not
+        there (each statement new: asyncpg's cached plans outlive no schema change)."""
+        have = {c["name"] for c in inspect(conn).get_columns("version_files")}
+        have |= {c["name"] for c in inspect(conn).get_columns("versions")}
+        out = []
+        for table, column in (("versions", "dirs"), ("version_files", "mode")):
+            q = text(f"SELECT {column} FROM {table} /* {step} */")
+            out.append(conn.execute(q).scalar_one() if column in have else "gone")
+        path = conn.execute(text(f"SELECT path FROM version_files /* {step} */")).scalar_one()
+        return (*out, path)
+
+    for kind in ("sqlite", "postgresql"):
+        (tmp_path / kind).mkdir()
+        async with new_database(kind, tmp_path / kind, migrate=False) as db:
+            await db.write(move, "0008")
+            await db.write(seed)
+            await db.migrate()
+            assert await db.read(columns, 1) == (None, None, "x")
+            await db.write(move, "0008", True)
+            assert await db.read(columns, 2) == ("gone", "gone", "x")
+            await db.migrate()
+            assert await db.read(columns, 3) == (None, None, "x")
+
+
 async def test_a_prefix_is_a_prefix_on_a_database_with_a_locale(tmp_path):
     """Under ICU's English collation ``'team/x' >= 'Team/'`` and ``< 'Team0'``: names
     compare bytewise (migration 0005), so a prefix lists what starts with it, and the

@@ -247,3 +247,24 @@ def subprocess_env(site: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKYARD_")}
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(site)])
     return env
+
+
+def test_writes_record_modes_only_of_the_callers_files(
+    fs: ChunkyardFileSystem, tmp_path: Path
+) -> None:
+    """A file written through ``open`` or ``pipe`` spools to a private temporary file
+    whose mode says nothing: it takes the default; ``put`` of a file of the caller's
+    keeps its mode, as ``rsync -p`` would."""
+    fs.pipe_file("modes/run@latest/a.txt", b"a")
+    with fs.open("modes/run/b.txt", "wb") as f:
+        f.write(b"b")
+    tool = tmp_path / "tool.sh"
+    tool.write_bytes(b"#!/bin/sh\n")
+    tool.chmod(0o750)
+    fs.put_file(str(tool), "modes/run/bin/tool.sh")
+    files = Client(fs.gateway).show("modes/run")["file_list"]
+    assert {f["path"]: f["mode"] for f in files} == {
+        "a.txt": 0o644,
+        "b.txt": 0o644,
+        "bin/tool.sh": 0o750,
+    }

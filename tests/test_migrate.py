@@ -552,3 +552,37 @@ def test_which_answers_confirm_a_pin():
     gs = make_pin("gs://b/k", 3, "CJ+1", "17", None)
     assert response_confirms(gs, {"x-goog-generation": "17"})
     assert not response_confirms(gs, {"etag": "CJ+1"})  # the emulator names no generation
+
+
+def test_modes_and_empty_dirs_travel(src, dst, tmp_path: Path):
+    """A directory imported keeps its files' modes and its empty directories; a copy to
+    another gateway keeps them (and so the digest); an export to a directory writes
+    them back."""
+    import stat
+
+    root = tree(
+        tmp_path / "ckpt",
+        {"run.sh": b"#!/bin/sh\n", "w/shard.bin": random_bytes(1_200_000, seed=80)},
+    )
+    os.chmod(root / "run.sh", 0o755)
+    os.chmod(root / "w/shard.bin", 0o640)
+    (root / "logs/empty").mkdir(parents=True)
+    want = {"run.sh": 0o755, "w/shard.bin": 0o640}
+    with Client(src.url) as s, Client(dst.url, token=dst.admin) as d:
+        (v,) = import_source(s, str(root), "mig/modes")["versions"]
+        shown = s.show("mig/modes")
+        assert {f["path"]: f["mode"] for f in shown["file_list"]} == want
+        assert shown["dirs"] == ["logs/empty"]
+        (made,) = copy(s, d, "mig/modes")["copied"]
+        theirs = d.show(f"mig/modes@{made['version']}")
+        assert theirs["digest"] == shown["digest"]
+        assert {f["path"]: f["mode"] for f in theirs["file_list"]} == want
+        assert theirs["dirs"] == ["logs/empty"]
+        out = tmp_path / "out"
+        export(d, "mig/modes", str(out))
+        assert {
+            p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode)
+            for p in out.rglob("*")
+            if p.is_file()
+        } == want
+        assert (out / "logs/empty").is_dir()

@@ -283,9 +283,9 @@ def test_similar_large_file_sends_only_new_chunks(client, tmp_path, monkeypatch,
     """A file resembling the latest version's (a new checkpoint) is hashed whole first,
     then only the runs holding new chunks are read and sent."""
     from chunkyard import hashing
-    from chunkyard.client import upload
+    from chunkyard.client import packer
 
-    monkeypatch.setattr(upload, "SIMILAR_MIN", 1)  # the path large files take
+    monkeypatch.setattr(packer, "SIMILAR_MIN", 1)  # the path large files take
     monkeypatch.setattr(hashing, "PARALLEL_MIN", 1)  # with the helper process
     data = bytearray(random_bytes(6 * MiB, seed=110 + grow))
     src = write(tmp_path / "ckpt.bin", bytes(data))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import chunkyard
 from chunkyard import Client
@@ -285,3 +287,89 @@ def test_an_upgraded_catalog_is_described_by_the_sweep(tmp_path, capsys):
     assert code == 0 and report["versions"] == 2 and report["alias_moves"] == 1
     with running(data, env) as gw, gw.client() as c:
         assert state(c, ["old/model"], {"old/model": ["live"]}) == before
+
+
+def test_rebuild_keeps_modes_and_empty_dirs(tmp_path, capsys, monkeypatch):
+    """Modes and empty directories are in the version records, so a rebuilt catalog
+    has them (and the digests they enter). A version from before modes (its rows hold
+    none) gets a record of the shape records always had, which rebuilds as before."""
+    import stat
+
+    from test_rm import rows, wait_until_described
+
+    data = tmp_path / "data"
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin/run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "bin/run.sh", 0o755)
+    (src / "key").write_bytes(b"secret")
+    os.chmod(src / "key", 0o600)
+    (src / "empty/inner").mkdir(parents=True)
+    with running(data, {}) as gw, gw.client() as c:
+        assert "parts_sent" not in c.push(src, "modes/small")  # one request
+        (src / "big.bin").write_bytes(random_bytes(2 * MiB, seed=70))
+        monkeypatch.setenv("CHUNKYARD_SMALL_PUSH_BYTES", "0")
+        assert c.push(src, "modes/session")["parts_sent"] > 0  # an upload session
+        monkeypatch.delenv("CHUNKYARD_SMALL_PUSH_BYTES")
+        old_src = tmp_path / "old"  # as trees were before modes: each 0644, no empty dir
+        for rel in ("a.txt", "d/b.txt"):
+            (old_src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (old_src / rel).write_bytes(rel.encode())
+            os.chmod(old_src / rel, 0o644)
+        c.push(old_src, "modes/old")
+        names = ["modes/small", "modes/session"]
+        before = state(c, names, {})
+        for name in names:
+            v = before[name]["versions"][0]
+            modes = {f["path"]: f["mode"] for f in v["file_list"]}
+            assert (modes["bin/run.sh"], modes["key"]) == (0o755, 0o600), name
+    # modes/old as a version made before modes: no mode in its rows, its record written
+    # again from them by the start-up sweep
+    vid = rows(
+        data,
+        "select v.id from versions v join artifacts a on a.id = v.artifact_id"
+        " where a.name = 'modes/old'",
+    )[0][0]
+    folder = data / "store/meta/modes/old/-/versions"
+    for p in folder.iterdir():
+        p.unlink()
+    conn = sqlite3.connect(data / "catalog.db")
+    try:
+        with conn:
+            conn.execute("update version_files set mode = null where version_id = ?", (vid,))
+            conn.execute("update versions set dirs = null where id = ?", (vid,))
+            conn.execute(
+                "insert into meta_pending (artifact_id, kind, ref, created_at)"
+                " select artifact_id, 'version', id, 0 from versions where id = ?",
+                (vid,),
+            )
+    finally:
+        conn.close()
+    with running(data, {}) as gw, gw.client() as c:
+        wait_until_described(data)
+        old = state(c, ["modes/old"], {})
+    (key,) = list(folder.iterdir())
+    record = json.loads(zstandard.ZstdDecompressor().decompress(key.read_bytes()))
+    # the fields every version record had before modes, and no other
+    assert list(record) == [
+        "record", "record_format", "name", "number", "kind", "layout", "digest",
+        "digest_of", "size", "created_at", "format", "source", "dedup_domain_depth",
+        "files",
+    ]  # fmt: skip
+    assert [list(f) for f in record["files"]] == [
+        ["path", "size", "digest", "b3sum", "manifest"]
+    ] * 2
+
+    env = {"CHUNKYARD_DB": f"sqlite:///{tmp_path / 'rebuilt.db'}"}
+    code, report = rebuild(capsys, env, data)
+    assert code == 0 and report["versions"] == 3 and report["skipped"] == [], report
+    with running(data, env) as gw, gw.client() as c:
+        assert state(c, names, {}) == before
+        assert state(c, ["modes/old"], {}) == old
+        assert all("mode" not in f for f in old["modes/old"]["versions"][0]["file_list"])
+        assert c.show("modes/small")["dirs"] == ["empty/inner"]
+        assert c.show("modes/old")["dirs"] == []
+        c.pull("modes/session", tmp_path / "out")
+        got = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*")}
+        assert (got["run.sh"], got["key"]) == (0o755, 0o600)
+        assert (tmp_path / "out/empty/inner").is_dir()

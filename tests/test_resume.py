@@ -652,11 +652,9 @@ def _mixed(n: int, seed: int) -> bytes:
     return bytes(out[:n])
 
 
-def _pack_run(path: Path, done: dict[bytes, tuple[str, int]], target: int) -> list[packfmt.Pack]:
-    """Push ``path`` through a packer whose gateway holds the chunks ``done`` (chunk id
-    -> pack, index), as the session's finished packs; the packs it ships, with copies
-    of their bytes."""
-    shipped: list[tuple[str, list[bytes]]] = []
+def holding(done: dict[bytes, tuple[str, int]]) -> Callable[[list[bytes]], dict]:
+    """A missing-chunk lookup of a gateway that holds the chunks ``done`` (chunk id ->
+    pack, index), as a session's finished packs."""
 
     def lookup(keys: list[bytes]) -> dict:
         packs: dict[str, int] = {}
@@ -667,6 +665,16 @@ def _pack_run(path: Path, done: dict[bytes, tuple[str, int]], target: int) -> li
                 None if where is None else [packs.setdefault(where[0], len(packs)), where[1]]
             )
         return {"packs": list(packs), "locations": locations}
+
+    return lookup
+
+
+def _pack_run(path: Path, done: dict[bytes, tuple[str, int]], target: int) -> list[packfmt.Pack]:
+    """Push ``path`` through a packer whose gateway holds the chunks ``done`` (chunk id
+    -> pack, index), as the session's finished packs; the packs it ships, with copies
+    of their bytes."""
+    shipped: list[tuple[str, list[bytes]]] = []
+    lookup = holding(done)
 
     def ship(pack: packfmt.Pack) -> None:
         shipped.append(packfmt.Pack(pack.id, bytes(pack.data), list(pack.entries)))

@@ -84,10 +84,29 @@ def file_digest(stream: BinaryIO, block: int = 16 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
-def tree_digest(files: Iterable[tuple[str, int, str]]) -> str:
-    """Digest of a directory: BLAKE3 of ``path \\0 size \\0 id \\n`` per file, sorted
-    by path (UTF-8 bytes). Paths and sizes count, so a rename is a new tree."""
+#: the permission bits a file of a tree has unless its version says otherwise: a file
+#: of this mode hashes into its tree's digest as files did before modes were recorded
+DEFAULT_MODE = 0o644
+
+#: a file of a tree: (path, size, file id) or (path, size, file id, mode or None)
+TreeFile = tuple[str, int, str] | tuple[str, int, str, int | None]
+
+
+def tree_digest(files: Iterable[TreeFile], dirs: Iterable[str] = ()) -> str:
+    """Digest of a directory (FORMAT.md, "Digests"): BLAKE3 over one line per entry,
+    sorted by path (UTF-8 bytes): ``path \\0 size \\0 id \\n`` per file,
+    ``path \\0 size \\0 id \\0 mode \\n`` (mode in octal) for a file whose mode is
+    recorded and not :data:`DEFAULT_MODE`, and ``path \\0 dir \\n`` per empty directory.
+    Paths, sizes, modes and empty directories count, so a rename or a ``chmod +x`` is a
+    new tree; a tree of default modes without empty directories hashes as before."""
+    lines: list[tuple[bytes, bytes]] = []
+    for f in files:
+        path, size, digest = f[0], f[1], f[2]
+        mode = f[3] if len(f) > 3 else None
+        tail = "" if mode is None or mode == DEFAULT_MODE else f"\0{mode:o}"
+        lines.append((path.encode(), f"{path}\0{size}\0{digest}{tail}\n".encode()))
+    lines += [(d.encode(), f"{d}\0dir\n".encode()) for d in dirs]
     h = blake3.blake3()
-    for path, size, digest in sorted(files, key=lambda f: f[0].encode()):
-        h.update(f"{path}\0{size}\0{digest}\n".encode())
+    for _, line in sorted(lines, key=lambda e: e[0]):
+        h.update(line)
     return h.hexdigest()

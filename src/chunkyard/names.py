@@ -202,3 +202,46 @@ def check_tree_paths(paths: Iterable[str], *, nfc: bool = True) -> list[str]:
             inside=inside[:200],
         )
     return out
+
+
+def _parents(path: str) -> Iterable[str]:
+    """The directories of a path, innermost first (``a/b/c``: ``a/b``, ``a``)."""
+    cut = path.rfind("/")
+    while cut > 0:
+        yield path[:cut]
+        cut = path.rfind("/", 0, cut)
+
+
+def check_tree_dirs(dirs: Iterable[str], files: Iterable[str], *, nfc: bool = True) -> list[str]:
+    """The empty directories of a tree version, against its file paths: each a valid
+    path (:func:`check_path`), none twice, none a file, none a directory of a file (it
+    would not be empty) and none a directory of another one listed (that one implies
+    it): so a tree has one list of empty directories, the deepest ones only, and one
+    digest."""
+    out = list(dirs)
+    files = set(files)
+    full: set[str] = set()  # the directories the files and the listed ones imply
+    for p in files:
+        for d in _parents(p):
+            if d in full:
+                break
+            full.add(d)
+    seen: set[str] = set()
+    for d in out:
+        check_path(d, nfc=nfc)
+        if d in seen:
+            raise InvalidName(f"directory {d[:200]!r} appears twice", path=d[:200])
+        seen.add(d)
+        if d in files:
+            raise InvalidName(f"{d[:200]!r} is both a file and an empty directory", path=d[:200])
+    for d in out:
+        for parent in _parents(d):
+            full.add(parent)
+    inner = sorted(seen & full)
+    if inner:
+        raise InvalidName(
+            f"directory {inner[0][:200]!r} is not empty: it holds a file or another "
+            "directory listed (list only the deepest empty directories)",
+            path=inner[0][:200],
+        )
+    return out

@@ -154,9 +154,12 @@ def version_record(
     source: str | None,
     dedup_domain_depth: int,
     files: list[dict[str, Any]],
+    dirs: list[str] | None = None,
 ) -> dict[str, Any]:
-    """``files``: from :func:`stored_file` or :func:`reference_file`, in file order."""
-    return {
+    """``files``: from :func:`stored_file` or :func:`reference_file`, in file order;
+    ``dirs``: a tree's empty directories, a field only when there are any (a version
+    without them has the record it always had)."""
+    out = {
         "record": "version",
         "record_format": RECORD_FORMAT,
         "name": name,
@@ -172,18 +175,23 @@ def version_record(
         "dedup_domain_depth": dedup_domain_depth,
         "files": files,
     }
+    if dirs:
+        out["dirs"] = dirs
+    return out
 
 
-def stored_file(path: str, size: int, digest: str, b3sum: str, manifest: str) -> dict[str, Any]:
+def stored_file(
+    path: str, size: int, digest: str, b3sum: str, manifest: str, mode: int | None = None
+) -> dict[str, Any]:
     """A stored file; ``manifest`` the catalog's JSON text of its terms, kept as it is
-    (compact JSON, FORMAT.md "Manifests"): the same text always gives the same record."""
-    return {
-        "path": path,
-        "size": size,
-        "digest": digest,
-        "b3sum": b3sum,
-        "manifest": msgspec.Raw(manifest.encode()),
-    }
+    (compact JSON, FORMAT.md "Manifests"): the same text always gives the same record.
+    ``mode``: a tree file's permission bits, a field only where the version recorded
+    them (older versions keep the records they had)."""
+    out: dict[str, Any] = {"path": path, "size": size, "digest": digest, "b3sum": b3sum}
+    if mode is not None:
+        out["mode"] = mode
+    out["manifest"] = msgspec.Raw(manifest.encode())
+    return out
 
 
 def reference_file(

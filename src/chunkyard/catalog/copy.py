@@ -17,6 +17,7 @@ Only the catalog is copied: the packs stay in their store.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy.util import greenlet_spawn
 
-from ..digest import FileIdHasher, tree_digest
+from ..digest import FileIdHasher, TreeFile, tree_digest
 from ..errors import (
     CatalogNotEmpty,
     CatalogOutdated,
@@ -288,7 +289,7 @@ def _check_version(conn: Connection, v: Any, checked: Checked) -> None:
     where = f"version {v.id} (artifact {v.artifact_id}, number {v.number})"
     rebuild = v.kind == "stored" and v.format >= 3
     listed = rebuild or (v.kind == "reference" and v.digest_of == "content")
-    listing: list[tuple[str, int, str]] = []  # one version's files: its tree digest
+    listing: list[TreeFile] = []  # one version's files: its tree digest
     count = size = 0
     for page in _file_pages(conn, v.id):
         terms = {}
@@ -314,7 +315,7 @@ def _check_version(conn: Connection, v: Any, checked: Checked) -> None:
                     )
                 checked.files += 1
             if listed:
-                listing.append((f.path, f.size, f.digest))
+                listing.append((f.path, f.size, f.digest, f.mode))
             count += 1
             size += f.size
     if count != v.file_count or (v.kind == "stored" and size != v.size):
@@ -324,7 +325,10 @@ def _check_version(conn: Connection, v: Any, checked: Checked) -> None:
             version=v.id,
         )
     if listed:
-        digest = listing[0][2] if v.layout == "file" and count == 1 else tree_digest(listing)
+        if v.layout == "file" and count == 1:
+            digest = listing[0][2]
+        else:
+            digest = tree_digest(listing, json.loads(v.dirs) if v.dirs else [])
         if digest != v.digest:
             raise CopyMismatch(
                 f"{where}: its digest recomputed from the copied files is {digest}, "

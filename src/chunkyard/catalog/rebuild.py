@@ -28,6 +28,7 @@ from .schema import (
     versions,
 )
 from .settings import DEDUP_DOMAIN_DEPTH
+from .versions import dirs_text
 
 
 def add_artifact(conn: Connection, name: str, created_at: float) -> int:
@@ -59,18 +60,24 @@ def add_pack(
     insert_entries(conn, pack_id, entries)
 
 
-def check_stored(conn: Connection, layout: str, digest: str, files: list[dict[str, Any]]) -> str:
+def check_stored(
+    conn: Connection,
+    layout: str,
+    digest: str,
+    files: list[dict[str, Any]],
+    dirs: Sequence[str] = (),
+) -> str:
     """Why a stored version of format 3 does not hold ("" if it does): each file's id
     and size recomputed from the pack entries its manifest names, and the version's
-    digest from those."""
+    digest from those (with the files' modes and the empty directories ``dirs``)."""
     listing = []
     for f in files:
         terms = [Term(*t) for t in f["manifest"]]
         fid, covered = file_id_of(entries_for(conn, terms), terms)
         if fid != f["digest"] or covered != f["size"]:
             return f"file {f['path']!r}: its chunks give file id {fid or '-'} over {covered} bytes"
-        listing.append((f["path"], f["size"], f["digest"]))
-    ours = listing[0][2] if layout == "file" and len(listing) == 1 else tree_digest(listing)
+        listing.append((f["path"], f["size"], f["digest"], f.get("mode")))
+    ours = listing[0][2] if layout == "file" and len(listing) == 1 else tree_digest(listing, dirs)
     return "" if ours == digest else f"its files give digest {ours}, the record says {digest}"
 
 
@@ -94,6 +101,7 @@ def add_version(
             source=r["source"],
             digest_of=r["digest_of"],
             format=r["format"],
+            dirs=dirs_text(r.get("dirs") or []),
         )
         .returning(versions.c.id)
     ).scalar_one()
@@ -108,6 +116,7 @@ def add_version(
             "b3sum": f["b3sum"],
             "manifest": "[]",
             "ref_object": None,
+            "mode": f.get("mode"),
         }
         if "pin" in f:
             row["ref_object"] = next(pin_ids)

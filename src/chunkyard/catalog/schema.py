@@ -156,6 +156,8 @@ versions = Table(
     Column("digest_of", String(8), nullable=False, server_default="content"),
     # the repository format (FORMAT.md) the version's manifests and digests follow
     Column("format", SmallInteger, nullable=False, server_default="2"),
+    # a tree's empty directories, a JSON array of paths (NULL: none, or not recorded)
+    Column("dirs", Text, nullable=True),
     UniqueConstraint("artifact_id", "number", name="uq_versions_artifact_number"),
 )
 
@@ -173,6 +175,9 @@ version_files = Table(
     Column("b3sum", String(64), nullable=False, server_default=""),
     Column("manifest", Text, nullable=False),  # "[]" for a reference file
     Column("ref_object", String(64), nullable=True),  # ref_objects.id (references)
+    # a tree file's permission bits (NULL: not recorded: a file version, a reference,
+    # or a version older than modes)
+    Column("mode", SmallInteger, nullable=True),
 )
 
 tags = Table(

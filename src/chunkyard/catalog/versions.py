@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ class VersionRow(NamedTuple):
     source: str | None
     digest_of: str  # content | pins
     format: int  # the repository format its manifests and digests follow
+    dirs: str | None  # a tree's empty directories, JSON (None: none recorded)
 
 
 class FileRow(NamedTuple):
@@ -51,9 +53,22 @@ class FileRow(NamedTuple):
     b3sum: str  # the uploader's BLAKE3 of the content ("" if none)
     manifest: str
     ref_object: str | None
+    mode: int | None  # a tree file's permission bits (None: not recorded)
 
 
 _VERSION = [versions.c[f] for f in VersionRow._fields]
+
+
+def dirs_text(dirs: Sequence[str]) -> str | None:
+    """``versions.dirs`` of a tree's empty directories (None: it has none)."""
+    return json.dumps(list(dirs), ensure_ascii=False, separators=(",", ":")) if dirs else None
+
+
+def dirs_of(v: VersionRow) -> list[str]:
+    """A version's empty directories (none for a version that records none)."""
+    return json.loads(v.dirs) if v.dirs else []
+
+
 _FILE = [version_files.c[f] for f in FileRow._fields]
 
 
@@ -248,7 +263,8 @@ def totals(conn: Connection) -> dict[str, int]:
 
 # -- files ------------------------------------------------------------------------------
 def insert_files(conn: Connection, version_id: int, rows: list[dict[str, Any]]) -> None:
-    """``rows``: idx, path, size, digest, manifest (and ref_object for references)."""
+    """``rows``: idx, path, size, digest, manifest (and ref_object for references, mode
+    for the files of a stored tree)."""
     for batch in batched(rows, 5000):
         conn.execute(version_files.insert(), [{"version_id": version_id, **r} for r in batch])
 

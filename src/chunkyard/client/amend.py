@@ -26,7 +26,7 @@ from ..errors import InvalidRequest, NotFound, TagConflict
 from ..names import check_tree_paths
 from .packer import FileResult, reused
 from .transport import Transport
-from .upload import Uploader, _add_all, list_tree, version_paths
+from .upload import Uploader, _add_all, file_mode, list_tree, version_paths
 
 
 def _show(transport: Transport, name: str, ref: str | int) -> dict[str, Any] | None:
@@ -107,10 +107,13 @@ def amend(
     tags: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     layout: str = "tree",
+    modes: bool = True,
 ) -> dict[str, Any]:
     """A new version of ``name``: the latest version's files, less those ``remove``
     selects and those the new ``entries`` (local file, path) replace, plus the entries
-    (``layout`` "file": one file, which is then the version's only file).
+    (``layout`` "file": one file, which is then the version's only file). ``modes``:
+    the entries keep their local files' modes (False: temporary files, whose mode says
+    nothing; they take the default).
     Returns the version's summary with the push's ``chunks_total``, ``chunks_new`` and
     ``bytes_uploaded``; ``created`` is False if the content equals the latest version."""
     base = _base(transport, name)
@@ -129,11 +132,14 @@ def amend(
     try:
         results = _add_all(up.packer, entries, known) if entries else []
         up.packer.finish()
+        for result, (local, _) in zip(results, entries, strict=True):
+            result.mode = file_mode(local) if modes else None  # not the replaced file's
         files = sorted(kept + results, key=lambda f: f.path)
         check_tree_paths((f.path for f in files), nfc=False)
         if layout == "file" and len(files) != 1:
             raise InvalidRequest(f"a single-file version holds one file, not {len(files)}")
-        version = _commit(up, layout, files, tags or {})
+        dirs = _still_empty((base.get("dirs") or []) if base else [], files)
+        version = _commit(up, layout, files, tags or {}, dirs)
     finally:
         up.close()
     stats = up.packer.stats
@@ -147,13 +153,27 @@ def amend(
     }
 
 
-def _commit(up: Uploader, layout: str, files: list[FileResult], tags: dict[str, str]) -> dict:
+def _still_empty(dirs: list[str], files: list[FileResult]) -> list[str]:
+    """The empty directories a version carries forward: those that no file of it now
+    fills (or stands at)."""
+    taken = {f.path for f in files} | {d for f in files for d in _parents(f.path)}
+    return [d for d in dirs if d not in taken and not any(p in taken for p in _parents(d))]
+
+
+def _commit(
+    up: Uploader,
+    layout: str,
+    files: list[FileResult],
+    tags: dict[str, str],
+    dirs: list[str] | None = None,
+) -> dict:
     """Commit; content equal to the latest version's makes no version, and the tags
     would go on that one, where tags already set (write-once) keep their values."""
+    dirs = dirs if layout == "tree" else None
     try:
-        return up.commit(layout, files, tags)
+        return up.commit(layout, files, tags, dirs=dirs or ())
     except TagConflict:
-        return up.commit(layout, files, {})
+        return up.commit(layout, files, {}, dirs=dirs or ())
 
 
 def _bring_forward(
@@ -189,7 +209,8 @@ def _bring_forward(
         after = mine["version"]
         up = Uploader(transport, name)
         try:
-            nxt = _commit(up, "tree", merged, {"merged": between})
+            dirs = _still_empty(mine.get("dirs") or [], merged)
+            nxt = _commit(up, "tree", merged, {"merged": between}, dirs)
         finally:
             up.close()
         if not nxt.get("created", True):

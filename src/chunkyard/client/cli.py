@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -300,6 +301,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines += [f"  tag     {k}={val}" for k, val in sorted(v["tags"].items())]
     for f in v["file_list"][:50]:
         line = f"  file    {f['path']}  {_human_size(f['size'])}"
+        if f.get("mode") is not None:
+            line += f"  {stat.filemode(stat.S_IFREG | f['mode'])}"
         if "pin" in f:  # a reference object and what pins it
             pin = f["pin"]
             held = f"version {pin['version_id']}" if pin["version_id"] else f"etag {pin['etag']}"
@@ -310,6 +313,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append(line)
     if len(v["file_list"]) > 50:
         lines.append(f"  … {len(v['file_list']) - 50} more files")
+    dirs = v.get("dirs") or []
+    lines += [f"  dir     {d}/  (empty)" for d in dirs[:50]]
+    if len(dirs) > 50:
+        lines.append(f"  … {len(dirs) - 50} more empty directories")
     _print(args, v, "\n".join(lines))
     return 0
 

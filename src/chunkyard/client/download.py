@@ -42,7 +42,7 @@ from ..errors import (
     PackCorrupt,
     StoreError,
 )
-from ..names import check_path, check_tree_paths
+from ..names import check_path, check_tree_dirs, check_tree_paths
 from ..packs import MAX_RECORD, decode_run
 from ..pins import Pin, response_drift
 from ..version import FORMAT_VERSION
@@ -119,10 +119,13 @@ class Downloader:
         transport: Transport,
         progress: Callable[[int], None] | None = None,
         fmt: int = 3,
+        modes: bool = False,
     ) -> None:
         self.t = transport
         #: the repository format of the version being pulled (how its files are checked)
         self.format = fmt
+        #: files take the modes their version records (a pull; not files in staging)
+        self.modes = modes
         self.progress = progress or (lambda n: None)
         self.pool = ThreadPoolExecutor(DEPTH, thread_name_prefix="cy-get")
         #: units decoded at once: ``DEPTH`` reads wait on the network, but more decoders
@@ -231,7 +234,8 @@ class Downloader:
         interrupted pull of it wrote and verified is read back and checked instead of
         fetched, and a pull interrupted here leaves what it verified for the next."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = PartialFile(dest, entry["digest"], entry["size"])
+        mode = entry.get("mode") if self.modes else None
+        part = PartialFile(dest, entry["digest"], entry["size"], mode)
         check = FileCheck(entry, self.format)
         try:
             units = (u for page in self.pages(base, entry["index"]) for u in _units(page))
@@ -294,7 +298,7 @@ class Downloader:
                 made.add(target.parent)
             tmp = partial_path(target)
             try:
-                tmp.write_bytes(data)
+                _write_new(tmp, data, entry.get("mode") if self.modes else None)
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -334,6 +338,20 @@ class Downloader:
                 ) from exc
             out[(fno, tno)] = bytes(raw)
         return out
+
+
+def _write_new(path: Path, data: bytes, mode: int | None) -> None:
+    """A new file of ``data``, taking ``mode`` (None: as the umask gives) once written:
+    until then it is its owner's alone."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 if mode is None else 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 class FileCheck:
@@ -444,11 +462,15 @@ def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
             if len(files) != 1:
                 raise InvalidName(f"a single-file version with {len(files)} files")
             path = check_path(files[0].get("path"))
+            _check_mode(files[0])
             if not dest.is_dir():
                 return [(files[0], dest)]
             return [(files[0], dest / _local(path.rsplit("/", 1)[-1]))]
         paths = check_tree_paths((f.get("path") for f in files), nfc=False)
         out = [(f, dest / _local(p)) for f, p in zip(files, paths, strict=True)]
+        dirs = empty_dirs(v, paths)
+        for f in files:
+            _check_mode(f)
     except InvalidName as exc:
         raise InvalidName(
             f"{where} holds a file path this client will not write: {exc.message}", **exc.detail
@@ -456,8 +478,27 @@ def targets(v: dict[str, Any], dest: Path) -> list[tuple[dict, Path]]:
     if dest.exists():
         if not dest.is_dir():
             raise InvalidRequest(f"{dest} exists and is not a directory")
-        _in_the_way(dest, paths)
+        _in_the_way(dest, paths, dirs)
     return out
+
+
+def _check_mode(entry: dict[str, Any]) -> None:
+    """A file's recorded mode is permission bits and nothing more (no setuid bit)."""
+    mode = entry.get("mode")
+    if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
+        raise InvalidName(f"file {entry['path'][:200]!r} has mode {mode!r}, not 0 to 0o777")
+
+
+def empty_dirs(v: dict[str, Any], paths: list[str]) -> list[str]:
+    """A tree version's empty directories, checked against its file paths as every
+    path is (:func:`targets`): each lands inside the destination as a directory."""
+    dirs = v.get("dirs") or []
+    if not isinstance(dirs, list):
+        raise InvalidName("the gateway listed empty directories as something else than a list")
+    check_tree_dirs(dirs, paths, nfc=False)
+    for d in dirs:
+        _local(d)
+    return dirs
 
 
 def _local(path: str) -> PurePath:
@@ -470,11 +511,12 @@ def _local(path: str) -> PurePath:
     return local
 
 
-def _in_the_way(dest: Path, paths: list[str]) -> None:
+def _in_the_way(dest: Path, paths: list[str], empty: Sequence[str] = ()) -> None:
     """Refuse a tree that an existing ``dest`` cannot take: a file where one of its
-    directories goes, or a directory where one of its files goes."""
-    dirs: set[str] = set()
-    for p in paths:
+    directories (or its ``empty`` ones) goes, or a directory where one of its files
+    goes."""
+    dirs: set[str] = set(empty)
+    for p in [*paths, *empty]:
         cut = p.rfind("/")
         while cut > 0 and p[:cut] not in dirs:
             dirs.add(p[:cut])
@@ -532,6 +574,8 @@ def pull(
     if delete and v["layout"] != "tree":
         raise InvalidRequest("--delete mirrors a tree: this version is a single file")
     todo = [(e, t) for e, t in targets(v, dest) if trees.selected(e["path"], include, exclude)]
+    listed = (v.get("dirs") or []) if v["layout"] == "tree" else []  # checked by targets()
+    dirs = [d for d in listed if trees.selected(d, include, exclude)]
     ns = trees.stamp_ns(v.get("created_at") or 0.0)
     progress = progress_factory(sum(e["size"] for e, _ in todo)) if progress_factory else None
     counts: dict[str, int] = {}
@@ -543,10 +587,14 @@ def pull(
             counts = _pull_stored(transport, base, fresh, progress, v.get("format", 2))
         for _, target in fresh:
             trees.stamp(target, ns)
+        trees.apply_modes(todo)  # skipped files too: a chmod is a change of the tree
+        for d in dirs:
+            (dest / _local(d)).mkdir(parents=True, exist_ok=True)
         counts.update(files_written=len(fresh), files_skipped=len(todo) - len(fresh))
         if delete:
             keep = {e["path"] for e in v["file_list"]}
-            counts["files_deleted"] = trees.delete(*trees.extras(dest, keep, include, exclude))
+            gone = trees.extras(dest, keep, include, exclude, listed)
+            counts["files_deleted"] = trees.delete(*gone)
     except OSError as exc:
         if exc.filename is None:  # not the file system's: the network's, say
             raise
@@ -585,7 +633,7 @@ def _pull_stored(
     progress: Callable[[int], None] | None,
     fmt: int,
 ) -> dict[str, int]:
-    d = Downloader(transport, progress, fmt)
+    d = Downloader(transport, progress, fmt, modes=True)
     small = [(e, t) for e, t in todo if e["size"] <= SMALL_PULL]
     if len(small) < 2:
         small = []

@@ -8,6 +8,16 @@ Windows of a few MiB flow through it, at most ``DEPTH`` ahead; at most
 ``PACKS_IN_FLIGHT`` finished packs are shipping while the next is filled. All heavy
 work (FastCDC, BLAKE3, zstd) runs in C with the GIL released, so both cores work.
 
+A tree with large files runs ``FILES_PARALLEL`` of them at a time where cores are to
+spare (:meth:`Packer.add_files`): the files are dealt to lanes by size, each lane runs its
+files in order through a shallower pipeline (so memory stays about as for one) and
+fills packs of its own (a :class:`Lane`). A pack closes by its own records
+(``PackWriter.full``), so where a lane's packs end depends on its files alone, whatever
+runs beside it, and a push run again after an interruption rebuilds the packs it had
+not finished under the same ids. (A chunk that files in two lanes both hold lands in
+the pack of whichever places it first; run again, that may be the other lane, and the
+pack it changes is sent again whole. The data is never wrong.)
+
 ``lookup`` says which chunk ids are already stored (the gateway's missing-chunk
 query) and ``ship`` sends a finished pack (presigned parts); the benchmark plugs in
 stand-ins to measure the pipeline alone.
@@ -28,7 +38,7 @@ import blake3
 
 from .. import packs as packfmt
 from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, new_chunker, windows
-from ..digest import chunk_id, chunk_key, file_digest, file_id, new_file_hasher
+from ..digest import DEFAULT_MODE, chunk_id, chunk_key, file_digest, file_id, new_file_hasher
 from ..errors import InvalidRequest
 from ..hashing import chunk_ids, start_chunk_ids
 
@@ -44,6 +54,25 @@ PACKS_IN_FLIGHT = 2
 #: threads that hash and compress windows: one per core (FastCDC cutting and placing
 #: chunks in packs stay one thread each, ~2 and ~5 GB/s: see README "Scaling")
 WORKERS = max(2, min(os.cpu_count() or 2, 16))
+#: a tree with at least two files this large runs its large files in FILES_PARALLEL
+#: lanes (each lane ends in a short pack of its tail: worth it only for large files)
+PARALLEL_MIN = 64 * 1024 * 1024
+FILES_PARALLEL = 2
+#: lanes run only where cores are spare: on two, one file's pipeline (a reader, two CPU
+#: workers, the digest, the pack being finished) keeps both busy, and a second lane
+#: gained nothing measurable for 40 MiB more (README, "Trees like rsync": the numbers)
+LANE_CPUS = 4
+
+
+def lane_count() -> int:
+    """Lanes a push of large files runs at once on this machine."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return FILES_PARALLEL if cpus >= LANE_CPUS else 1
+
+
 #: files up to this size are read whole and handled many at a time
 #: (:meth:`Packer.add_small_files`)
 SMALL_MAX = 1024 * 1024
@@ -113,6 +142,20 @@ class PackSlot:
         self.id: str | None = None
 
 
+class Lane:
+    """Where a run of files places its new chunks, in order: the pack being filled
+    (its writer made at its first chunk) and its slot. The packer's own lane takes
+    every file but those :meth:`Packer.add_files` deals to another lane."""
+
+    def __init__(self) -> None:
+        self.slot = PackSlot()
+        self.writer: packfmt.PackWriter | None = None
+
+
+class _Halted(Exception):
+    """A file running beside another stops: the other failed."""
+
+
 @dataclass
 class FileResult:
     path: str
@@ -122,9 +165,13 @@ class FileResult:
     terms: list[list] = field(default_factory=list)
     from_version: int | None = None
     file_id: str = ""  # with from_version: the file of that version it equals
+    #: a tree file's permission bits (None, or the default: not sent; FORMAT.md "Push")
+    mode: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "size": self.size, "b3sum": self.b3sum}
+        if self.mode is not None and self.mode != DEFAULT_MODE:
+            out["mode"] = self.mode
         if self.from_version is not None:
             out.update(from_version=self.from_version, file_id=self.file_id)
         else:
@@ -136,13 +183,15 @@ class FileResult:
 
 
 def reused(rel: str, size: int, known: dict) -> FileResult:
-    """A file equal to one of the latest version: named, not sent."""
+    """A file equal to one of the latest version: named, not sent (with that file's
+    mode, which a push then replaces by the local file's)."""
     return FileResult(
         rel,
         size,
         known.get("b3sum", ""),
         from_version=known["version"],
         file_id=known["digest"],
+        mode=known.get("mode"),
     )
 
 
@@ -184,7 +233,8 @@ class Packer:
         self.progress = progress or (lambda n: None)
         self.stats = Stats()
         self.cpu = ThreadPoolExecutor(workers, thread_name_prefix="cy-cpu")
-        #: windows hashed or compressed at once (each in flight holds a window buffer)
+        #: windows hashed or compressed at once (each in flight holds a window buffer);
+        #: lanes share them (:meth:`add_files`)
         self.depth = workers
         self.io = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="cy-io")
         self.lookups = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="cy-lookup")
@@ -196,9 +246,11 @@ class Packer:
         self._lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []
         self.recent: OrderedDict[bytes, tuple[PackSlot | str, int]] = OrderedDict()
-        self.slot = PackSlot()
-        self.writer = self._new_writer()
+        self.lane = Lane()
         self.shipping: deque[Future] = deque()
+        #: packs finishing or shipping, over every lane: memory stays bounded
+        self._ship_gate = threading.Semaphore(PACKS_IN_FLIGHT)
+        self._halt = threading.Event()
 
     def close(self) -> None:
         for pool in (self.cpu, self.io, self.lookups, self.digest_pool):
@@ -266,29 +318,42 @@ class Packer:
         terms: list[list],
         first: int = 0,
         end: int | None = None,
+        lane: Lane | None = None,
     ) -> None:
-        """Put chunks ``[first, end)`` of a window in packs, in order, recording terms."""
-        for i in range(first, len(ids) if end is None else end):
+        """Put chunks ``[first, end)`` of a window in ``lane``'s packs (the packer's own
+        by default), in order, recording terms. Lanes place on threads of their own."""
+        if self._halt.is_set():
+            raise _Halted
+        lane = lane or self.lane
+        stop = len(ids) if end is None else end
+        new = 0
+        for i in range(first, stop):
             cid, entry = ids[i], plan[i]
-            self.stats.chunks_total += 1
             if entry[0] == "known":
                 self._add_term(terms, entry[1], entry[2], cid)
                 continue
-            loc = self.recent.get(cid)
+            with self._lock:
+                loc = self.recent.get(cid)
             if loc is not None:  # already placed earlier in this push
                 self._add_term(terms, *loc, cid)
                 continue
             if entry[0] == "dup":  # evicted from ``recent`` meanwhile: compress it here
                 entry = packfmt.compress(self._compressor(), w.chunk(i))
             scheme, stored = entry
-            idx = self.writer.add(cid, w.cuts[i][1], scheme, stored)
-            self.stats.chunks_new += 1
-            self.recent[cid] = (self.slot, idx)
-            if len(self.recent) > RECENT_LIMIT:
-                self.recent.popitem(last=False)
-            self._add_term(terms, self.slot, idx, cid)
-            if self.writer.full():  # closed by its own records: see PackWriter.full
-                self._flush_pack()
+            if lane.writer is None:
+                lane.writer = self._new_writer()
+            idx = lane.writer.add(cid, w.cuts[i][1], scheme, stored)
+            new += 1
+            with self._lock:
+                self.recent[cid] = (lane.slot, idx)
+                if len(self.recent) > RECENT_LIMIT:
+                    self.recent.popitem(last=False)
+            self._add_term(terms, lane.slot, idx, cid)
+            if lane.writer.full():  # closed by its own records: see PackWriter.full
+                self._flush_pack(lane)
+        with self._lock:
+            self.stats.chunks_total += max(0, stop - first)
+            self.stats.chunks_new += new
 
     def _add_term(self, terms: list[list], pack: PackSlot | str, idx: int, key: bytes) -> None:
         """Append chunk ``idx`` of ``pack`` (whose key is ``key``), joining the last term
@@ -309,14 +374,34 @@ class Packer:
             buf = self._pack_buffers.pop() if self._pack_buffers else None
         return packfmt.PackWriter(self.target_size, buf)
 
-    def _flush_pack(self) -> None:
-        if not len(self.writer):
+    def _flush_pack(self, lane: Lane | None = None) -> None:
+        """Ship ``lane``'s pack (the packer's own by default) once fewer than
+        ``PACKS_IN_FLIGHT`` packs are shipping; the lane fills a new one. A pack that
+        failed to ship fails this."""
+        lane = lane or self.lane
+        writer = lane.writer
+        if writer is None or not len(writer):
             return
-        while len(self.shipping) >= PACKS_IN_FLIGHT:
-            self.shipping.popleft().result()
-        self.shipping.append(self.io.submit(self._finish_and_ship, self.writer, self.slot))
-        self.slot = PackSlot()
-        self.writer = self._new_writer()
+        self._ship_gate.acquire()
+        try:
+            self._raise_failed()
+            job = self.io.submit(self._finish_and_ship, writer, lane.slot)
+        except BaseException:
+            self._ship_gate.release()
+            raise
+        job.add_done_callback(lambda _: self._ship_gate.release())
+        with self._lock:
+            self.shipping.append(job)
+        lane.slot, lane.writer = PackSlot(), None
+
+    def _raise_failed(self) -> None:
+        """Forget the packs shipped; raise the error of one that failed."""
+        with self._lock:
+            done = [j for j in self.shipping if j.done()]
+            for j in done:
+                self.shipping.remove(j)
+        for j in done:
+            j.result()
 
     def _finish_and_ship(self, writer: packfmt.PackWriter, slot: PackSlot) -> None:
         try:
@@ -331,8 +416,12 @@ class Packer:
     def finish(self) -> None:
         """Ship the last pack and wait until every pack is shipped."""
         self._flush_pack()
-        while self.shipping:
-            self.shipping.popleft().result()
+        while True:
+            with self._lock:
+                if not self.shipping:
+                    return
+                job = self.shipping.popleft()
+            job.result()
 
     # -- files -------------------------------------------------------------
     def _same_as_known(
@@ -345,12 +434,16 @@ class Packer:
         self.progress(size)
         return reused(rel, size, known)
 
-    def add_similar_file(self, path: Path, rel: str, known: dict) -> FileResult:
+    def add_similar_file(
+        self, path: Path, rel: str, known: dict, lane: Lane | None = None, depth: int = 0
+    ) -> FileResult:
         """A large file that resembles one of the latest version (a new checkpoint of
         the same model): cut and hash all of it first on two processes
         (:func:`chunkyard.hashing.start_chunk_ids`); unchanged, it is named, not sent;
         otherwise ask the gateway about every chunk at once, then read, compress and
-        send only the runs that hold new chunks, while its BLAKE3 is computed beside."""
+        send only the runs that hold new chunks, while its BLAKE3 is computed beside.
+        ``lane`` and ``depth`` as for :meth:`add_file`."""
+        depth = depth or self.depth
         size = path.stat().st_size
         cuts = start_chunk_ids(path).result()
         same = self._same_as_known(rel, size, known, cuts)
@@ -391,8 +484,8 @@ class Packer:
                 yield w, [c[2] for c in group], {"packs": packs_, "locations": locs}
 
         try:
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), self.depth):
-                self._place(w, ids, plan, terms)
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, jobs(), depth):
+                self._place(w, ids, plan, terms, lane=lane)
                 plan.release()
                 w.release()
                 self.progress(sum(n for _, n in w.cuts))
@@ -465,10 +558,23 @@ class Packer:
         if records:
             yield records, Window(memoryview(buf), cuts, 0), ids
 
-    def add_file(self, path: Path, rel: str, known: dict | None = None) -> FileResult:
+    def add_file(
+        self,
+        path: Path,
+        rel: str,
+        known: dict | None = None,
+        lane: Lane | None = None,
+        depth: int = 0,
+    ) -> FileResult:
         """Chunk one file into the packs. ``known``: the same path's entry in the latest
         version ({size, digest (its file id), b3sum, version}); a file of that size is
-        cut and hashed first, and reused if its file id matches."""
+        cut and hashed first, and reused if its file id matches. ``lane``: whose packs
+        its new chunks go to (the packer's own by default); ``depth``: windows hashed
+        or compressed at once (0: the packer's; a lane's share of them when files run
+        beside each other, so that two take the memory of one)."""
+        depth = depth or self.depth
+        ahead = min(2, depth)  # windows read ahead
+        hashing = min(DEPTH, depth + 1) + ahead  # windows held for the whole-file digest
         size = path.stat().st_size
         if known is not None and known["size"] == size:
             same = self._same_as_known(rel, size, known, chunk_ids(path, parallel=False))
@@ -487,24 +593,85 @@ class Packer:
         with open(path, "rb") as f:
 
             def windows_with_digest() -> Iterator[Window]:
-                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=2):
+                for w in windows(f, size_hint=size, pool=self.buffers, read_ahead=ahead):
                     w.hold()
                     digests.append(self.digest_pool.submit(update_digest, w))
-                    while len(digests) > DEPTH + 2:
+                    while len(digests) > hashing:
                         digests.popleft().result()
                     yield w
 
-            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), self.depth)
-            looked_up = pipelined(self.lookups, self._lookup, hashed, LOOKUPS)
-            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, self.depth):
+            hashed = pipelined(self.cpu, self._hash, windows_with_digest(), depth)
+            asking = LOOKUPS if ahead > 1 else 1  # a lane's share: one round trip ahead
+            looked_up = pipelined(self.lookups, self._lookup, hashed, asking)
+            for w, ids, plan in pipelined(self.cpu, self._compress_new, looked_up, depth):
                 n = len(w.data)
-                self._place(w, ids, plan, terms)
+                self._place(w, ids, plan, terms, lane=lane)
                 plan.release()
                 w.release()
                 self.progress(n)
         for d in digests:
             d.result()
         return FileResult(rel, size, hasher.hexdigest(), terms=terms)
+
+    def add_files(self, files: list[tuple[Path, str, dict | None]]) -> list[FileResult]:
+        """Files larger than :data:`SMALL_MAX` (``(path, path in the version, known)``
+        as for :meth:`add_file`), results in order.
+
+        With two files of at least :data:`PARALLEL_MIN` bytes or more, on a machine
+        with cores to spare (:func:`lane_count`), the files are dealt to lanes before
+        anything runs, each in turn to the lane with the fewest bytes so far (the
+        packer's own lane first), and the lanes run at once, each its files in order
+        through a shallower pipeline. Which lane a file takes depends on the sizes
+        alone, and a lane's packs on its files alone: a push run again on the same
+        machine deals and packs the same way. Otherwise every file runs in order in
+        the packer's lane, as ever."""
+        sizes = [p.stat().st_size for p, _, _ in files]
+        count = lane_count()
+        if count < 2 or sum(n >= PARALLEL_MIN for n in sizes) < 2:
+            return [self._one(*f) for f in files]
+        lanes = [self.lane] + [Lane() for _ in range(count - 1)]
+        dealt: list[list[int]] = [[] for _ in lanes]
+        load = [0] * len(lanes)
+        for i, n in enumerate(sizes):
+            k = load.index(min(load))
+            dealt[k].append(i)
+            load[k] += n
+        out: dict[int, FileResult] = {}
+
+        share = max(1, self.depth // len(lanes))
+
+        def run(k: int) -> None:
+            lane = lanes[k]
+            for i in dealt[k]:
+                out[i] = self._one(*files[i], lane=lane, depth=share)
+            if lane is not self.lane:
+                self._flush_pack(lane)  # its tail; the packer's own lane goes on
+
+        pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="cy-lane")
+        running = [pool.submit(run, k) for k in range(len(lanes))]
+        try:
+            for job in running:
+                job.result()
+        except BaseException:
+            self._halt.set()  # the other lane stops at its next window
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [out[i] for i in range(len(files))]
+
+    def _one(
+        self,
+        path: Path,
+        rel: str,
+        known: dict | None,
+        lane: Lane | None = None,
+        depth: int = 0,
+    ) -> FileResult:
+        """One file: a large one that resembles the latest version's file of its path
+        by the hash-everything-first path, any other streamed."""
+        if known is not None and path.stat().st_size >= SIMILAR_MIN:
+            return self.add_similar_file(path, rel, known, lane, depth)
+        return self.add_file(path, rel, known, lane, depth)
 
 
 def _choose_grouping(cctx: packfmt.Compressor, w: Window) -> tuple[int, int]:

@@ -218,17 +218,20 @@ class PartialFile:
     """Where a pulled file is written before it is renamed into place, and how much of
     it from the start is verified (:attr:`kept`, bytes); see the module docstring."""
 
-    def __init__(self, dest: Path, file_id: str, size: int) -> None:
-        self.dest, self.file_id, self.size = dest, file_id, size
+    def __init__(self, dest: Path, file_id: str, size: int, mode: int | None = None) -> None:
+        """``mode``: the permission bits ``dest`` takes (None: as the umask gives); the
+        file is its owner's alone until then."""
+        self.dest, self.file_id, self.size, self.mode = dest, file_id, size, mode
         self.path, record = partial_paths(dest, file_id)
         self.record: Path | None = record
         self.kept = 0
         self._next_record = 0.0  # monotonic time of the next record written
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        made = 0o644 if mode is None else 0o600
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, made)
         if not _lock(self.fd):  # another process pulls the same file here: no resuming
             os.close(self.fd)
             self.path, self.record = partial_paths(dest, uuid.uuid4().hex)[0], None
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, made)
             return
         r = _read_json(self.record)
         if (r.get("file_id"), r.get("size")) == (file_id, size):
@@ -248,7 +251,10 @@ class PartialFile:
                 _write_json(self.record, {**data, "verified": offset})
 
     def finish(self) -> None:
-        """Every check passed: the file takes its name, and nothing is left to resume."""
+        """Every check passed: the file takes its mode and its name, and nothing is left
+        to resume."""
+        if self.mode is not None:
+            os.fchmod(self.fd, self.mode)
         self._close()
         os.replace(self.path, self.dest)
         if self.record is not None:

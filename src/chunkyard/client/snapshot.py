@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 #: ``_IOW(0x94, 9, int)`` from linux/fs.h: make the destination share the source's extents
@@ -86,6 +87,7 @@ def snapshot_file(src: Path, dst: Path) -> tuple[str, int]:
             if how == "copy":
                 _copy(fi, fo, size)
             size = os.fstat(fo).st_size  # what was taken, if the file changed meanwhile
+            os.fchmod(fo, stat.S_IMODE(os.fstat(fi).st_mode))  # the push records it
             os.fsync(fo)
         finally:
             os.close(fo)

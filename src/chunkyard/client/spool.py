@@ -252,8 +252,8 @@ class Spool:
         if not root.exists():
             raise InvalidRequest(f"{root} does not exist")
         layout = "tree" if root.is_dir() else "file"
-        entries = upload.list_tree(root) if layout == "tree" else [(root, root.name)]
-        upload.version_paths(entries)
+        entries, dirs = upload.walk_tree(root) if layout == "tree" else ([(root, root.name)], [])
+        upload.version_dirs(dirs, upload.version_paths(entries))
         job_id = new_job_id()
         stage = self.root / "tmp" / job_id
         # held before the staging directory exists and until it is renamed away: while
@@ -263,7 +263,7 @@ class Spool:
         try:
             stage.mkdir()
             try:
-                meta = self._stage(stage, job_id, root, layout, entries, name, url, tags)
+                meta = self._stage(stage, job_id, root, layout, entries, name, url, tags, dirs)
                 os.rename(stage, self.root / "jobs" / job_id)
                 fsync_dir(self.root / "jobs")
             except BaseException:
@@ -285,10 +285,16 @@ class Spool:
         name: str,
         url: str,
         tags: dict[str, str],
+        empty: list[str] | None = None,
     ) -> dict[str, Any]:
+        """``empty``: the tree's directories, made in the snapshot too (the push finds
+        the empty ones there)."""
         data = stage / "data"
         data.mkdir()
         how, size, dirs = set(), 0, {data}
+        for rel in empty or ():
+            (data / rel).mkdir(parents=True, exist_ok=True)
+            dirs.update([data / rel, *(data / rel).parents])
         for src, rel in entries:
             dst = data / rel
             if dst.parent not in dirs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -85,13 +86,17 @@ def extras(
     keep: set[str],
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    empty: Sequence[str] = (),
 ) -> tuple[list[Path], list[Path]]:
     """What ``--delete`` removes under ``dest``: files (and symlinks, never followed)
     whose relative path is selected but not in ``keep``, and the directories that hold
-    nothing kept. Paths outside the selection are left alone, as rsync does."""
+    nothing kept and are not the version's ``empty`` directories (or theirs): as
+    ``rsync -r --delete``, which removes every directory the source lacks. Paths outside
+    the selection are left alone, as rsync does."""
     files: list[Path] = []
     dirs: list[Path] = []
     keep_dirs = {d for rel in keep for d in list(_candidates(rel))[1:]}
+    keep_dirs.update(d for rel in empty for d in _candidates(rel))
     for dirpath, dirnames, filenames in os.walk(dest, topdown=False, followlinks=False):
         here = Path(dirpath)
         for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
@@ -104,6 +109,17 @@ def extras(
     return files, dirs
 
 
+def apply_modes(todo: Iterable[tuple[dict, Path]]) -> None:
+    """Give each file the permission bits its version records, exactly (as ``rsync -p``
+    and ``tar -p`` do: the umask plays no part); a file of a version that records none
+    is left as it is. Files written now have them already (they take them before their
+    name); this sets those of files a pull skipped."""
+    for entry, target in todo:
+        mode = entry.get("mode")
+        if mode is not None and stat.S_IMODE(target.lstat().st_mode) != mode:
+            os.chmod(target, mode)
+
+
 def delete(files: list[Path], dirs: list[Path]) -> int:
     """Remove what :func:`extras` listed (directories deepest first, only if empty by
     then); the number of files removed."""
@@ -113,3 +129,14 @@ def delete(files: list[Path], dirs: list[Path]) -> int:
         with contextlib.suppress(OSError):  # holds something unselected: kept
             d.rmdir()
     return len(files)
+
+
+def empty_dirs(dirs: Iterable[str], files: Iterable[str]) -> list[str]:
+    """The directories of ``dirs`` that hold none of ``files`` and none of the other
+    ``dirs``, sorted: what a tree version lists as its empty directories (the deeper
+    ones imply their parents)."""
+    listed = list(dirs)
+    inner: set[str] = set()
+    for rel in [*files, *listed]:
+        inner.update(list(_candidates(rel))[1:])
+    return sorted({d for d in listed if d not in inner}, key=lambda d: d.encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import packs as packfmt
+from ..digest import DEFAULT_MODE
 from ..errors import (
     CatalogError,
     ChunkyardError,
@@ -27,10 +29,10 @@ from ..errors import (
     PacksGone,
     StoreError,
 )
-from ..names import check_tree_paths
+from ..names import check_tree_dirs, check_tree_paths
 from ..parts import part_checksum, plan_even_parts
 from . import trees
-from .packer import SIMILAR_MIN, SMALL_MAX, FileResult, Packer
+from .packer import SMALL_MAX, FileResult, Packer
 from .resume import PushRecord, push_key
 from .transport import Transport, with_fresh_url
 
@@ -53,6 +55,7 @@ PART_REFUSED = frozenset(
 SMALL_PUSH_BYTES = 1024 * 1024
 SMALL_PUSH_MAX = 4 * 1024 * 1024
 SMALL_PUSH_FILES = 1000
+SMALL_PUSH_DIRS = 1000
 #: pushes through a session tried again when garbage collection took a pack they
 #: found (the gateway answers ``packs_gone``): each try asks again what is missing
 COMMIT_ATTEMPTS = 3
@@ -209,29 +212,65 @@ class Uploader:
         tags: dict[str, str],
         before: Callable[[str, dict], None] | None = None,
         always_new: bool = False,
+        dirs: Sequence[str] = (),
     ) -> dict:
-        """``always_new``: a version even if the content equals the latest's."""
-        body: dict[str, Any] = {"layout": layout, "files": [f.to_json() for f in files]}
+        """``always_new``: a version even if the content equals the latest's; ``dirs``:
+        a tree's empty directories (:func:`chunkyard.client.trees.empty_dirs`)."""
+        listed = [f.to_json() for f in files]
+        if layout == "file":  # a single file's version records no mode
+            for f in listed:
+                f.pop("mode", None)
+        body: dict[str, Any] = {"layout": layout, "files": listed}
         body["tags"] = tags
         if always_new:  # only when asked: gateways before it refuse the field
             body["always_new"] = True
+        if dirs and layout == "tree":  # likewise
+            body["dirs"] = list(dirs)
         if before is not None:  # the spool records it: sent again, it answers the same
             before(self.sid, body)
         return self.t.call("POST", f"/v1/sessions/{self.sid}/commit", json=body)
 
 
-def list_tree(root: Path) -> list[tuple[Path, str]]:
-    """Regular files under ``root`` as (path, relative POSIX path), sorted; symlinks
-    and special files are refused rather than silently skipped."""
-    out = []
+def walk_tree(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Regular files under ``root`` as (path, relative POSIX path), sorted, and the
+    relative path of every directory below ``root``; symlinks and special files are
+    refused rather than silently skipped (a symlink to a directory is not followed,
+    and not listed)."""
+    out: list[tuple[Path, str]] = []
+    dirs: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        here = Path(dirpath)
+        dirs += [
+            (here / d).relative_to(root).as_posix() for d in dirnames if not (here / d).is_symlink()
+        ]
         for name in sorted(filenames):
-            p = Path(dirpath) / name
+            p = here / name
             if p.is_symlink() or not p.is_file():
                 raise InvalidRequest(f"{p} is not a regular file (symlinks are not pushed)")
             out.append((p, p.relative_to(root).as_posix()))
-    return out
+    return out, dirs
+
+
+def list_tree(root: Path) -> list[tuple[Path, str]]:
+    """The regular files of :func:`walk_tree`."""
+    return walk_tree(root)[0]
+
+
+def version_dirs(dirs: list[str], entries: list[tuple[Path, str]]) -> list[str]:
+    """A tree's empty directories (the deepest ones, in Unicode NFC, sorted) from every
+    directory listed and the files' paths in the version, checked."""
+    empty = trees.empty_dirs(
+        [unicodedata.normalize("NFC", d) for d in dirs], [r for _, r in entries]
+    )
+    check_tree_dirs(empty, (rel for _, rel in entries))
+    return empty
+
+
+def file_mode(path: Path) -> int:
+    """What a push records of a file's mode: its permission bits (no setuid, setgid or
+    sticky bit, FORMAT.md "Digests")."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o777
 
 
 def version_paths(entries: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
@@ -263,16 +302,11 @@ def _add_all(
     batch = [(entries[i][0], entries[i][1], known.get(entries[i][1])) for i in small]
     for i, result in zip(small, packer.add_small_files(batch), strict=True):
         out[i] = result
-    for i, (p, rel) in enumerate(entries):
-        if i not in out:
-            out[i] = _add(packer, p, rel, known.get(rel))
+    large = [i for i in range(len(entries)) if i not in out]
+    files = [(entries[i][0], entries[i][1], known.get(entries[i][1])) for i in large]
+    for i, result in zip(large, packer.add_files(files), strict=True):
+        out[i] = result
     return [out[i] for i in range(len(entries))]
-
-
-def _add(packer: Packer, path: Path, rel: str, known: dict | None) -> FileResult:
-    if known is not None and path.stat().st_size >= SIMILAR_MIN:
-        return packer.add_similar_file(path, rel, known)
-    return packer.add_file(path, rel, known)
 
 
 def _latest(transport: Transport, name: str) -> dict | None:
@@ -306,16 +340,20 @@ def push(
     if not root.exists():
         raise InvalidRequest(f"{root} does not exist")
     layout = "tree" if root.is_dir() else "file"
-    listed = list_tree(root) if layout == "tree" else [(root, root.name)]
+    listed, dirs = walk_tree(root) if layout == "tree" else ([(root, root.name)], [])
     if layout == "tree" and (include or exclude):
         listed = [(p, rel) for p, rel in listed if trees.selected(rel, include, exclude)]
+        dirs = [d for d in dirs if trees.selected(d, include, exclude)]
         if not listed:
             raise InvalidRequest(f"no file under {root} is selected by --include/--exclude")
     entries = version_paths(listed)
+    dirs = version_dirs(dirs, entries)
+    modes = [file_mode(p) for p, _ in entries] if layout == "tree" else None
     total = sum(p.stat().st_size for p, _ in entries)
     progress = progress_factory(total) if progress_factory else None
-    if total <= small_push_limit() and len(entries) <= SMALL_PUSH_FILES:
-        version = _push_small(transport, name, layout, entries, tags or {})
+    small = len(entries) <= SMALL_PUSH_FILES and len(dirs) <= SMALL_PUSH_DIRS
+    if total <= small_push_limit() and small:
+        version = _push_small(transport, name, layout, entries, tags or {}, modes, dirs)
         if version is not None:
             if progress is not None:
                 progress(total)
@@ -338,7 +376,9 @@ def push(
             try:
                 results = _add_all(up.packer, entries, known)
                 up.packer.finish()
-                version = up.commit(layout, results, tags or {}, before_commit)
+                for result, mode in zip(results, modes or [None] * len(results), strict=True):
+                    result.mode = mode
+                version = up.commit(layout, results, tags or {}, before_commit, dirs=dirs)
                 break
             except PacksGone:
                 # garbage collection took packs the lookup found (FORMAT.md, "Deleting"):
@@ -378,18 +418,26 @@ def _push_small(
     layout: str,
     entries: list[tuple[Path, str]],
     tags: dict[str, str],
+    modes: list[int] | None = None,
+    dirs: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Small content in one request (one round trip instead of six; the gateway
     dedups it as any other). None: the gateway predates this request, or a file grew
-    past the limit while being read: push through an upload session instead."""
-    files, total = [], 0
-    for p, rel in entries:
+    past the limit while being read: push through an upload session instead.
+    ``modes``: each tree file's; ``dirs``: a tree's empty directories."""
+    files: list[dict[str, Any]] = []
+    total = 0
+    for i, (p, rel) in enumerate(entries):
         data = p.read_bytes()
         total += len(data)
         if total > SMALL_PUSH_MAX:
             return None
         files.append({"path": rel, "data": base64.b64encode(data).decode()})
-    body = {"layout": layout, "files": files, "tags": tags}
+        if modes is not None and modes[i] != DEFAULT_MODE:  # absent: the default
+            files[-1]["mode"] = modes[i]
+    body: dict[str, Any] = {"layout": layout, "files": files, "tags": tags}
+    if dirs:  # only when there are any: gateways before them refuse the field
+        body["dirs"] = list(dirs)
     try:
         return transport.call("POST", f"/v1/artifacts/{name}/-/versions", json=body)
     except ChunkyardError as exc:

@@ -231,8 +231,9 @@ class ChunkyardFileSystem(AbstractFileSystem):
         partial.pull_files(self.client.transport, v, [(d, Path(lpath))])
 
     # -- writing -------------------------------------------------------------------
-    def _write(self, local: str | os.PathLike, path: str) -> dict[str, Any]:
-        """Make the local file ``local`` the file at ``path``, as a new version."""
+    def _write(self, local: str | os.PathLike, path: str, modes: bool = False) -> dict[str, Any]:
+        """Make the local file ``local`` the file at ``path``, as a new version;
+        ``modes``: with its mode (a file of the caller's, not a temporary one)."""
         path = self._strip_protocol(path)
         found = self._resolve(path)
         t = self.client.transport
@@ -251,7 +252,8 @@ class ChunkyardFileSystem(AbstractFileSystem):
         if ref is not None:
             raise PermissionError(f"{path}: versions never change; write to {name}@latest/...")
         if inner:
-            return self.client.add(name, {inner: local})
+            entries = amend.local_entries({inner: local})
+            return amend.amend(t, name, entries, modes=modes)
         v = self._show(name, None)
         if v["layout"] != "file":
             raise IsADirectoryError(path)
@@ -265,7 +267,7 @@ class ChunkyardFileSystem(AbstractFileSystem):
             return  # directories exist through their files
         if mode == "create" and self.exists(rpath):
             raise FileExistsError(rpath)
-        self._write(lpath, rpath)
+        self._write(lpath, rpath, modes=True)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         if mode == "create" and self.exists(path):

@@ -152,10 +152,13 @@ class Copier:
                 groups = batches(fetch, lambda f: f["size"])
                 for got in ahead(lambda g: reader.fetch(g, self.staging), groups):
                     try:
-                        w.add([(p, e["path"]) for e, p in got])
+                        w.add(
+                            [(p, e["path"]) for e, p in got],
+                            {e["path"]: e.get("mode") for e, _ in got},
+                        )
                     finally:
                         drop(p for _, p in got)
-                made = w.commit(v["layout"], tags, always_new=True)
+                made = w.commit(v["layout"], tags, always_new=True, dirs=v.get("dirs") or ())
         finally:
             reader.close()
         if by_id and made["digest"] != v["digest"]:

@@ -21,7 +21,7 @@ from typing import Any
 from unicodedata import normalize
 
 from ..client.api import Client
-from ..client.upload import list_tree, version_paths
+from ..client.upload import file_mode, list_tree, version_dirs, version_paths, walk_tree
 from ..errors import InvalidRequest, NotFound, SourceNotFound
 from ..names import check_name, check_tags, check_tree_paths
 from . import mlruns
@@ -118,10 +118,16 @@ class Importer:
         return [(under + rel, p.stat().st_size, p) for p, rel in version_paths(listed)]
 
     def _write(
-        self, files: list[tuple[str, int, Any]], layout: str, tags: dict[str, str], new: bool
+        self,
+        files: list[tuple[str, int, Any]],
+        layout: str,
+        tags: dict[str, str],
+        new: bool,
+        dirs: list[str] | None = None,
     ) -> dict[str, Any]:
-        """One version of ``files``: local ones read in place, bucket objects staged a
-        batch ahead and dropped once packed."""
+        """One version of ``files`` (and the empty directories ``dirs``): local ones
+        read in place, with their modes, bucket objects staged a batch ahead and
+        dropped once packed (an object has no mode)."""
         check_tree_paths(path for path, _, _ in files)
         total = sum(n for _, n, _ in files)
         run = tags.get("mlflow.run_name") or tags.get("mlflow.run_id")
@@ -145,11 +151,12 @@ class Importer:
 
         with VersionWriter(self.c.transport, self.name, advance) as w:
             for staged in ahead(stage, batches(list(range(len(files))), lambda i: files[i][1])):
+                modes = {rel: file_mode(p) for p, rel, temp in staged if not temp}
                 try:
-                    w.add([(p, rel) for p, rel, _ in staged])
+                    w.add([(p, rel) for p, rel, _ in staged], modes)
                 finally:
                     drop(p for p, _, temp in staged if temp)
-            return w.commit(layout, tags, always_new=new)
+            return w.commit(layout, tags, always_new=new, dirs=dirs or ())
 
     # -- the kinds of source ---------------------------------------------------------
     def one(self, source: str, kind: str, tags: dict[str, str]) -> None:
@@ -159,6 +166,10 @@ class Importer:
         if not files:
             raise SourceNotFound(f"nothing to import at {source}", uri=source)
         layout = "file" if kind == "directory" and Path(source).is_file() else "tree"
+        dirs: list[str] = []
+        if kind == "directory" and layout == "tree":  # a bucket has no directories
+            found = walk_tree(Path(where))[1]
+            dirs = version_dirs(found, [(p, rel) for rel, _, p in files])
         tags = {**tags, "import.source": where}
         try:
             latest = self.c.show(self.name)
@@ -167,7 +178,7 @@ class Importer:
         # identical content answers the latest version, but only if it came from here:
         # another source's version keeps its own import.source tag
         new = latest is None or latest["tags"].get("import.source") != where
-        self.made.append(self._write(files, layout, tags, new))
+        self.made.append(self._write(files, layout, tags, new, dirs))
 
     def runs(self, root: Path, tags: dict[str, str], experiments: list[str] | None) -> None:
         """Every live run of an mlruns tree not imported yet, in start order."""

@@ -11,7 +11,7 @@ size) are named by id: neither fetched nor sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,14 +74,20 @@ class VersionWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, files: list[tuple[Path, str]]) -> None:
-        """Local files as ``(path, path in the version)``; when this returns they have
-        been read and may be deleted."""
+    def add(
+        self, files: list[tuple[Path, str]], modes: dict[str, int | None] | None = None
+    ) -> None:
+        """Local files as ``(path, path in the version)``, with the ``modes`` of tree
+        files by path (a file without one takes the default); when this returns they
+        have been read and may be deleted."""
         packer = self.up.packer
         small = [(p, rel, None) for p, rel in files if p.stat().st_size <= SMALL_MAX]
-        if small:
-            self.files += packer.add_small_files(small)
-        self.files += [packer.add_file(p, rel) for p, rel in files if p.stat().st_size > SMALL_MAX]
+        got = packer.add_small_files(small) if small else []
+        large = [(p, rel, None) for p, rel in files if p.stat().st_size > SMALL_MAX]
+        got += packer.add_files(large) if large else []
+        for f in got:
+            f.mode = (modes or {}).get(f.path)
+        self.files += got
 
     def reuse(self, path: str, entry: dict[str, Any], version: int) -> None:
         """A file equal to ``entry`` (``size``, ``digest``: its file id, ``b3sum``) of
@@ -93,17 +99,25 @@ class VersionWriter:
                 entry.get("b3sum", ""),
                 from_version=version,
                 file_id=entry["digest"],
+                mode=entry.get("mode"),
             )
         )
         self.reused += 1
         self.progress(entry["size"])
 
-    def commit(self, layout: str, tags: dict[str, str], always_new: bool = False) -> dict[str, Any]:
-        """The version; its summary has ``chunks_total``, ``chunks_new``,
-        ``bytes_uploaded`` (pack bytes sent to the store) and ``files_reused``."""
+    def commit(
+        self,
+        layout: str,
+        tags: dict[str, str],
+        always_new: bool = False,
+        dirs: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The version (``dirs``: a tree's empty directories); its summary has
+        ``chunks_total``, ``chunks_new``, ``bytes_uploaded`` (pack bytes sent to the
+        store) and ``files_reused``."""
         self.up.packer.finish()
         files = sorted(self.files, key=lambda f: f.path.encode())
-        v = self.up.commit(layout, files, tags, always_new=always_new)
+        v = self.up.commit(layout, files, tags, always_new=always_new, dirs=dirs)
         stats = self.up.packer.stats
         return {
             **v,

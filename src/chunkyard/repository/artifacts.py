@@ -106,10 +106,16 @@ def summary(conn: Connection, name: str, v: VersionRow, files: bool = False) -> 
     if files and v.kind == "reference":
         out["file_list"] = _reference_files(conn, v.id)
     elif files:
-        out["file_list"] = [
-            {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "b3sum": f.b3sum}
-            for f in q.files_of(conn, v.id)
-        ]
+        out["file_list"] = [_stored_file(f) for f in q.files_of(conn, v.id)]
+    if files and v.layout == "tree":
+        out["dirs"] = q.dirs_of(v)
+    return out
+
+
+def _stored_file(f: q.FileRow) -> dict[str, Any]:
+    out = {"index": f.idx, "path": f.path, "size": f.size, "digest": f.digest, "b3sum": f.b3sum}
+    if f.mode is not None:  # recorded (FORMAT.md, "Pull": others pull as they always did)
+        out["mode"] = f.mode
     return out
 
 

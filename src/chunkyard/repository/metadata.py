@@ -26,6 +26,7 @@ from .. import records
 from ..catalog import Database
 from ..catalog import metadata as facts_q
 from ..catalog import notes as notes_q
+from ..catalog import versions as versions_q
 from ..catalog.notes import Note
 from ..catalog.references import PinRow
 from ..errors import CatalogLost, ChunkyardError
@@ -202,7 +203,7 @@ def version_record(
     out = []
     for f in files:
         if f.ref_object is None:
-            out.append(records.stored_file(f.path, f.size, f.digest, f.b3sum, f.manifest))
+            out.append(records.stored_file(f.path, f.size, f.digest, f.b3sum, f.manifest, f.mode))
             continue
         p = pins[f.ref_object]
         out.append(
@@ -232,6 +233,7 @@ def version_record(
         v.source,
         repo.domain_depth,
         out,
+        versions_q.dirs_of(v),
     )
 
 

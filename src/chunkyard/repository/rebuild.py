@@ -32,12 +32,13 @@ from ..catalog.copy import Progress, Silent, empty_target, move_sequences
 from ..catalog.db import safe_url
 from ..config import Settings
 from ..digest import tree_digest
-from ..errors import PackCorrupt, RecordInvalid, StoreObjectMissing
-from ..names import domain_of
+from ..errors import InvalidManifest, InvalidName, PackCorrupt, RecordInvalid, StoreObjectMissing
+from ..names import check_tree_dirs, domain_of
 from ..pins import Pin, pins_digest
 from ..stores import open_store
 from ..stores.base import Store
 from .references.indexing import pin_row
+from .uploads import check_tree_extras
 
 #: records and packs read from the store at once
 PARALLEL_RECORDS = 16
@@ -337,8 +338,13 @@ def _version(
                 }
             )
             return None
+        why = _check_tree(r)
+        if why:
+            report.skipped.append({**where, "reason": why})
+            return None
         if r["format"] >= 3 and not borrowed:
-            why = rebuild_q.check_stored(conn, r["layout"], r["digest"], r["files"])
+            dirs = r.get("dirs") or []
+            why = rebuild_q.check_stored(conn, r["layout"], r["digest"], r["files"], dirs)
             if why:
                 report.skipped.append({**where, "reason": why})
                 return None
@@ -361,6 +367,22 @@ def _version(
     report.versions += 1
     report.files += len(r["files"])
     return vid
+
+
+def _check_tree(r: dict[str, Any]) -> str:
+    """Why a stored version's modes or empty directories cannot be ("" if they can):
+    as a commit would check them (a record is checked against its key, but not for
+    sense)."""
+    modes = [f.get("mode") for f in r["files"]]
+    dirs = r.get("dirs") or []
+    try:
+        if any(m is not None and not (isinstance(m, int) and 0 <= m <= 0o777) for m in modes):
+            raise InvalidManifest("a file mode is not between 0 and 0o777")
+        check_tree_extras(r["layout"], modes, dirs)
+        check_tree_dirs(dirs, (f["path"] for f in r["files"]), nfc=False)
+    except (InvalidManifest, InvalidName) as exc:
+        return exc.message
+    return ""
 
 
 def _check_reference(r: dict[str, Any]) -> str:

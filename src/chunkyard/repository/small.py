@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,17 @@ from ..chunking import new_chunker
 from ..digest import FileIdHasher, chunk_id, chunk_key
 from ..errors import BodyTooLarge, InvalidManifest, PacksGone
 from ..manifest import Term, dumps
-from ..names import MAX_PATH, check_name, check_tags, check_tree_paths
+from ..names import MAX_PATH, check_name, check_tags, check_tree_dirs, check_tree_paths
 from . import Repository, metadata
 from .access import Principal
 from .artifacts import describe, summary
-from .uploads import add_version, readable_locations, require_live
+from .uploads import (
+    add_version,
+    check_tree_extras,
+    readable_locations,
+    require_live,
+    tree_mode,
+)
 
 #: the most content one small push carries (its body is base64: a third more)
 MAX_BYTES = 4 * 1024 * 1024
@@ -42,14 +49,17 @@ ATTEMPTS = 3
 #: content up to this size is cut and packed on the event loop (~0.1 ms for 64 KiB: less
 #: than a trip to a worker thread and back)
 INLINE_BYTES = 64 * 1024
-#: its body: base64 content, paths and JSON around them
-MAX_BODY = MAX_BYTES * 4 // 3 + MAX_FILES * (MAX_PATH + 64) + 64 * 1024
+#: empty directories one small push lists
+MAX_DIRS = 1000
+#: its body: base64 content, paths (of files and empty directories) and JSON around them
+MAX_BODY = MAX_BYTES * 4 // 3 + (MAX_FILES + MAX_DIRS) * (MAX_PATH + 64) + 64 * 1024
 
 
 @dataclass(frozen=True)
 class SmallFile:
     path: str
     data: bytes
+    mode: int | None = None  # a tree file's permission bits (None: DEFAULT_MODE)
 
 
 @dataclass
@@ -69,10 +79,12 @@ async def push(
     layout: str,
     files: list[SmallFile],
     tags: dict[str, str],
+    dirs: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Store small files as a new version of ``name`` (or answer the latest version if
-    its content is the same). Returns what a push of the upload protocol returns, with
-    ``chunks_total``, ``chunks_new`` and ``bytes_uploaded``."""
+    """Store small files (and a tree's empty directories ``dirs``) as a new version of
+    ``name`` (or answer the latest version if its content is the same). Returns what a
+    push of the upload protocol returns, with ``chunks_total``, ``chunks_new`` and
+    ``bytes_uploaded``."""
     name, tags = check_name(name), check_tags(tags)
     who.require("write", name)
     if layout == "file" and len(files) != 1:
@@ -85,7 +97,9 @@ async def push(
         )
     if len({f.path for f in files}) != len(files):
         raise InvalidManifest("a path appears twice")
+    check_tree_extras(layout, (f.mode for f in files), dirs)
     check_tree_paths(f.path for f in files)
+    check_tree_dirs(dirs, (f.path for f in files))
     domain = repo.domain(name)
     total = sum(len(f.data) for f in files)
     cut = _cut(files) if total <= INLINE_BYTES else await anyio.to_thread.run_sync(_cut, files)
@@ -106,7 +120,7 @@ async def push(
             await repo.store.put(key, bytes(prepared.pack.data))
         try:
             result, live = await metadata.write_after(
-                repo, _commit, repo, who, name, prepared, layout, key, tags
+                repo, _commit, repo, who, name, prepared, layout, key, tags, dirs
             )
             break
         except PacksGone:
@@ -180,6 +194,7 @@ def _commit(
     layout: str,
     key: str | None,
     tags: dict[str, str],
+    dirs: Sequence[str] = (),
 ) -> tuple[dict[str, Any], bool]:
     """In one transaction: the new pack becomes live (or, if another copy of it is,
     redundant), and the version appears whole, or the latest is answered unchanged."""
@@ -224,9 +239,10 @@ def _commit(
                 "digest": fid,
                 "b3sum": b3,
                 "manifest": dumps(terms),
+                "mode": tree_mode(layout, f.mode),
             }
         )
-    v, created = add_version(conn, art_id, layout, rows_out, tags)
+    v, created = add_version(conn, art_id, layout, rows_out, tags, dirs=dirs)
     if not created:
         return {**summary(conn, name, v), "created": False}, live
     return {**describe(name, v, tags, []), "created": True}, live

@@ -20,6 +20,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..catalog import sessions as sessions_q
 from ..catalog import versions as versions_q
 from ..catalog.packs import EntryRow, PackRow, UploadRow
 from ..catalog.sessions import SessionRow
-from ..digest import DIGEST_SIZE, tree_digest
+from ..digest import DEFAULT_MODE, DIGEST_SIZE, tree_digest
 from ..errors import (
     BodyTooLarge,
     InvalidManifest,
@@ -47,7 +48,7 @@ from ..errors import (
     VersionNotFound,
 )
 from ..manifest import Term, dumps, loads
-from ..names import check_name, check_tags, check_tree_paths
+from ..names import check_name, check_tags, check_tree_dirs, check_tree_paths
 from ..parts import checksum_fits
 from ..stores.base import CompletedPart, HeldPart, PartPlan
 from . import Repository, metadata, verifier
@@ -57,6 +58,8 @@ from .artifacts import apply_tags, describe, summary
 #: keys per missing-chunk query: 64 Ki keys = a 2 MiB body
 MAX_QUERY_IDS = 65536
 MAX_FILES = 1_000_000
+#: empty directories of one tree version
+MAX_DIRS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class FileEntry:
     terms: tuple[TermRef, ...] = ()
     from_version: int | None = None
     file_id: str = ""  # with from_version: which file of that version
+    mode: int | None = None  # a tree file's permission bits (None: DEFAULT_MODE)
 
 
 async def create_session(repo: Repository, who: Principal, name: str) -> dict[str, Any]:
@@ -352,10 +356,11 @@ async def complete_pack(
     return {"pack": pack_id, "state": "complete", "chunks": 0}
 
 
-def check_files(layout: str, files: list[FileEntry]) -> None:
+def check_files(layout: str, files: list[FileEntry], dirs: Sequence[str] = ()) -> None:
     """The rules of a commit's file list that its schema cannot express."""
     if layout == "file" and len(files) != 1:
         raise InvalidManifest("a 'file' version has exactly one file")
+    check_tree_extras(layout, (f.mode for f in files), dirs)
     if len(files) > MAX_FILES:
         raise InvalidManifest(f"a version holds at most {MAX_FILES} files")
     seen = set()
@@ -370,6 +375,22 @@ def check_files(layout: str, files: list[FileEntry]) -> None:
         if any(t.first >= t.end for t in f.terms):
             raise InvalidManifest(f"file {f.path!r}: a term must satisfy first < end")
     check_tree_paths(f.path for f in files)  # writable together, in NFC
+    check_tree_dirs(dirs, (f.path for f in files))
+
+
+def check_tree_extras(layout: str, modes: Iterable[int | None], dirs: Sequence[str]) -> None:
+    """Modes and empty directories belong to trees (a single file's version digest is
+    its file id, which holds neither)."""
+    if layout == "file" and (dirs or any(m is not None for m in modes)):
+        raise InvalidManifest("a 'file' version records no mode and no directory: push a tree")
+    if len(dirs) > MAX_DIRS:
+        raise InvalidManifest(f"a version lists at most {MAX_DIRS} empty directories")
+
+
+def tree_mode(layout: str, mode: int | None) -> int | None:
+    """What the catalog records of a file's mode: a tree file's bits (a commit that
+    names none means the default, FORMAT.md "Push"), nothing for a single file."""
+    return (DEFAULT_MODE if mode is None else mode) if layout == "tree" else None
 
 
 async def commit(
@@ -380,17 +401,19 @@ async def commit(
     files: list[FileEntry],
     tags: dict[str, str],
     always_new: bool = False,
+    dirs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Create the new version in one transaction: it appears whole or not at all.
+    ``dirs``: a tree's empty directories.
 
     Content identical to the latest version (the same digest, which the gateway
     computes from verified chunks) returns that version instead of creating one,
     unless ``always_new``."""
-    await anyio.to_thread.run_sync(check_files, layout, files)  # long lists: off the loop
+    await anyio.to_thread.run_sync(check_files, layout, files, dirs)  # long lists: off the loop
     tags = check_tags(tags)
     await _verify_own_uploads(repo, who, sid, {t.pack for f in files for t in f.terms})
     return await metadata.write_after(
-        repo, _commit, repo, who, sid, layout, files, tags, always_new
+        repo, _commit, repo, who, sid, layout, files, tags, always_new, dirs
     )
 
 
@@ -421,6 +444,7 @@ def _commit(
     files: list[FileEntry],
     tags: dict[str, str],
     always_new: bool = False,
+    dirs: Sequence[str] = (),
 ) -> dict[str, Any]:
     sess = open_session(conn, sid, who, open_only=False)
     name = sess.artifact_name
@@ -433,8 +457,8 @@ def _commit(
             )
         return {**summary(conn, name, v), "created": sess.state == "committed"}
     art_id = versions_q.ensure_artifact(conn, name, time.time())
-    rows = _file_rows(conn, who, sess, art_id, files)
-    v, created = add_version(conn, art_id, layout, rows, tags, always_new)
+    rows = _file_rows(conn, who, sess, art_id, layout, files)
+    v, created = add_version(conn, art_id, layout, rows, tags, always_new, dirs)
     sessions_q.mark_committed(conn, sid, v.id, created)
     if not created:
         return {**summary(conn, name, v), "created": False}
@@ -451,14 +475,16 @@ def add_version(
     rows: list[dict[str, Any]],
     tags: dict[str, str],
     always_new: bool = False,
+    dirs: Sequence[str] = (),
 ) -> tuple[versions_q.VersionRow, bool]:
     """A new version of the files ``rows`` (``version_files`` rows, their digests from
-    verified chunks), or the latest version if its content is the same (unless
-    ``always_new``): then the tags move to it. Returns the version and whether it is new."""
+    verified chunks) and a tree's empty directories ``dirs``, or the latest version if
+    its content is the same (unless ``always_new``): then the tags move to it. Returns
+    the version and whether it is new."""
     digest = (
         rows[0]["digest"]
         if layout == "file"
-        else tree_digest((r["path"], r["size"], r["digest"]) for r in rows)
+        else tree_digest(((r["path"], r["size"], r["digest"], r.get("mode")) for r in rows), dirs)
     )
     latest = versions_q.find_version(conn, art_id, None)
     if (
@@ -479,6 +505,7 @@ def add_version(
         size=sum(r["size"] for r in rows),
         file_count=len(rows),
         created_at=time.time(),
+        dirs=versions_q.dirs_text(dirs),
     )
     versions_q.insert_files(conn, v.id, rows)
     apply_tags(conn, v.id, tags)
@@ -497,7 +524,12 @@ def _merged(ranges: Any) -> list[tuple[str, int, int]]:
 
 
 def _file_rows(
-    conn: Connection, who: Principal, sess: SessionRow, art_id: int, files: list[FileEntry]
+    conn: Connection,
+    who: Principal,
+    sess: SessionRow,
+    art_id: int,
+    layout: str,
+    files: list[FileEntry],
 ) -> list[dict[str, Any]]:
     """The ``version_files`` rows of a commit: each term checked against the catalog
     and its proof, each file's id computed from the verified chunk ids. Every pack the
@@ -539,6 +571,7 @@ def _file_rows(
                 "digest": fid,
                 "b3sum": b3sum,
                 "manifest": manifest,
+                "mode": tree_mode(layout, f.mode),
             }
         )
     return out

@@ -65,8 +65,10 @@ async def list_versions(call: Call[m.NamePath, m.PageQuery, None]) -> dict[str, 
 )
 async def push_small(call: Call[m.NamePath, None, m.SmallPush]) -> Any:
     b = call.body
-    files = [small.SmallFile(f.path, f.data) for f in b.files]
-    result = await small.push(call.repo, call.who, call.path.name, b.layout, files, dict(b.tags))
+    files = [small.SmallFile(f.path, f.data, f.mode) for f in b.files]
+    result = await small.push(
+        call.repo, call.who, call.path.name, b.layout, files, dict(b.tags), b.dirs
+    )
     return JSON(result, status_code=201 if result["created"] else 200)
 
 

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct
 
 from .. import names
 from ..errors import ChunkyardError, InvalidManifest
-from ..repository import small
+from ..repository import small, uploads
 
 MAX_INT = 2**63 - 1
 Int = Annotated[int, Meta(ge=0, le=MAX_INT)]
@@ -47,6 +47,8 @@ TagKey = Annotated[str, Meta(pattern=names.TAG_KEY_PATTERN)]
 TagValue = Annotated[str, Meta(pattern=names.TAG_VALUE_PATTERN, max_length=names.MAX_TAG_VALUE)]
 Tags = Annotated[dict[TagKey, TagValue], Meta(max_length=names.MAX_TAGS)]
 FilePath = Annotated[str, Meta(min_length=1, max_length=names.MAX_PATH)]
+#: a tree file's permission bits (``st_mode & 0o777``); absent: 0o644 (FORMAT.md, "Push")
+Mode = Annotated[int, Meta(ge=0, le=0o777, description="permission bits, 0 to 0o777")]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 #: tags a listing may filter on, and the longest value a filter may name: a request
 #: target is at most 64 KiB (the gateway's HTTP parser), and a character can take 12
@@ -233,11 +235,13 @@ class CommitFile(Model):
     terms: Annotated[list[TermRef], Meta(max_length=10_000_000)] = []
     from_version: PositiveInt | None = None
     file_id: Hex64 | None = None
+    mode: Mode | None = None
 
 
 class Commit(Model):
     field_errors: ClassVar[dict[str, type[ChunkyardError]]] = {
-        f: InvalidManifest for f in ("layout", "files", "terms", "size", "from_version")
+        f: InvalidManifest
+        for f in ("layout", "files", "terms", "size", "from_version", "mode", "dirs")
     }
     #: a large body's files are decoded a slice at a time (``routing.decode_body``)
     long_list: ClassVar[str] = "files"
@@ -248,21 +252,25 @@ class Commit(Model):
     #: a new version even when the content equals the latest's (imports and copies: one
     #: version per run or per source version, each with its own tags)
     always_new: bool = False
+    #: a tree's empty directories (the deepest ones only)
+    dirs: Annotated[list[FilePath], Meta(max_length=uploads.MAX_DIRS)] = []
 
 
 class SmallFile(Model):
     path: FilePath
     data: Annotated[bytes, Meta(description="the file's bytes, base64")]
+    mode: Mode | None = None
 
 
 class SmallPush(Model):
     field_errors: ClassVar[dict[str, type[ChunkyardError]]] = {
-        f: InvalidManifest for f in ("layout", "files", "path", "data")
+        f: InvalidManifest for f in ("layout", "files", "path", "data", "mode", "dirs")
     }
 
     layout: Literal["file", "tree"]
     files: Annotated[list[SmallFile], Meta(max_length=small.MAX_FILES)]
     tags: Tags = {}
+    dirs: Annotated[list[FilePath], Meta(max_length=small.MAX_DIRS)] = []
 
 
 class SetTags(Model):
@@ -441,6 +449,8 @@ class VersionSummary(Struct):
     aliases: list[str]
     source: str | None = None
     file_list: list[dict[str, Any]] | None = None
+    #: with ``file_list``, a tree's empty directories
+    dirs: list[str] | None = None
     created: bool | None = None
 
 

@@ -90,7 +90,7 @@ async def commit(call: Call[m.SessionPath, None, m.Commit]) -> Any:
     files = await anyio.to_thread.run_sync(_entries, call.body.files)
     b = call.body
     result = await uploads.commit(
-        call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags), b.always_new
+        call.repo, call.who, call.path.sid, b.layout, files, dict(b.tags), b.always_new, b.dirs
     )
     return JSON(result, status_code=201 if result["created"] else 200)
 
@@ -104,6 +104,7 @@ def _entries(files: list[m.CommitFile]) -> list[uploads.FileEntry]:
             tuple(uploads.TermRef(*t) for t in f.terms),
             f.from_version,
             f.file_id or "",
+            f.mode,
         )
         for f in files
     ]
