@@ -112,7 +112,11 @@ def run(ctx: Context) -> Report:
     )
     files = {size: random_file(ctx.workdir, size) for size in ctx.sizes}
     changed = changed_copy(files[ctx.size])
+    #: CHUNKYARD_BENCH_STORES=s3,local runs only those (the emulators take longest)
+    only = [k for k in os.environ.get("CHUNKYARD_BENCH_STORES", "").split(",") if k]
     for key, label, var, goals in STORES:
+        if only and key not in only:
+            continue
         base = os.environ.get(var) if var else f"file://{ctx.rundir / 'local-store'}"
         if not base:
             r.errors.append(f"{label}: {var} is not set (scripts/services start {key})")
