@@ -230,3 +230,18 @@ def test_grouping_is_chosen_by_what_the_data_is():
     assert packs.choose_grouping(c, weights(n, 2, seed=13), 1) == (2, 1)
     text = b" ".join(b"word%d" % (i % 97) for i in range(n // 6))[:n]
     assert packs.choose_grouping(c, text, 0) == (1, 0)
+
+
+@pytest.mark.parametrize("width", packs.GROUP_WIDTHS)
+def test_planes_of_a_window_slice_into_each_chunks_planes(width):
+    """Splitting a window once and slicing each chunk's planes out of it gives exactly
+    the planes of the chunk split on its own, at every alignment."""
+    data = weights(300_001, width, seed=14)
+    scratch = packs.PlaneScratch(len(data))
+    for window_phase in range(width):
+        whole = [p.copy() for p in scratch.split(data, width, window_phase)]
+        for start, end in [(0, 1), (0, 77_777), (3, 4), (5, 100_003), (99_999, 300_001)]:
+            phase = (window_phase + start) % width
+            alone = [p.copy() for p in packs._planes(data[start:end], width, phase)]
+            sliced = packs.chunk_planes(whole, width, window_phase, start, end)
+            assert [bytes(p) for p in sliced] == [bytes(p) for p in alone]

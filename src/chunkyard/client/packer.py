@@ -269,6 +269,12 @@ class Packer:
             c = self._local.cctx = packfmt.new_compressor()
         return c
 
+    def _plane_scratch(self) -> packfmt.PlaneScratch:
+        p = getattr(self._local, "planes", None)
+        if p is None:
+            p = self._local.planes = packfmt.PlaneScratch(WINDOW_SIZE + MAX_SIZE)
+        return p
+
     def _hash(self, w: Window) -> tuple[Window, list[bytes]]:
         return w, [blake3.blake3(w.chunk(i)).digest() for i in range(len(w.cuts))]
 
@@ -298,11 +304,16 @@ class Packer:
                 seen.add(cid)
                 if grouping is None:
                     grouping = _choose_grouping(cctx, w)
-                width, shift = grouping
-                phase = (w.offset + w.cuts[i][0] + shift) % width
+                    width, shift = grouping
+                    if width > 1:  # split the whole window once (see chunk_planes)
+                        first = (w.offset + shift) % width
+                        planes = self._plane_scratch().split(w.data, width, first)
+                off, n = w.cuts[i]
                 raw = w.chunk(i)
-                out = plan.room(pos, len(raw)) if width > 1 else None
-                entry = packfmt.compress(cctx, raw, probe, width, phase, out)
+                out = plan.room(pos, n) if width > 1 else None
+                mine = packfmt.chunk_planes(planes, width, first, off, off + n) if out else None
+                phase = (first + off) % width if width > 1 else 0
+                entry = packfmt.compress(cctx, raw, probe, width, phase, out, mine)
                 probe = entry[0] == packfmt.SCHEME_RAW
                 if out is not None and entry[0] > packfmt.SCHEME_ZSTD:
                     pos += len(entry[1])
