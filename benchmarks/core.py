@@ -61,6 +61,7 @@ GOAL_INGEST_GBPS = 1.0
 #: core-seconds per GiB of bf16, all client stages (issue 14) and the gateway's verification
 GOAL_INGEST_CORE_S = 1.5
 GOAL_VERIFY_CORE_S = 0.5
+GOAL_PULL_BF16_GBPS = 0.8
 GOAL_HASH_RATIO = 2.0
 GOAL_REPUSH_GBPS = 1.5
 GOAL_CHANGED_PERCENT = 3.0
@@ -543,6 +544,16 @@ def memory(ctx: Context, r: Report) -> None:
             )
             pull_step = r.steps[-1]
             push_step.extra["gateway_idle_rss"] = idle
+            if size == ctx.size:  # issue 14: pulls of weights from the local store
+                r.add(
+                    "pull_bf16_gbps",
+                    f"pull {human_size(size)} bf16 from the local store (CLI wall time)",
+                    gbps(size, pull_step.wall_s),
+                    "GB/s",
+                    at_least(GOAL_PULL_BF16_GBPS),
+                    f"1 sample; client {pull_step.client_cpu_s:.2f} core-s, gateway "
+                    f"{pull_step.gateway_cpu_s or 0:.2f} core-s; every chunk decoded and verified",
+                )
         shutil.rmtree(data, ignore_errors=True)
         for key, value in (
             ("client push", push_step.client_peak_rss),
