@@ -359,6 +359,13 @@ def compress(
     return SCHEME_RAW, raw
 
 
+def untouched(size: int) -> np.ndarray:
+    """A buffer of ``size`` bytes the kernel maps on first write, wherever that write
+    happens (a ``recv_into``, a decoder): ``bytearray(size)`` zero-fills it at once,
+    under the GIL, which threads fetching and decoding then wait for."""
+    return np.empty(size, np.uint8)
+
+
 class PackWriter:
     """Writes chunk records into one preallocated buffer; ``finish`` adds index and
     footer in place. Reusing buffers matters: touching fresh memory for every pack

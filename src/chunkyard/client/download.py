@@ -43,7 +43,7 @@ from ..errors import (
     StoreError,
 )
 from ..names import check_path, check_tree_dirs, check_tree_paths
-from ..packs import MAX_RECORD, decode_run
+from ..packs import MAX_RECORD, decode_run, untouched
 from ..pins import Pin, response_drift
 from ..version import FORMAT_VERSION
 from . import trees
@@ -136,7 +136,7 @@ class Downloader:
         self._writing = threading.Lock()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._free: list[tuple[bytearray, bytearray]] = []
+        self._free: list[tuple[Any, Any]] = []
         #: pack bytes read from the store, and file bytes an interrupted pull had written
         self.bytes_downloaded = 0
         self.bytes_resumed = 0
@@ -151,7 +151,7 @@ class Downloader:
         page, url, unit = job
         a, b = unit["range"]
         with self._lock:
-            bufs = self._free.pop() if self._free else (bytearray(BUF), bytearray(BUF))
+            bufs = self._free.pop() if self._free else (untouched(BUF), untouched(BUF))
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()

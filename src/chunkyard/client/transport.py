@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
 import urllib3
 
 from ..errors import (
@@ -270,9 +271,11 @@ def _body_reader(resp: urllib3.BaseHTTPResponse) -> Any:
 
 
 def _json(data: bytes) -> Any:
+    """A gateway's JSON answer (msgspec: a reconstruction page lists thousands of
+    chunks, and the standard library took ~0.1 s of a 1 GiB pull to parse them)."""
     try:
-        return jsonlib.loads(data or b"null")
-    except ValueError:
+        return msgspec.json.decode(data or b"null")
+    except msgspec.DecodeError:
         return {}
 
 

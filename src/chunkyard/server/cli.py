@@ -7,7 +7,6 @@ that the client commands of the same ``chunkyard`` program start fast."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ipaddress
 import json
@@ -15,12 +14,22 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 #: files and directories the gateway creates are its owner's alone (0600 / 0700)
 PRIVATE_UMASK = 0o077
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, asyncio imported only by the commands that run it (~30 ms the
+    client's commands need not pay)."""
+    import asyncio
+
+    return asyncio.run(main)
 
 
 def is_loopback(host: str) -> bool:
@@ -134,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.auth = args.auth
         logs.remember(settings.secret)
         _warn_if_open(settings.data_dir)
-        asyncio.run(_preflight(settings))  # refuse to start on a useless store or catalog
+        _run(_preflight(settings))  # refuse to start on a useless store or catalog
     print(banner(settings, args.host, args.port), file=sys.stderr)
     log_config = logs.log_config(args.log_format)
     json_logs = args.log_format == "json"  # chunkyard.access replaces uvicorn's access log
@@ -199,7 +208,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
             await repo.close()
 
     with redacted_errors():
-        asyncio.run(run())
+        _run(run())
     return 0
 
 
@@ -226,9 +235,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     with redacted_errors():
         if bars is not None:
             with bars.bars:
-                r = asyncio.run(run())
+                r = _run(run())
         else:
-            r = asyncio.run(run())
+            r = _run(run())
     if args.json:
         print(json.dumps(r))
     else:
@@ -309,7 +318,7 @@ def token_offline(args: argparse.Namespace) -> Any:
     from ..repository import tokens
 
     settings = Settings.load(args.data)
-    return asyncio.run(
+    return _run(
         tokens.offline(
             settings.db_url,
             args.token_command,
@@ -350,7 +359,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     from ..repository import maintenance
 
     with redacted_errors():
-        r = asyncio.run(maintenance.status(catalog_url(args.data)))
+        r = _run(maintenance.status(catalog_url(args.data)))
     if args.json:
         print(json.dumps(r))
         return 0
@@ -376,7 +385,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from ..repository import maintenance
 
     with redacted_errors():
-        r = asyncio.run(maintenance.upgrade(catalog_url(args.data, create=True)))
+        r = _run(maintenance.upgrade(catalog_url(args.data, create=True)))
     if args.json:
         print(json.dumps(r))
     elif not r["upgraded"]:
@@ -440,9 +449,9 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     with redacted_errors():
         if isinstance(progress, _Bars):
             with progress.bars:
-                r = asyncio.run(maintenance.copy(args.source, args.target, args.force, progress))
+                r = _run(maintenance.copy(args.source, args.target, args.force, progress))
         else:
-            r = asyncio.run(maintenance.copy(args.source, args.target, args.force, progress))
+            r = _run(maintenance.copy(args.source, args.target, args.force, progress))
     if args.json:
         print(json.dumps(r))
         return 0
@@ -469,9 +478,9 @@ def cmd_db_rebuild(args: argparse.Namespace) -> int:
         run = maintenance.rebuild_from_store(settings, args.force, progress)
         if isinstance(progress, _Bars):
             with progress.bars:
-                r = asyncio.run(run)
+                r = _run(run)
         else:
-            r = asyncio.run(run)
+            r = _run(run)
     if args.json:
         print(json.dumps(r))
     else:
