@@ -61,6 +61,7 @@ GOAL_INGEST_GBPS = 1.0
 #: core-seconds per GiB of bf16, all client stages (issue 14) and the gateway's verification
 GOAL_INGEST_CORE_S = 1.5
 GOAL_VERIFY_CORE_S = 0.5
+PULL_BF16_ROUNDS = 3
 GOAL_PULL_BF16_GBPS = 0.8
 GOAL_HASH_RATIO = 2.0
 GOAL_REPUSH_GBPS = 1.5
@@ -545,14 +546,22 @@ def memory(ctx: Context, r: Report) -> None:
             pull_step = r.steps[-1]
             push_step.extra["gateway_idle_rss"] = idle
             if size == ctx.size:  # issue 14: pulls of weights from the local store
+                pulls = [pull_step]
+                for i in range(PULL_BF16_ROUNDS - 1):  # one sample swung ±10 % here
+                    dest = ctx.rundir / "pulled.bin"
+                    pull(r, gw, "bench/mem/weights", dest, size, f"pull bf16 again #{i + 2}")
+                    pulls.append(r.steps[-1])
+                fastest = min(pulls, key=lambda s: s.wall_s)
+                _, spread = best([s.wall_s for s in pulls])
                 r.add(
                     "pull_bf16_gbps",
                     f"pull {human_size(size)} bf16 from the local store (CLI wall time)",
-                    gbps(size, pull_step.wall_s),
+                    gbps(size, fastest.wall_s),
                     "GB/s",
                     at_least(GOAL_PULL_BF16_GBPS),
-                    f"1 sample; client {pull_step.client_cpu_s:.2f} core-s, gateway "
-                    f"{pull_step.gateway_cpu_s or 0:.2f} core-s; every chunk decoded and verified",
+                    f"{spread}; client {fastest.client_cpu_s:.2f} core-s, gateway "
+                    f"{fastest.gateway_cpu_s or 0:.2f} core-s; every chunk decoded and verified",
+                    [gbps(size, s.wall_s) for s in pulls],
                 )
         shutil.rmtree(data, ignore_errors=True)
         for key, value in (
