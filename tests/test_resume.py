@@ -547,7 +547,9 @@ def test_a_push_rides_out_seaweedfs_killed_and_restarted(tmp_path, state):
 
     def outage() -> None:
         weed.kill()
-        time.sleep(2)
+        # longer than the gateway's own store retries ride out (~3 s), and than the
+        # client may spend between parts (completing a pack): the client meets it
+        time.sleep(5)
         weed.start()
 
     try:
