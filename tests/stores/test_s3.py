@@ -179,3 +179,18 @@ def test_crc32c_is_the_default_part_checksum() -> None:
     store = open_store("s3://b/p?checksum=sha256")
     assert (store.part_checksum, store.url) == ("sha256", "s3://b/p?checksum=sha256")
     assert store.prefix == "p/"  # type: ignore[attr-defined]
+
+
+def test_packs_are_read_back_past_aiobotocore_unless_a_proxy_applies(monkeypatch) -> None:
+    """Verification reads packs with a presigned GET on a thread (the contract tests
+    run it against SeaweedFS); an endpoint the environment proxies keeps botocore's own
+    path, which honours the proxy."""
+    from chunkyard.stores.s3 import S3Store
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert S3Store("s3://b/p", endpoint_url="http://10.1.2.3:9000")._direct_reads is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    assert S3Store("s3://b/p", endpoint_url="http://10.1.2.3:9000")._direct_reads is None
+    monkeypatch.setenv("NO_PROXY", "10.1.2.3")
+    assert S3Store("s3://b/p", endpoint_url="http://10.1.2.3:9000")._direct_reads is not None

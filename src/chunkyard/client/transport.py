@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 import msgspec
 import urllib3
 
+from ..bodies import body_ended, body_reader
 from ..errors import (
     ChunkyardError,
     GatewayUnavailable,
@@ -254,20 +255,6 @@ def _reason(exc: BaseException) -> str:
         else "connection lost"
     )
     return f"{how} ({name})"
-
-
-def _body_reader(resp: urllib3.BaseHTTPResponse) -> Any:
-    """What reads an answer's body straight into a caller's buffer: the standard
-    library's response under urllib3's, when the body is not content-encoded.
-    urllib3's own ``readinto`` reads into a fresh ``bytes`` and copies it over: for
-    an 8 MiB range, 8 MiB of new pages and one more pass over them, about a third of
-    the receiving side's work. Reading under it leaves urllib3's count of the bytes
-    to come behind: the reader sets it once the body is whole, so that the connection
-    goes back to the pool."""
-    raw = getattr(resp, "_fp", None)
-    if isinstance(raw, http.client.HTTPResponse) and not resp.headers.get("content-encoding"):
-        return raw
-    return resp
 
 
 def _json(data: bytes) -> Any:
@@ -501,7 +488,7 @@ class Transport:
         view = memoryview(buf)
 
         def into(resp: urllib3.BaseHTTPResponse) -> memoryview:
-            src = _body_reader(resp)
+            src = body_reader(resp)
             pos = 0
             try:
                 while pos < want:
@@ -516,8 +503,7 @@ class Transport:
                 raise urllib3.exceptions.ProtocolError(f"connection broken: {exc!r}") from exc
             if pos != want or extra:
                 raise StoreError(f"{what}: store did not send exactly {want} bytes")
-            if src is not resp:  # read under urllib3: it must know the body ended, or it
-                resp.length_remaining = 0  # takes the end for a short read, drops the link
+            body_ended(resp, src)
             return view[:want]
 
         return self._store(req, what, headers={"range": f"bytes={start}-{end - 1}"}, read=into)
