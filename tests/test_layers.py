@@ -14,6 +14,7 @@ ROOT = Path(chunkyard.__file__).parent
 #: each module's layer, from the bottom up; a module may import its own layer and those
 #: listed for it
 FORMAT = {
+    "bodies",  # reading an HTTP answer into a buffer: no I/O of its own, client and stores
     "errors",
     "chunking",
     "hashing",
