@@ -230,3 +230,36 @@ def test_a_pack_stored_but_not_yet_verified_is_not_uploaded_again(external, tmp_
     assert second["bytes_uploaded"] == 0
     assert (tmp_path / "back").read_bytes() == src.read_bytes()
     assert httpx.get(f"{external.url}/v1/stats").json()["packs"] == 1  # verified at commit
+
+
+def test_a_store_hiccup_while_verifying_is_one_log_line_and_retried(external, caplog):
+    """A pack the store fails to read back stays complete, to be verified on a later
+    pass; the log says so in one line (a StoreError is no bug: no traceback)."""
+    import asyncio
+    import logging
+
+    from chunkyard.config import Settings
+    from chunkyard.errors import StoreError
+    from chunkyard.repository import Repository, verifier
+
+    upload_complete_pack(external, "trust/hiccup", random_bytes(500_000, seed=88))
+
+    async def twice() -> tuple[int, int]:
+        repo = await Repository.open(Settings.load(external.data))
+        try:
+
+            async def fail(key: str, buf: bytearray) -> int:
+                raise StoreError("S3 store s3://x: get failed: connection lost")
+
+            real, repo.store.read_into = repo.store.read_into, fail  # type: ignore[method-assign]
+            first = await verifier.verify_pending(repo)
+            repo.store.read_into = real  # type: ignore[method-assign]
+            return first, await verifier.verify_pending(repo)
+        finally:
+            await repo.close()
+
+    with caplog.at_level(logging.WARNING, logger="chunkyard.verifier"):
+        assert asyncio.run(twice()) == (0, 1)
+    failed = [r for r in caplog.records if "will retry" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert "connection lost" in failed[0].getMessage()

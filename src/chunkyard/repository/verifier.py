@@ -34,7 +34,7 @@ from ..catalog import packs as packs_q
 from ..catalog import sessions as sessions_q
 from ..catalog.packs import UploadRow
 from ..chunking import BufferPool
-from ..errors import PackCorrupt
+from ..errors import PackCorrupt, StoreError
 from . import Repository
 
 log = logging.getLogger("chunkyard.verifier")
@@ -137,7 +137,9 @@ async def verify_pending(repo: Repository, limit: int = BATCH) -> int:
             settled += 1
         except PackCorrupt:
             settled += 1
-        except Exception:  # a store hiccup: the upload stays 'complete' and is retried
+        except StoreError as exc:  # a store hiccup: the upload stays 'complete', retried
+            log.warning("verifying upload %s failed; will retry: %s", upload_id, exc.message)
+        except Exception:  # anything else is a bug worth its traceback; retried too
             log.exception("verifying upload %s failed; will retry", upload_id)
     return settled
 
