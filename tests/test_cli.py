@@ -22,6 +22,18 @@ def test_version() -> None:
     assert out.returncode == 0 and out.stdout.startswith("chunkyard ")
 
 
+def test_the_program_starts_without_numpy_or_the_client() -> None:
+    """What every command pays before it runs: no numpy (whose OpenBLAS ``main`` keeps to
+    one thread, set before anything loads it), no client, rich or asyncio."""
+    import subprocess
+    import sys
+
+    heavy = "{'numpy', 'chunkyard.client.api', 'rich', 'asyncio'}"
+    code = f"import sys, chunkyard.cli; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_every_command_takes_the_global_options() -> None:
     for command in program._commands(program.parser()):
         options = {o for a in command._actions for o in a.option_strings}

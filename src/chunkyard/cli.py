@@ -13,21 +13,15 @@ The options every command takes (``--url``, ``--token``, ``--profile``, ``--json
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 
-# This process is the program, not a library in someone's training job: numpy's
-# OpenBLAS need not start a spinning thread per core at import (~0.1 core-s, measured
-# in a 1 GiB pull here); chunkyard does no linear algebra.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-
-from .client import cli as client_cli  # noqa: E402
-from .errors import (  # noqa: E402
+from .client import cli as client_cli
+from .errors import (
     CatalogError,
     ChunkyardError,
     Conflict,
@@ -35,9 +29,9 @@ from .errors import (  # noqa: E402
     InvalidRequest,
     NotFound,
 )
-from .migrate import cli as migrate_cli  # noqa: E402
-from .server import cli as server_cli  # noqa: E402
-from .version import __version__  # noqa: E402
+from .migrate import cli as migrate_cli
+from .server import cli as server_cli
+from .version import __version__
 
 #: the global options that reach the client through its environment (:mod:`.profiles`)
 AS_ENVIRONMENT = {
@@ -222,6 +216,11 @@ def exit_code(exc: ChunkyardError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # This process is the program, not a library in someone's training job: numpy's
+    # OpenBLAS need not start a spinning thread per core when a command loads it (~0.1
+    # core-s in a 1 GiB pull here); chunkyard does no linear algebra. Importing this
+    # module loads no numpy (tested), so this comes first.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = parser().parse_args(argv)
     for option, variable in AS_ENVIRONMENT.items():  # flags first, then the environment
         if getattr(args, option, None):

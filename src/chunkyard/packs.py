@@ -31,12 +31,12 @@ import numpy as np
 import zstandard
 
 from .digest import chunk_id, chunk_key
+from .errors import PackCorrupt
 
 if sys.version_info >= (3, 14):
     from compression import zstd as stdzstd
 else:
     from backports import zstd as stdzstd
-from .errors import PackCorrupt
 
 #: the layout this code writes, and those it reads
 FORMAT_VERSION = 3
