@@ -18,6 +18,7 @@ FORMAT = {
     "errors",
     "chunking",
     "hashing",
+    "hosts",
     "fingerprint",
     "digest",
     "packs",

@@ -93,6 +93,7 @@ SMALL = {r"POST /v1/artifacts/outage/s/-/versions": ("lost", 1)}
 def faulty_gateway(tmp_path, monkeypatch):
     proxy = FaultProxy()
     faults = Faults(proxy, {**RULES, **SMALL})
+    monkeypatch.setenv("CHUNKYARD_LOCAL_READS", "0")  # pack reads through the proxy too
     real = conftest.create_app
     monkeypatch.setattr(conftest, "create_app", lambda settings: faults.wrap(real(settings)))
     gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_PUBLIC_URL=proxy.url)

@@ -22,6 +22,7 @@ import pytest
 from chunkyard import Client
 from chunkyard.cli import main
 from chunkyard.errors import StoreError
+from chunkyard.hosts import is_loopback
 from chunkyard.server import cli as server_cli
 from chunkyard.server import logs
 from chunkyard.server.logs import redact
@@ -241,7 +242,7 @@ def test_banner_masks_the_catalog_password() -> None:
     ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
-    assert server_cli.is_loopback(host) is loopback
+    assert is_loopback(host) is loopback
 
 
 @pytest.fixture

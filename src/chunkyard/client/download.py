@@ -186,7 +186,7 @@ class Downloader:
         a, b = unit["range"]
 
         def renew(exc: StoreError) -> dict:
-            fresh = self.t.call("GET", page["_self"], params={"start": page["start"]})
+            fresh = self.t.call("GET", page["_self"], params=self._page(page["start"]))
             return next(
                 t["url"]
                 for t in fresh["terms"]
@@ -217,11 +217,16 @@ class Downloader:
         with self._lock:
             self._free.append(bufs)
 
+    def _page(self, start: int) -> dict[str, Any]:
+        """A reconstruction page's query: a gateway on this machine also names the
+        pack files (read where readable, see :meth:`Transport.fetch_into`)."""
+        return {"start": start, "local": "true"} if self.t.local_reads else {"start": start}
+
     def pages(self, base: str, index: int) -> Iterator[dict]:
         start: int | None = 0
         while start is not None:
             path = f"{base}/files/{index}/reconstruction"
-            page = self.t.call("GET", path, params={"start": start})
+            page = self.t.call("GET", path, params=self._page(start))
             page["_self"] = path
             yield page
             start = page["next"]
@@ -274,7 +279,9 @@ class Downloader:
             self._small_batch(base, batch)
 
     def _small_batch(self, base: str, batch: list[tuple[dict, Path]]) -> None:
-        ask = {"files": [entry["index"] for entry, _ in batch]}
+        ask: dict[str, Any] = {"files": [entry["index"] for entry, _ in batch]}
+        if self.t.local_reads:
+            ask["local"] = True
         answer = self.t.call("POST", f"{base}/reconstructions", json=ask)
         answer["_ask"] = (f"{base}/reconstructions", ask)
         pieces: dict[tuple[int, int], bytes] = {}

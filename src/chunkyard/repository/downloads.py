@@ -157,10 +157,16 @@ def _where(
 
 
 async def _sign(
-    repo: Repository, terms: list[dict[str, Any]], pins: dict[str, Pin], rows: dict[str, PackRow]
+    repo: Repository,
+    terms: list[dict[str, Any]],
+    pins: dict[str, Pin],
+    rows: dict[str, PackRow],
+    same_host: bool = False,
 ) -> None:
     """Give every term its GET: signed for its byte range in the store, or pinned at a
-    reference's source (where the client adds the range)."""
+    reference's source (where the client adds the range). A client on this machine
+    (``same_host``) also learns the pack's file, where the store is a directory: it
+    reads the range there, and sends the GET only if it cannot."""
     pinned: dict[str, dict[str, Any]] = {}
     for t in terms:
         pin = pins.get(t["pack"])
@@ -174,6 +180,9 @@ async def _sign(
         key = rows[t["pack"]].key or packfmt.pack_key(t["pack"])
         req = await repo.store.presign_get(key, repo.settings.url_expiry, byte_range=(a, b))
         t["url"] = req.to_json()
+        file = repo.store.local_path(key) if same_host else None
+        if file is not None:
+            t["url"]["file"] = file
 
 
 async def reconstruction(
@@ -184,7 +193,10 @@ async def reconstruction(
     index: int,
     start: int = 0,
     length: int | None = None,
+    same_host: bool = False,
 ) -> dict[str, Any]:
+    """A page of the file's terms; ``same_host``: the client runs on this machine and
+    may read local packs itself (see :func:`_sign`)."""
     who.require("read", name)
 
     def tx(conn: Connection) -> tuple:
@@ -201,12 +213,17 @@ async def reconstruction(
     if v.kind == "reference":  # the whole file, from its source
         head = {**file_header(name, v, f), "start": 0, "end": f.size, "next": None, "terms": []}
         return {**head, "reference": await reading.pinned_source(repo, f)}
-    await _sign(repo, terms, pins, rows)
+    await _sign(repo, terms, pins, rows, same_host)
     return {**file_header(name, v, f), "start": start, "end": end, "next": nxt, "terms": terms}
 
 
 async def reconstructions(
-    repo: Repository, who: Principal, name: str, ref: Ref, indices: list[int]
+    repo: Repository,
+    who: Principal,
+    name: str,
+    ref: Ref,
+    indices: list[int],
+    same_host: bool = False,
 ) -> dict[str, Any]:
     """Whole small files of a version in one answer: for small files the work per
     request outweighs the work per byte, so a pull of 10,000 of them asks ten times, not
@@ -238,7 +255,7 @@ async def reconstructions(
 
     v, files, terms, pins, rows = await repo.db.read(tx)
     reads = _joined([t for ts in terms for t in ts])
-    await _sign(repo, reads, pins, rows)
+    await _sign(repo, reads, pins, rows, same_host)
     return {
         "name": name,
         "version": v.number,

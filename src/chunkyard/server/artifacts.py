@@ -165,7 +165,14 @@ async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dic
     p, q = call.path, call.query
     ref = version_ref(p.ref)
     return await downloads.reconstruction(
-        call.repo, call.who, p.name, ref, p.index, q.start, q.length
+        call.repo,
+        call.who,
+        p.name,
+        ref,
+        p.index,
+        q.start,
+        q.length,
+        same_host=q.local and call.from_this_machine,
     )
 
 
@@ -180,7 +187,12 @@ async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dic
 async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) -> dict[str, Any]:
     p = call.path
     return await downloads.reconstructions(
-        call.repo, call.who, p.name, version_ref(p.ref), call.body.files
+        call.repo,
+        call.who,
+        p.name,
+        version_ref(p.ref),
+        call.body.files,
+        same_host=call.body.local and call.from_this_machine,
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import shlex
@@ -17,6 +16,8 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..hosts import is_loopback
 
 #: files and directories the gateway creates are its owner's alone (0600 / 0700)
 PRIVATE_UMASK = 0o077
@@ -30,21 +31,6 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
     return asyncio.run(main)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` binds to loopback only: 127.0.0.0/8, ::1 (also IPv4-mapped)
-    or ``localhost``. Names are not resolved: anything else counts as reachable."""
-    name = host.strip().strip("[]").rstrip(".").lower()
-    if name == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(name.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
 
 
 def exposure_refusal(host: str, auth: bool, insecure: bool) -> str | None:

@@ -174,6 +174,8 @@ class SourcesQuery(Model):
 class RangeQuery(Model):
     start: Int = 0
     length: Int | None = None
+    #: the client runs on the gateway's machine: name pack files it may read itself
+    local: bool = False
 
 
 class ContentQuery(Model):
@@ -284,6 +286,7 @@ class SetAlias(Model):
 
 class Reconstructions(Model):
     files: Annotated[list[Int], Meta(min_length=1, max_length=1024)]
+    local: bool = False  # as in RangeQuery
 
 
 class Register(Model):
@@ -542,6 +545,9 @@ class Get(Struct):
     url: str
     headers: dict[str, str]
     reference: str | None = None  # chunks of an indexed reference object: its URI
+    #: the pack's file, for a client that asked ``local`` from this machine: read there
+    #: if it can, else send the GET
+    file: str | None = None
 
 
 class Term(Struct):

@@ -32,6 +32,7 @@ from ..errors import (
     InvalidRequest,
     RequestTimeout,
 )
+from ..hosts import is_loopback
 from ..repository import Repository
 from ..repository.access import ANYONE, Principal
 from ..repository.tokens import authenticate
@@ -70,6 +71,13 @@ class Call(Generic[P, Q, B]):
     path: P
     query: Q
     body: B
+
+    @property
+    def from_this_machine(self) -> bool:
+        """The request came over loopback (a proxy's ``X-Forwarded-For`` applies only
+        where uvicorn trusts it: from 127.0.0.1 by default)."""
+        peer = self.request.client
+        return peer is not None and is_loopback(peer.host)
 
 
 @dataclass
@@ -193,10 +201,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
 def _convert(model: type, values: Iterable[tuple[str, str]], what: str) -> Any:
     """Path or query strings into ``model``: integers only in ASCII digits (``int()``
     would take ``³`` or ``1_000``). A list field takes every value of its repeated
-    parameter (``?tag=a&tag=b``), as strings; any other field the last one."""
+    parameter (``?tag=a&tag=b``), as strings; any other field the last one. Booleans are
+    ``true``/``false`` (or ``1``/``0``)."""
     known = _fields(model)
     out: dict[str, Any] = {}
     for key, raw in values:
@@ -207,6 +219,10 @@ def _convert(model: type, values: Iterable[tuple[str, str]], what: str) -> Any:
             raise InvalidRequest(f"unexpected {what} parameter {key!r}")
         if isinstance(f.type, msgspec.inspect.ListType):
             out.setdefault(key, []).append(raw)
+        elif isinstance(f.type, msgspec.inspect.BoolType):
+            if raw not in _BOOLS:
+                raise InvalidRequest(f"{what} parameter {key!r} must be true or false")
+            out[key] = _BOOLS[raw]
         elif _wants_int(f.type) and raw != "":
             if not _INT.fullmatch(raw):
                 raise InvalidRequest(f"{what} parameter {key!r} must be a non-negative integer")

@@ -301,6 +301,12 @@ class LocalStore(Store):
             headers["Range"] = range_header(byte_range)
         return PresignedRequest("GET", self._signed_url("GET", key, params, expires), headers)
 
+    def local_path(self, key: str) -> str | None:
+        """The object's absolute path: a pull on this machine reads packs from the
+        files, as a pull from S3 reads them from S3, and the gateway stays out of the
+        way (serving them took it ~0.4 core-s per GiB, and a pull ~20 % longer)."""
+        return str(self._path(key).absolute())
+
     # -- the other side of its signed URLs (the gateway's blob endpoint) -------
     async def receive_part(
         self,
