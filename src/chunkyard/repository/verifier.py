@@ -42,17 +42,24 @@ log = logging.getLogger("chunkyard.verifier")
 #: object that is too large shows as such. Anonymous mappings: only the pages a pack
 #: fills are ever touched (a bytearray would zero all 64 MiB)
 _buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2, factory=lambda n: mmap.mmap(-1, n))
-#: uploads taken per look at the catalog
+#: uploads taken per look at the catalog, and verified at once (one reads back while
+#: another is hashed: a push's last packs complete together, and its commit waits)
 BATCH = 8
+PARALLEL = 2
 #: how often the background verifier looks for work without being woken
 IDLE_POLL = 5.0
 #: how often an external verifier looks (nothing wakes it across processes; the query
 #: is one index lookup)
 EXTERNAL_POLL = 0.2
+#: for BUSY_FOR seconds after it last found work, a verifier looks every BUSY_POLL
+#: seconds: a push's packs come a few tenths of a second apart, and its commit waits
+#: for the last one (~0.1 s of every push, half of EXTERNAL_POLL, before this)
+BUSY_POLL = 0.02
+BUSY_FOR = 2.0
 #: a commit in external mode waits for the verifier as long as it settles some upload
 #: at least this often, looking every COMMIT_POLL seconds
 STALL = 3.0
-COMMIT_POLL = 0.05
+COMMIT_POLL = 0.02
 _warned = False
 
 
@@ -130,18 +137,22 @@ async def verify_pending(repo: Repository, limit: int = BATCH) -> int:
     """Verify up to ``limit`` complete uploads, oldest first; returns how many it
     settled (verified or rejected)."""
     ids = await repo.db.read(packs_q.uploads_awaiting_verification, limit)
-    settled = 0
-    for upload_id in ids:
-        try:
-            await verify_upload(repo, upload_id)
-            settled += 1
-        except PackCorrupt:
-            settled += 1
-        except StoreError as exc:  # a store hiccup: the upload stays 'complete', retried
-            log.warning("verifying upload %s failed; will retry: %s", upload_id, exc.message)
-        except Exception:  # anything else is a bug worth its traceback; retried too
-            log.exception("verifying upload %s failed; will retry", upload_id)
-    return settled
+    turns = asyncio.Semaphore(PARALLEL)
+
+    async def one(upload_id: str) -> int:
+        async with turns:
+            try:
+                await verify_upload(repo, upload_id)
+                return 1
+            except PackCorrupt:
+                return 1
+            except StoreError as exc:  # a store hiccup: the upload stays 'complete', retried
+                log.warning("verifying upload %s failed; will retry: %s", upload_id, exc.message)
+            except Exception:  # anything else is a bug worth its traceback; retried too
+                log.exception("verifying upload %s failed; will retry", upload_id)
+            return 0
+
+    return sum(await asyncio.gather(*(one(i) for i in ids)))
 
 
 async def await_external(repo: Repository, upload_ids: list[str]) -> list[str]:
@@ -173,12 +184,16 @@ async def await_external(repo: Repository, upload_ids: list[str]) -> list[str]:
 async def run(repo: Repository, once: bool = False, idle: float = IDLE_POLL) -> None:
     """Verify complete uploads until cancelled (or, with ``once``, until none is left);
     :attr:`Repository.verify_wakeup` cuts the wait short when an upload completes in
-    this process; others are found every ``idle`` seconds."""
+    this process; others are found every ``idle`` seconds (``BUSY_POLL`` while a
+    push seems under way)."""
+    worked = float("-inf")
     while True:
         if await verify_pending(repo):
+            worked = time.monotonic()
             continue
         if once:
             return
         repo.verify_wakeup.clear()
+        busy = time.monotonic() - worked < BUSY_FOR
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=idle)
+            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=BUSY_POLL if busy else idle)
