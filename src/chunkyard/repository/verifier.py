@@ -51,11 +51,6 @@ IDLE_POLL = 5.0
 #: how often an external verifier looks (nothing wakes it across processes; the query
 #: is one index lookup)
 EXTERNAL_POLL = 0.2
-#: for BUSY_FOR seconds after it last found work, a verifier looks every BUSY_POLL
-#: seconds: a push's packs come a few tenths of a second apart, and its commit waits
-#: for the last one (~0.1 s of every push, half of EXTERNAL_POLL, before this)
-BUSY_POLL = 0.02
-BUSY_FOR = 2.0
 #: a commit in external mode waits for the verifier as long as it settles some upload
 #: at least this often, looking every COMMIT_POLL seconds
 STALL = 3.0
@@ -184,16 +179,14 @@ async def await_external(repo: Repository, upload_ids: list[str]) -> list[str]:
 async def run(repo: Repository, once: bool = False, idle: float = IDLE_POLL) -> None:
     """Verify complete uploads until cancelled (or, with ``once``, until none is left);
     :attr:`Repository.verify_wakeup` cuts the wait short when an upload completes in
-    this process; others are found every ``idle`` seconds (``BUSY_POLL`` while a
-    push seems under way)."""
-    worked = float("-inf")
+    this process; others are found every ``idle`` seconds. (Looking every 50 ms while
+    a push is under way took ~0.5 ms of CPU a look, 0.1 core-s per GiB pushed, for
+    ~0.07 s less of a commit's wait: not worth it.)"""
     while True:
         if await verify_pending(repo):
-            worked = time.monotonic()
             continue
         if once:
             return
         repo.verify_wakeup.clear()
-        busy = time.monotonic() - worked < BUSY_FOR
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=BUSY_POLL if busy else idle)
+            await asyncio.wait_for(repo.verify_wakeup.wait(), timeout=idle)
