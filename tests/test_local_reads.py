@@ -132,9 +132,7 @@ def test_file_names_go_only_to_loopback_clients_that_ask(gateway, pushed):
         page = httpx.get(f"{base}/files/{big}/reconstruction", params=query, headers=headers)
         assert page.status_code == 200, page.text
         batch = httpx.post(
-            f"{base}/reconstructions",
-            json={"files": [0], "local": query.get("local") == "true"},
-            headers=headers,
+            f"{base}/reconstructions", json={"files": [0]}, params=query, headers=headers
         )
         assert batch.status_code == 200, batch.text
         terms = page.json()["terms"] + batch.json()["reads"]

@@ -217,10 +217,13 @@ class Downloader:
         with self._lock:
             self._free.append(bufs)
 
+    def _local(self) -> dict[str, str]:
+        """The query that asks a gateway on this machine to name the pack files too
+        (read where readable, see :meth:`Transport.fetch_into`)."""
+        return {"local": "true"} if self.t.local_reads else {}
+
     def _page(self, start: int) -> dict[str, Any]:
-        """A reconstruction page's query: a gateway on this machine also names the
-        pack files (read where readable, see :meth:`Transport.fetch_into`)."""
-        return {"start": start, "local": "true"} if self.t.local_reads else {"start": start}
+        return {"start": start, **self._local()}
 
     def pages(self, base: str, index: int) -> Iterator[dict]:
         start: int | None = 0
@@ -279,10 +282,8 @@ class Downloader:
             self._small_batch(base, batch)
 
     def _small_batch(self, base: str, batch: list[tuple[dict, Path]]) -> None:
-        ask: dict[str, Any] = {"files": [entry["index"] for entry, _ in batch]}
-        if self.t.local_reads:
-            ask["local"] = True
-        answer = self.t.call("POST", f"{base}/reconstructions", json=ask)
+        ask = {"files": [entry["index"] for entry, _ in batch]}
+        answer = self.t.call("POST", f"{base}/reconstructions", json=ask, params=self._local())
         answer["_ask"] = (f"{base}/reconstructions", ask)
         pieces: dict[tuple[int, int], bytes] = {}
         users: dict[int, list] = {}
@@ -321,7 +322,7 @@ class Downloader:
 
         def renew(exc: StoreError) -> dict:
             path, ask = answer["_ask"]
-            return self.t.call("POST", path, json=ask)["reads"][n]["url"]
+            return self.t.call("POST", path, json=ask, params=self._local())["reads"][n]["url"]
 
         first = answer["files"][users[0][0]]["path"] if users else read["pack"]
         data = self._pack_read(url, first, a, b, bytearray(b - a), renew)

@@ -180,11 +180,14 @@ async def reconstruction(call: Call[m.FileIndexPath, m.RangeQuery, None]) -> dic
     V + "/versions/{ref}/reconstructions",
     "whole small files of a version in one answer",
     params=m.VersionPath,
+    query=m.LocalQuery,
     body=m.Reconstructions,
     response=m.BatchReconstruction,
     body_limit=64 * 1024,
 )
-async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) -> dict[str, Any]:
+async def reconstructions(
+    call: Call[m.VersionPath, m.LocalQuery, m.Reconstructions],
+) -> dict[str, Any]:
     p = call.path
     return await downloads.reconstructions(
         call.repo,
@@ -192,7 +195,7 @@ async def reconstructions(call: Call[m.VersionPath, None, m.Reconstructions]) ->
         p.name,
         version_ref(p.ref),
         call.body.files,
-        same_host=call.body.local and call.from_this_machine,
+        same_host=call.query.local and call.from_this_machine,
     )
 
 

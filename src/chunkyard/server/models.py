@@ -171,11 +171,15 @@ class SourcesQuery(Model):
     limit: Limit = 1000
 
 
-class RangeQuery(Model):
+class LocalQuery(Model):
+    #: the client runs on the gateway's machine: name pack files it may read itself (a
+    #: query parameter, which gateways before it ignore, not a body field they refuse)
+    local: bool = False
+
+
+class RangeQuery(LocalQuery):
     start: Int = 0
     length: Int | None = None
-    #: the client runs on the gateway's machine: name pack files it may read itself
-    local: bool = False
 
 
 class ContentQuery(Model):
@@ -286,7 +290,6 @@ class SetAlias(Model):
 
 class Reconstructions(Model):
     files: Annotated[list[Int], Meta(min_length=1, max_length=1024)]
-    local: bool = False  # as in RangeQuery
 
 
 class Register(Model):
