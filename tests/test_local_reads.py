@@ -41,7 +41,9 @@ def test_a_pull_on_this_machine_reads_the_pack_files(gateway, pushed, tmp_path, 
     name, files = pushed
     served = []
     real = LocalStore.read_range
-    monkeypatch.setattr(LocalStore, "read_range", lambda *a: served.append(a) or real(*a))
+    monkeypatch.setattr(
+        LocalStore, "read_range", staticmethod(lambda *a: served.append(a) or real(*a))
+    )
     client = gateway.client()
     assert client.transport.local_reads
     pulled_back(client, name, tmp_path / "back", files)
@@ -102,8 +104,89 @@ def test_the_reader_takes_only_whole_ranges_of_regular_files(tmp_path):
     assert t._read_file(str(tmp_path), 0, buf) is None  # a directory
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    assert t._read_file(str(fifo), 0, buf) is None  # refused, not waited on
+    assert t._read_file(str(fifo), 0, buf) is None  # not opened, so not waited on
+    assert t._read_file("/dev/zero", 0, buf) is None  # a device: not opened either
+    (tmp_path / "link").symlink_to(f)
+    assert t._read_file(str(tmp_path / "link"), 0, buf) is None
+    assert t._read_file("bad\0path", 0, buf) is None
+    assert t._read_file(str(f), 2**63, buf) is None
     assert t.bytes_read_locally == 100
+
+
+PACK = "ab" + "0" * 62
+
+
+@pytest.mark.parametrize(
+    ("file", "kept"),
+    [
+        (f"/srv/store/packs/ab/{PACK}", True),
+        (f"/srv/store/packs/ab/{PACK}.0123456789abcdef", True),
+        (f"/srv/store/packs/ab/{PACK}x", False),  # another name
+        (f"/srv/store/packs/cd/{PACK}", False),
+        (f"/srv/store/other/ab/{PACK}", False),
+        (f"packs/ab/{PACK}", False),  # relative: to the client's working directory
+        ("/home/user/.ssh/id_ed25519", False),
+        ("/proc/self/mem", False),
+        ("/dev/watchdog", False),
+        (17, False),
+    ],
+)
+def test_only_files_named_as_the_packs_own_are_opened(file, kept):
+    """A gateway that lies names any path it likes; the client opens none but those of
+    the pack it reads (and checks every chunk of that)."""
+    from chunkyard.client.download import own_file
+
+    url = {"method": "GET", "url": "http://127.0.0.1:1/v1/blobs/x", "headers": {}, "file": file}
+    assert ("file" in own_file(url, PACK)) is kept
+    assert "file" not in own_file(url, "not-a-pack-id")
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "local"),
+    [
+        (("127.0.0.1", 5000), {}, True),
+        (("::1", 5000), {}, True),
+        (("127.0.0.1", 5000), {"x-forwarded-for": "127.0.0.1"}, False),  # a proxy's
+        (("127.0.0.1", 5000), {"forwarded": "for=127.0.0.1"}, False),
+        (("203.0.113.9", 5000), {}, False),
+        (("localhost", 5000), {}, False),  # only an address counts
+        (None, {}, False),
+    ],
+)
+def test_which_requests_come_from_this_machine(peer, headers, local):
+    from starlette.requests import Request
+
+    from chunkyard.server.routing import Call
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "client": peer,
+    }
+    call = Call(None, None, Request(scope), None, None, None)  # type: ignore[arg-type]
+    assert call.from_this_machine is local
+
+
+def test_a_gateway_can_keep_its_files_to_itself(tmp_path, monkeypatch):
+    from conftest import start_gateway
+
+    gw, server, thread = start_gateway(tmp_path / "gw", CHUNKYARD_LOCAL_READS="0")
+    try:
+        (tmp_path / "w.bin").write_bytes(random_bytes(2 * MiB, seed=81))
+        client = gw.client()
+        client.push(tmp_path / "w.bin", "team/private")
+        page = httpx.get(
+            f"{gw.url}/v1/artifacts/team/private/-/versions/1/files/0/reconstruction",
+            params={"local": "true"},
+        ).json()
+        assert page["terms"] and not any("file" in t["url"] for t in page["terms"])
+        client.pull("team/private", tmp_path / "back.bin")
+        assert client.transport.bytes_read_locally == 0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +199,8 @@ def test_the_reader_takes_only_whole_ranges_of_regular_files(tmp_path):
         ("https://gateway.example", False),
     ],
 )
-def test_only_a_client_of_a_gateway_on_loopback_reads_files(url, local):
+def test_only_a_client_of_a_gateway_on_loopback_reads_files(url, local, monkeypatch):
+    monkeypatch.delenv("CHUNKYARD_LOCAL_READS", raising=False)
     assert Transport(url).local_reads is local
 
 
@@ -142,6 +226,7 @@ def test_file_names_go_only_to_loopback_clients_that_ask(gateway, pushed):
     assert asked and all(f and Path(f).is_file() for f in asked)
     assert not any(files_named({}))
     assert not any(files_named({"x-forwarded-for": "203.0.113.9"}, local="true"))
+    assert not any(files_named({"x-forwarded-for": "127.0.0.1"}, local="true"))
     assert not any(files_named({}, local="false"))
     bad = httpx.get(f"{base}/files/{big}/reconstruction", params={"local": "yes"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"

@@ -51,6 +51,9 @@ class Settings:
     #: the size clients close their packs at, bytes (CHUNKYARD_PACK_TARGET, 1 MiB to
     #: 64 MiB): smaller packs resume and deduplicate in smaller steps, at more requests
     pack_target: int = 32 * 1024 * 1024
+    #: name pack files to clients on this machine that ask, so they read them
+    #: themselves (CHUNKYARD_LOCAL_READS=0: never; the local store only)
+    local_reads: bool = True
 
     @classmethod
     def load(
@@ -83,6 +86,7 @@ class Settings:
             body_min_rate=_positive(env, "CHUNKYARD_BODY_MIN_RATE", int, cls.body_min_rate),
             db_pool=_positive(env, "CHUNKYARD_DB_POOL", int, cls.db_pool),
             pack_target=_pack_target(env),
+            local_reads=not _off(env.get("CHUNKYARD_LOCAL_READS")),
         )
 
 
@@ -109,6 +113,11 @@ def _pack_target(env: Mapping[str, str]) -> int:
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _off(value: str | None) -> bool:
+    """A setting that is on unless turned off (0, false, no, off)."""
+    return (value or "").strip().lower() in ("0", "false", "no", "off")
 
 
 def env_flag(name: str) -> bool:

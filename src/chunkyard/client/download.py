@@ -193,11 +193,12 @@ class Downloader:
                 if t["pack"] == unit["pack"] and t["range"][0] <= a and b <= t["range"][1]
             )
 
-        return self._pack_read(url, page["path"], a, b, buf, renew)
+        return self._pack_read(url, unit["pack"], page["path"], a, b, buf, renew)
 
     def _pack_read(
         self,
         url: dict,
+        pack: str,
         path: str,
         a: int,
         b: int,
@@ -211,19 +212,21 @@ class Downloader:
         )
         what = f"read of pack range {a}-{b}"
         with guard:
-            return with_fresh_url(lambda u: self.t.fetch_into(u, a, b, buf, what=what), url, renew)
+            return with_fresh_url(
+                lambda u: self.t.fetch_into(own_file(u, pack), a, b, buf, what=what), url, renew
+            )
 
     def _recycle(self, bufs: tuple[bytearray, bytearray]) -> None:
         with self._lock:
             self._free.append(bufs)
 
-    def _local(self) -> dict[str, str]:
+    def _local_query(self) -> dict[str, str]:
         """The query that asks a gateway on this machine to name the pack files too
         (read where readable, see :meth:`Transport.fetch_into`)."""
         return {"local": "true"} if self.t.local_reads else {}
 
     def _page(self, start: int) -> dict[str, Any]:
-        return {"start": start, **self._local()}
+        return {"start": start, **self._local_query()}
 
     def pages(self, base: str, index: int) -> Iterator[dict]:
         start: int | None = 0
@@ -283,7 +286,9 @@ class Downloader:
 
     def _small_batch(self, base: str, batch: list[tuple[dict, Path]]) -> None:
         ask = {"files": [entry["index"] for entry, _ in batch]}
-        answer = self.t.call("POST", f"{base}/reconstructions", json=ask, params=self._local())
+        answer = self.t.call(
+            "POST", f"{base}/reconstructions", json=ask, params=self._local_query()
+        )
         answer["_ask"] = (f"{base}/reconstructions", ask)
         pieces: dict[tuple[int, int], bytes] = {}
         users: dict[int, list] = {}
@@ -322,10 +327,12 @@ class Downloader:
 
         def renew(exc: StoreError) -> dict:
             path, ask = answer["_ask"]
-            return self.t.call("POST", path, json=ask, params=self._local())["reads"][n]["url"]
+            return self.t.call("POST", path, json=ask, params=self._local_query())["reads"][n][
+                "url"
+            ]
 
         first = answer["files"][users[0][0]]["path"] if users else read["pack"]
-        data = self._pack_read(url, first, a, b, bytearray(b - a), renew)
+        data = self._pack_read(url, read["pack"], first, a, b, bytearray(b - a), renew)
         with self._lock:
             self.bytes_downloaded += len(data)
         dctx = getattr(self._local, "dctx", None)
@@ -406,6 +413,26 @@ class FileCheck:
                 path=e["path"],
                 expected=self.want_b3 or e["digest"],
             )
+
+
+def own_file(url: dict, pack: str) -> dict:
+    """The GET, without a ``file`` that is not one of this pack's: a gateway names its
+    store's files of the pack, ``…/packs/<id[:2]>/<id>[.<upload>]``; any other path
+    it names (a key, a device, ``/proc/self/mem``) is not opened."""
+    file = url.get("file")
+    if file is None:
+        return url
+    named = PurePath(file) if isinstance(file, str) and "\0" not in file else None
+    ok = (
+        named is not None
+        and named.is_absolute()
+        and len(pack) == 64
+        and all(c in "0123456789abcdef" for c in pack)
+        and named.parent.name == pack[:2]
+        and named.parent.parent.name == "packs"
+        and (named.name == pack or named.name.startswith(pack + "."))
+    )
+    return url if ok else {k: v for k, v in url.items() if k != "file"}
 
 
 def _borrowed(url: dict, path: str) -> dict[str, str]:

@@ -497,7 +497,7 @@ class Transport:
         Python (half the client CPU per pulled byte)."""
         want = end - start
         view = memoryview(buf)
-        if self.local_reads and req.get("file"):
+        if self.local_reads and req.get("file") and 0 < want <= len(view):
             local = self._read_file(req["file"], start, view[:want])
             if local is not None:
                 return local
@@ -527,13 +527,22 @@ class Transport:
         """Bytes ``start ..`` of a local pack file into ``view``; None when the file
         cannot be read whole here (another user's store, a gateway in a container, a
         file cut short): the caller sends the GET instead. Chunk ids are checked after
-        either way; only regular files are read (a FIFO would block)."""
+        either way. Only a regular file is opened, not through a symlink, and the one
+        looked at (a gateway that lies must not get a device opened, or a FIFO waited
+        on); the downloader passes only names of the pack being read."""
+        flags = os.O_RDONLY
+        for name in ("O_NONBLOCK", "O_NOFOLLOW", "O_NOCTTY"):
+            flags |= getattr(os, name, 0)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError:
+            seen = os.lstat(path)
+            if not stat.S_ISREG(seen.st_mode):
+                return None
+            fd = os.open(path, flags)
+        except (OSError, ValueError, TypeError):
             return None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
                 return None
             f = io.FileIO(fd, "rb", closefd=False)
             f.seek(start)
@@ -543,7 +552,7 @@ class Transport:
                 if not n:
                     return None
                 got += n
-        except OSError:
+        except (OSError, ValueError, OverflowError):
             return None
         finally:
             os.close(fd)

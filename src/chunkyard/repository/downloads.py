@@ -180,7 +180,7 @@ async def _sign(
         key = rows[t["pack"]].key or packfmt.pack_key(t["pack"])
         req = await repo.store.presign_get(key, repo.settings.url_expiry, byte_range=(a, b))
         t["url"] = req.to_json()
-        file = repo.store.local_path(key) if same_host else None
+        file = repo.store.local_path(key) if same_host and repo.settings.local_reads else None
         if file is not None:
             t["url"]["file"] = file
 

@@ -32,7 +32,7 @@ from ..errors import (
     InvalidRequest,
     RequestTimeout,
 )
-from ..hosts import is_loopback
+from ..hosts import is_loopback_address
 from ..repository import Repository
 from ..repository.access import ANYONE, Principal
 from ..repository.tokens import authenticate
@@ -74,10 +74,14 @@ class Call(Generic[P, Q, B]):
 
     @property
     def from_this_machine(self) -> bool:
-        """The request came over loopback (a proxy's ``X-Forwarded-For`` applies only
-        where uvicorn trusts it: from 127.0.0.1 by default)."""
+        """The request came straight over loopback: its peer is a loopback address and
+        no proxy forwarded it (a proxy on this machine passes on others' requests, and
+        one that trusts what it is sent would pass ``X-Forwarded-For: 127.0.0.1``)."""
         peer = self.request.client
-        return peer is not None and is_loopback(peer.host)
+        headers = self.request.headers
+        if peer is None or "x-forwarded-for" in headers or "forwarded" in headers:
+            return False
+        return is_loopback_address(peer.host)
 
 
 @dataclass
