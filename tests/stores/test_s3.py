@@ -194,3 +194,12 @@ def test_packs_are_read_back_past_aiobotocore_unless_a_proxy_applies(monkeypatch
     assert S3Store("s3://b/p", endpoint_url="http://10.1.2.3:9000")._direct_reads is None
     monkeypatch.setenv("NO_PROXY", "10.1.2.3")
     assert S3Store("s3://b/p", endpoint_url="http://10.1.2.3:9000")._direct_reads is not None
+
+
+def test_the_presigning_client_is_loaded_before_a_request_needs_it() -> None:
+    """``prepare`` (run by the gateway at start, on a worker) builds it: the first push
+    after a start waited ~80 ms for it in ``begin_pack``, on the event loop."""
+    store = open_store("s3://b/p")
+    assert "_signer" not in store.__dict__
+    store.prepare()
+    assert "_signer" in store.__dict__

@@ -11,6 +11,7 @@ import ctypes.util
 import gc
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import Response
@@ -109,6 +110,13 @@ def open_repository_store(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+async def _prepare(repo: Repository) -> None:
+    """The store's slow first use, done before a request needs it (not awaited: the
+    gateway answers meanwhile)."""
+    with contextlib.suppress(Exception):
+        await anyio.to_thread.run_sync(repo.store.prepare)
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -121,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
             raise
         app.state.repository = repo
         tasks = [asyncio.create_task(metadata.run(repo))]  # records left pending
+        tasks.append(asyncio.create_task(_prepare(repo)))
         if repo.verify_mode == "background":
             tasks.append(asyncio.create_task(verifier.run(repo)))
         # Requests allocate many short-lived objects (rows, dicts) and few cycles: the

@@ -222,6 +222,10 @@ class Store(abc.ABC):
         where the store can sign it (``signs_ranges``), serves no other bytes; without
         it, clients add a Range of their own."""
 
+    def prepare(self) -> None:
+        """Load, at start and on a worker thread, what the first request would
+        otherwise wait for (blocking; errors are the first request's to meet)."""
+
     def local_path(self, key: str) -> str | None:
         """Where a client on the gateway's own machine may read an object itself,
         bypassing the HTTP hop (None: the store is not a directory here)."""
