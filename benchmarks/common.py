@@ -61,10 +61,22 @@ class BenchError(RuntimeError):
 
 
 def _cpu_model() -> str:
+    """The CPU's name, family and model, and its widest vector unit. The VM names only
+    "AMD EPYC", and sessions under that name have measured zstd level 1 on bf16 at 0.89
+    and at 0.50 GB/s on one thread: figures from different runs compare only where
+    this line (and the calibration figures of ``core``) match."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+        info = dict(
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition(":") for line in first.splitlines())
+        )
+        flags = set(info.get("flags", "").split())
+        vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        return (
+            f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}, {vector})"
+        )
     return platform.processor() or "unknown"
 
 
