@@ -107,7 +107,7 @@ def machine_info() -> dict[str, Any]:
         "packages": versions,
         "git_commit": _git("rev-parse", "HEAD"),
         # the other engineer works in the same tree: say whether src/ had local changes
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", "src")),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "loadavg": os.getloadavg(),
     }
