@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -359,18 +362,34 @@ def _sqlite_setup(engine: Engine, write: bool, read_only: bool = False) -> None:
     def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=60000")
         if read_only:
             cur.execute("PRAGMA query_only=ON")
         else:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:  # type: ignore[no-untyped-def]
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write and not read_only else "BEGIN")
+
+
+def _wal(cur: sqlite3.Cursor, timeout: float = 60.0) -> None:
+    """Put the database in WAL mode (a no-op once it is). Two connections that both
+    find a new file in rollback mode and convert it at once would deadlock, so SQLite
+    answers one of them "database is locked" without waiting (its busy handler is
+    skipped there): gateways starting together on a new catalog hit that. Retry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _in_transaction(engine: Engine, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
