@@ -8,6 +8,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +40,12 @@ class Bucket:
         async def go() -> object:
             store = open_store(self.base)
             try:
-                if op == "put_many":
-                    sem = asyncio.Semaphore(32)
+                if op == "put_many":  # whole small objects: a multipart upload each
+                    sem = asyncio.Semaphore(32)  # took SeaweedFS 100 s for 2,000
 
                     async def one(key: str, data: bytes) -> None:
                         async with sem:
-                            await write_object(store, key, data)
+                            await store.put(key, data)
 
                     items: dict = args[0]  # type: ignore[assignment]
                     await asyncio.gather(*(one(k, v) for k, v in items.items()))
@@ -188,27 +189,35 @@ def test_versioned_bucket_pins_version_ids(versioned, gateway, tmp_path: Path):
             c.pull("stores/versioned", tmp_path / "gone")
 
 
-def test_registering_many_objects_takes_seconds(gateway):
-    """2,000 objects under a prefix: one paged listing, no HEAD per object, no bytes."""
+def test_registering_many_objects_takes_seconds(gateway, monkeypatch):
+    """2,000 objects under a prefix: one paged listing, no HEAD per object, no bytes
+    (counted at the store: a time limit here would only measure the machine)."""
     require_env("s3", *S3_ENV)
+    from chunkyard.stores.s3 import S3Store
+
+    calls: Counter[str] = Counter()
+    for op in ("stat", "get", "read_into"):
+
+        def counted(*args: object, _op: str = op, _f: object = getattr(S3Store, op)) -> object:
+            calls[_op] += 1
+            return _f(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(S3Store, op, counted)
     b = Bucket(fresh_url(os.environ["CHUNKYARD_TEST_S3_URL"]))
     n = 2000
-    t0 = time.monotonic()
     b.put_many({f"many/shard-{i:05d}.bin": i.to_bytes(4, "big") for i in range(n)})
-    print(f"\nput {n} objects: {time.monotonic() - t0:.2f} s")
     try:
         with Client(gateway.url) as c:
             t0 = time.monotonic()
             r = c.ref("stores/many", f"{b.base}/many/")
-            took = time.monotonic() - t0
-            print(f"registered {n} objects: {took:.2f} s")
+            print(f"\nregistered {n} objects: {time.monotonic() - t0:.2f} s, {dict(calls)}")
             assert r["files"] == n and r["bytes_read"] == 0
-            assert took < 10, f"registering {n} objects took {took:.1f} s"
+            assert sum(calls.values()) <= 2, calls
             t0 = time.monotonic()
             report = c.verify("stores/many")
-            print(f"verified {n} objects: {time.monotonic() - t0:.2f} s")
+            print(f"verified {n} objects: {time.monotonic() - t0:.2f} s, {dict(calls)}")
             assert report["ok"] and report["checked"] == n
-            assert time.monotonic() - t0 < 10
+            assert sum(calls.values()) <= 4, calls
             assert len(c.show("stores/many")["file_list"]) == n
     finally:
         b.clear()
