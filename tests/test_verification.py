@@ -263,3 +263,38 @@ def test_a_store_hiccup_while_verifying_is_one_log_line_and_retried(external, ca
     failed = [r for r in caplog.records if "will retry" in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info is None
     assert "connection lost" in failed[0].getMessage()
+
+
+def test_a_verifier_prepares_its_store_before_the_first_pack(external):
+    """The store's slow first use (S3's presigning client, ~0.2 s) happens when the
+    verifier starts, not inside the first push it verifies; a store that fails to
+    prepare is verified from all the same (its reads say what is wrong)."""
+    import asyncio
+
+    from chunkyard.config import Settings
+    from chunkyard.repository import Repository, verifier
+
+    upload_complete_pack(external, "trust/prepare", random_bytes(300_000, seed=89))
+    seen: list[str] = []
+
+    async def go() -> None:
+        repo = await Repository.open(Settings.load(external.data))
+        try:
+            read = repo.store.read_into
+
+            def prepare() -> None:
+                seen.append("prepare")
+                raise OSError("no model files")
+
+            async def read_into(key: str, buf: bytearray) -> int:
+                seen.append("read")
+                return await read(key, buf)
+
+            repo.store.prepare = prepare  # type: ignore[method-assign]
+            repo.store.read_into = read_into  # type: ignore[method-assign]
+            await verifier.run(repo, once=True)
+        finally:
+            await repo.close()
+
+    asyncio.run(go())
+    assert seen == ["prepare", "read"]

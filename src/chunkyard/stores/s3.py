@@ -155,8 +155,9 @@ class S3Store(Store):
     # -- helpers ---------------------------------------------------------
     @functools.cached_property
     def _signer(self) -> Any:
-        """A synchronous client, for presigning only: built on first use, since loading
-        its service model is ~0.15 s that a verifier (which presigns nothing) need not pay."""
+        """A synchronous client, for presigning only (URLs for clients, and the GETs of
+        :meth:`read_into`): loading its service model costs 0.15-0.3 s, so it is built
+        on first use, or ahead of it by :meth:`prepare`."""
         return botocore.session.Session().create_client("s3", **self._kwargs)
 
     def prepare(self) -> None:
