@@ -31,6 +31,25 @@ SRC = str(Path(chunkyard.__file__).resolve().parents[1])
 #: pushes made by tests remember their sessions here, not in the user's ~/.cache
 os.environ.setdefault("CHUNKYARD_STATE_DIR", tempfile.mkdtemp(prefix="chunkyard-state-"))
 
+#: the longest test files (about a minute each, one worker), run first: pytest-xdist
+#: hands whole files to its workers in collection order, and one of these started last
+#: kept a worker busy alone at the end of the run
+LONGEST_FIRST = (
+    "test_resume.py",
+    "test_fuzz.py",
+    "test_rebuild.py",
+    "test_team_scale.py",
+    "test_references_stores.py",
+    "test_gc.py",
+    "test_migrate.py",
+    "test_mlflow.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
+
 
 def free_port() -> int:
     with socket.socket() as s:
