@@ -34,6 +34,25 @@ def test_the_program_starts_without_numpy_or_the_client() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_commands_load_only_what_they_run() -> None:
+    """The client API loads no numpy or packs until a method moves bytes (``show`` and
+    ``tag`` ran 0.39 s here, most of it imports), and a pull loads no chunking (FastCDC)
+    or push pipeline."""
+    import ast
+    import subprocess
+    import sys
+
+    def loaded(module: str, names: set[str]) -> list[str]:
+        code = f"import sys, {module}; print(sorted({names!r} & set(sys.modules)))"
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return ast.literal_eval(run.stdout)
+
+    assert loaded("chunkyard.client.api", {"numpy", "chunkyard.packs", "pyfastcdc"}) == []
+    pull = {"chunkyard.client.packer", "chunkyard.chunking", "pyfastcdc"}
+    assert loaded("chunkyard.client.download", pull) == []
+
+
 def test_every_command_takes_the_global_options() -> None:
     for command in program._commands(program.parser()):
         options = {o for a in command._actions for o in a.option_strings}

@@ -57,6 +57,11 @@ def file_id(chunks: Iterable[tuple[bytes, int]]) -> str:
     return h.hexdigest()
 
 
+def file_id_of(cuts: Iterable[tuple[int, int, bytes]]) -> str:
+    """The file id of ``(offset, length, chunk key)`` cuts, as the gateway computes it."""
+    return file_id((chunk_id(key), n) for _, n, key in cuts)
+
+
 def term_proof(session_key: bytes, keys: Iterable[bytes]) -> str:
     """Proof that the caller holds chunks: BLAKE3 keyed with the upload session's proof
     key over the chunks' keys, in order (hex)."""

@@ -47,7 +47,7 @@ from ..packs import MAX_RECORD, decode_run, untouched
 from ..pins import Pin, response_drift
 from ..version import FORMAT_VERSION
 from . import trees
-from .packer import pipelined
+from .pipeline import pipelined
 from .references import drifted, refusals_as_drift
 from .resume import PartialFile, partial_paths
 from .transport import Transport, with_fresh_url

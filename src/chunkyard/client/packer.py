@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +38,17 @@ import blake3
 
 from .. import packs as packfmt
 from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, new_chunker, windows
-from ..digest import DEFAULT_MODE, chunk_id, chunk_key, file_digest, file_id, new_file_hasher
+from ..digest import (
+    DEFAULT_MODE,
+    chunk_key,
+    file_digest,
+    file_id_of,
+    new_file_hasher,
+)
 from ..errors import InvalidRequest
 from ..hashing import chunk_ids, start_chunk_ids
+from .pipeline import DEPTH, pipelined
 
-DEPTH = 3
 #: files at least this large that resemble a file of the latest version take the
 #: hash-everything-first path (:meth:`Packer.add_similar_file`)
 SIMILAR_MIN = 64 * 1024 * 1024
@@ -88,19 +94,6 @@ RECENT_LIMIT = 50_000
 #: lookup(chunk keys) -> {"packs": [pack ids], "locations": [None | [pack, chunk index]]}
 Lookup = Callable[[list[bytes]], dict]
 Ship = Callable[[packfmt.Pack], None]
-
-
-def pipelined(
-    pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int = DEPTH
-) -> Iterator:
-    """``map(fn, items)`` on ``pool``, in order, at most ``depth`` items ahead."""
-    q: deque[Future] = deque()
-    for item in items:
-        q.append(pool.submit(fn, item))
-        if len(q) > depth:
-            yield q.popleft().result()
-    while q:
-        yield q.popleft().result()
 
 
 def _digest_of(path: Path) -> str:
@@ -193,11 +186,6 @@ def reused(rel: str, size: int, known: dict) -> FileResult:
         file_id=known["digest"],
         mode=known.get("mode"),
     )
-
-
-def file_id_of(cuts: Iterable[tuple[int, int, bytes]]) -> str:
-    """The file id of ``(offset, length, chunk key)`` cuts, as the gateway computes it."""
-    return file_id((chunk_id(key), n) for _, n, key in cuts)
 
 
 @dataclass

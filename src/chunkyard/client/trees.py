@@ -17,9 +17,7 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from ..digest import file_digest
-from ..hashing import chunk_ids
-from .packer import file_id_of
+from ..digest import file_digest, file_id_of
 
 
 def _candidates(rel: str) -> Iterable[str]:
@@ -72,6 +70,8 @@ def unchanged(entry: dict, target: Path, fmt: int, ns: int, reference: bool = Fa
         with open(target, "rb") as f:
             same = bool(entry.get("b3sum")) and file_digest(f) == entry["b3sum"]
     elif fmt >= 3:
+        from ..hashing import chunk_ids  # cutting (FastCDC): loaded when a file needs it
+
         same = file_id_of(chunk_ids(target, parallel=False)) == entry["digest"]
     else:
         with open(target, "rb") as f:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..client.download import Downloader, fetch_reference
-from ..client.packer import pipelined
+from ..client.pipeline import pipelined
 from ..client.transport import Transport
 
 T = TypeVar("T")
