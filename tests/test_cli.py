@@ -139,3 +139,55 @@ def test_a_local_failure_is_one_line(tmp_path: Path) -> None:
 def test_completion_script_is_generated_from_the_parser() -> None:
     out = cli(dict(os.environ), "completion", "bash")
     assert out.returncode == 0 and "push" in out.stdout and "alias" in out.stdout
+
+
+def test_output_into_a_pipe_nobody_reads_ends_quietly(gateway, tmp_path: Path) -> None:
+    """``chunkyard show NAME --json | head -1``: the reader leaves before the output is
+    written; the command ends with 141, as a shell reports SIGPIPE, without a traceback
+    (it printed two). Its error output, still read, stays empty."""
+    import subprocess
+    import sys
+
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    env = {**os.environ, "CHUNKYARD_URL": gateway.url}
+    assert cli(env, "push", str(tmp_path / "f"), "cli/pipe").returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # nobody reads
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "chunkyard.cli", "show", "cli/pipe", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_an_error(monkeypatch, capsys) -> None:
+    """A connection the other side closed also raises BrokenPipeError: that one is
+    reported, not taken for a reader that left."""
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(program, "parser", _parser_running(broken))
+    assert program.main(["show", "x"]) == 1
+    assert "Broken pipe" in capsys.readouterr().err
+
+
+def _parser_running(fn):  # type: ignore[no-untyped-def]
+    real = program.parser
+
+    def make():  # type: ignore[no-untyped-def]
+        p = real()
+        p.set_defaults(fn=fn)
+        for action in p._subparsers._group_actions if p._subparsers else []:
+            for sub in action.choices.values():
+                sub.set_defaults(fn=fn)
+        return p
+
+    return make

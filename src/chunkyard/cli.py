@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -230,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # `chunkyard ls --json | head`: the reader left, so this ends quietly, as a
+            # process that SIGPIPE ends would (Python ignores the signal), and no flush
+            # at exit tries the pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         if args.debug:
             traceback.print_exc()
         if not isinstance(exc, ChunkyardError):  # a bug, or the machine: one line too
@@ -239,6 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         rid = f" (request id {exc.request_id})" if exc.request_id else ""
         print(f"chunkyard: error: {exc.message} [{exc.code}]{rid}", file=sys.stderr)
         return exit_code(exc)
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe nobody reads any more (a broken pipe may also
+    be a socket's, which is an error to report)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout no file
+        return False
 
 
 def _unexpected(exc: Exception, debug: bool) -> ChunkyardError:
