@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -51,10 +52,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: each test process draws its own ports (xdist workers seed from the OS)
+_ports = random.Random()
+
+
+def bindable(*ports: int) -> bool:
+    """Whether every one of ``ports`` can be bound on 127.0.0.1 now."""
+    try:
+        for port in ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def free_port(*offsets: int) -> int:
+    """A port ``p`` free now (and ``p + k`` for each of ``offsets``, if given), below the
+    kernel's ephemeral range: ports it hands out for port 0 are also the source ports of
+    outgoing connections, and a server started on one a moment later, or again after a
+    kill, found it taken by another test worker's connection."""
+    offsets = offsets or (0,)
+    top = _ephemeral_low() - max(offsets)
+    if top <= 10_000 and offsets == (0,):  # no room below: the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(1000):
+        p = _ports.randrange(10_000, top)
+        if bindable(*(p + k for k in offsets)):
+            return p
+    raise AssertionError("no free port below the ephemeral range")
 
 
 @dataclass

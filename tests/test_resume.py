@@ -517,20 +517,10 @@ class Seaweed:
 
 
 def _free_block() -> int:
-    """A port ``p`` with ``p .. p+4`` and their gRPC ports ``+10000`` all free."""
-    for _ in range(100):
-        p = free_port()
-        if p + 10004 >= 65536:
-            continue
-        ports = [*range(p, p + 5), *range(p + 10000, p + 10005)]
-        try:
-            for q in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        return p
-    raise AssertionError("no free block of ports for SeaweedFS")
+    """A port ``p`` with ``p .. p+4`` and their gRPC ports ``+10000`` all free, below
+    the ephemeral range (:func:`conftest.free_port`): SeaweedFS binds them one service
+    at a time, and again after each kill."""
+    return free_port(*range(5), *range(10_000, 10_005))
 
 
 def test_a_push_rides_out_seaweedfs_killed_and_restarted(tmp_path, state):
