@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import blake3
 
 from chunkyard import packs as packfmt
-from chunkyard.chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, windows
+from chunkyard.buffers import BufferPool
+from chunkyard.chunking import MAX_SIZE, WINDOW_SIZE, windows
 from chunkyard.client.packer import _choose_grouping
 
 GiB = 1 << 30

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from chunkyard.chunking import MAX_SIZE, BufferPool, windows
+from chunkyard.buffers import BufferPool
+from chunkyard.chunking import MAX_SIZE, windows
 
 FORMAT = Path(__file__).resolve().parent.parent / "FORMAT.md"
 

@@ -16,6 +16,7 @@ ROOT = Path(chunkyard.__file__).parent
 FORMAT = {
     "bodies",  # reading an HTTP answer into a buffer: no I/O of its own, client and stores
     "errors",
+    "buffers",  # page-aligned, recycled I/O buffers
     "chunking",
     "hashing",
     "hosts",

@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 import blake3
 
+from .buffers import page_aligned
+
 DIGEST_SIZE = 32
 #: BLAKE3 ``derive_key`` contexts: each kind of hash gets its own, so that no value of
 #: one kind can ever be passed off as another
@@ -79,7 +81,7 @@ def new_file_hasher() -> blake3.blake3:
 def file_digest(stream: BinaryIO, block: int = 16 * 1024 * 1024) -> str:
     """BLAKE3 hex of a stream, read in bounded blocks (no mmap: RSS stays flat)."""
     h = new_file_hasher()
-    buf = bytearray(block)
+    buf = page_aligned(block)
     view = memoryview(buf)
     while True:
         n = stream.readinto(view)

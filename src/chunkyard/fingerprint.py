@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, windows
+from .buffers import BufferPool
+from .chunking import MAX_SIZE, WINDOW_SIZE, windows
 from .digest import FileIdHasher, chunk_id, chunk_key, new_file_hasher
 
 #: (chunk key, offset in the object, length)

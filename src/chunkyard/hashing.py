@@ -30,7 +30,8 @@ from typing import Any
 
 import blake3
 
-from .chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, windows
+from .buffers import BufferPool
+from .chunking import MAX_SIZE, WINDOW_SIZE, windows
 
 #: below this size one process is as fast as two
 PARALLEL_MIN = 64 * 1024 * 1024

@@ -30,6 +30,7 @@ import blake3
 import numpy as np
 import zstandard
 
+from .buffers import page_aligned
 from .digest import chunk_id, chunk_key
 from .errors import PackCorrupt
 
@@ -423,10 +424,10 @@ def compress(
 
 
 def untouched(size: int) -> np.ndarray:
-    """A buffer of ``size`` bytes the kernel maps on first write, wherever that write
-    happens (a ``recv_into``, a decoder): ``bytearray(size)`` zero-fills it at once,
-    under the GIL, which threads fetching and decoding then wait for."""
-    return np.empty(size, np.uint8)
+    """A page-aligned buffer of ``size`` bytes the kernel maps on first write, wherever
+    that write happens (a ``recv_into``, a decoder): ``bytearray(size)`` zero-fills it
+    at once, under the GIL, which threads fetching and decoding then wait for."""
+    return np.frombuffer(page_aligned(size), np.uint8)
 
 
 class PackWriter:
@@ -440,7 +441,7 @@ class PackWriter:
         # the first record is always accepted, so leave room for one maximal chunk
         self.capacity = target_size + 2 * MAX_RECORD
         if buffer is None or len(buffer) < self.capacity:
-            buffer = bytearray(self.capacity)
+            buffer = page_aligned(self.capacity)
         self.target_size = target_size
         self.buffer = buffer
         HEADER.pack_into(buffer, 0, MAGIC, FORMAT_VERSION, 0)

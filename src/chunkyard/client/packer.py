@@ -37,7 +37,8 @@ from typing import Any
 import blake3
 
 from .. import packs as packfmt
-from ..chunking import MAX_SIZE, WINDOW_SIZE, BufferPool, Window, new_chunker, windows
+from ..buffers import BufferPool
+from ..chunking import MAX_SIZE, WINDOW_SIZE, Window, new_chunker, windows
 from ..digest import (
     DEFAULT_MODE,
     chunk_key,

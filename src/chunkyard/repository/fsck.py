@@ -13,7 +13,6 @@ to no request, and it must work when no gateway does. It changes nothing.
 from __future__ import annotations
 
 import asyncio
-import mmap
 import random
 import time
 from collections.abc import Callable
@@ -25,11 +24,11 @@ import anyio
 import zstandard
 
 from .. import packs as packfmt
+from ..buffers import BufferPool
 from ..catalog import fsck as fsck_q
 from ..catalog import gc as gc_q
 from ..catalog import packs as packs_q
 from ..catalog.packs import EntryRow, PackRow
-from ..chunking import BufferPool
 from ..errors import InvalidRequest, PackCorrupt, StoreObjectMissing
 from ..manifest import loads
 from . import Repository
@@ -39,7 +38,7 @@ from .gc import manifest_pages
 CONCURRENCY = 2
 #: packs are read whole into these (one byte more than the largest: a pack that grew
 #: shows as such)
-_buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=CONCURRENCY, factory=lambda n: mmap.mmap(-1, n))
+_buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=CONCURRENCY)
 
 
 @dataclass

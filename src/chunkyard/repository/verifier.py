@@ -23,17 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mmap
 import time
 
 import anyio
 from sqlalchemy import Connection
 
 from .. import packs as packfmt
+from ..buffers import BufferPool
 from ..catalog import packs as packs_q
 from ..catalog import sessions as sessions_q
 from ..catalog.packs import UploadRow
-from ..chunking import BufferPool
 from ..errors import PackCorrupt, StoreError
 from . import Repository
 
@@ -41,7 +40,7 @@ log = logging.getLogger("chunkyard.verifier")
 #: packs are read whole into these; one byte more than the largest pack, so that an
 #: object that is too large shows as such. Anonymous mappings: only the pages a pack
 #: fills are ever touched (a bytearray would zero all 64 MiB)
-_buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2, factory=lambda n: mmap.mmap(-1, n))
+_buffers = BufferPool(packfmt.MAX_SIZE + 1, keep=2)
 #: uploads taken per look at the catalog, and verified at once (one reads back while
 #: another is hashed: a push's last packs complete together, and its commit waits)
 BATCH = 8
