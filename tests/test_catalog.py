@@ -142,7 +142,7 @@ async def test_uploads_and_the_verified_pack(db):
         (1, es[1][0], keys[1], 201),
         (2, es[2][0], keys[2], 202),
     ]
-    assert [r.idx for r in (await db.read(packs_q.all_entries, ["p1"]))["p1"]] == [0, 1, 2]
+    assert [r.idx for r in await db.read(packs_q.index_of, "p1")] == [0, 1, 2]
     assert list(await db.read(packs_q.pack_rows, ["p1", "nope"])) == ["p1"]
     assert await db.read(packs_q.stored_totals) == (1000, 1, 3 + 3 + 1)
     assert await db.read(packs_q.unusable, ["p1"]) == []
@@ -155,6 +155,29 @@ async def test_uploads_and_the_verified_pack(db):
     assert await db.write(packs_q.promote, third, es, "team", now) is True
     row = await db.read(packs_q.pack_row, "p1")
     assert (row.state, row.key) == ("verified", "packs/p1.again")
+
+
+async def test_a_commit_reads_pack_indexes_a_few_at_a_time(db):
+    """A commit's checks read each pack's index as its terms name it and keep only the
+    last few: the gateway's memory does not grow with the chunks a version names."""
+    from chunkyard.repository.uploads import PackIndexes
+
+    now = time.time()
+    names = [f"q{i}" for i in range(PackIndexes.KEEP + 2)]
+    for i, name in enumerate(names):
+        up = upload(name, f"s{i}")
+        await db.write(packs_q.insert_upload, up)
+        await db.write(packs_q.mark_upload, up.id, "complete")
+        await db.write(packs_q.promote, up, entries(i + 1, seed=i + 10), "team", now)
+
+    def walk(conn) -> tuple[list[int], int]:  # type: ignore[no-untyped-def]
+        indexes = PackIndexes(conn)
+        seen = [len(indexes.of(n)) for n in [*names, names[0], names[-1], "nope"]]
+        return seen, len(indexes._kept)
+
+    seen, kept = await db.read(walk)
+    assert seen == [*range(1, len(names) + 1), 1, len(names), 0]
+    assert kept == PackIndexes.KEEP
 
 
 async def test_a_failed_upload_is_dropped_or_marked(db):

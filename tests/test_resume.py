@@ -182,16 +182,17 @@ class Held:
         """(parts of pack objects, parts of unfinished uploads)."""
         return asyncio.run(self._count())
 
-    def settled(self) -> tuple[int, int]:
-        """The count once it stopped changing (parts a killed client had handed to its
-        kernel still land)."""
-        last = self.count()
-        while True:
-            time.sleep(0.4)
+    def settled(self, quiet: float = 1.2) -> tuple[int, int]:
+        """The count once it has not changed for ``quiet`` seconds (parts a killed
+        client had handed to its kernel, or to a throttle, still land: a 2 MiB part at
+        the tests' 4 MiB/s takes 0.5 s, and one 0.4 s pause once missed one)."""
+        last, since = self.count(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            time.sleep(0.3)
             now = self.count()
-            if now == last:
-                return now
-            last = now
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
 
 
 @pytest.fixture

@@ -361,18 +361,12 @@ def entries(conn: Connection, pack_id: str, first: int, end: int) -> list[EntryR
     return [_entry(r) for r in rows]
 
 
-def all_entries(conn: Connection, ids: Iterable[str]) -> dict[str, list[EntryRow]]:
-    """Every index row of those packs, in order, for a commit's checks."""
-    out: dict[str, list[EntryRow]] = {}
-    for batch in batched(sorted(set(ids))):
-        rows = conn.execute(
-            select(pack_entries.c.pack_id, *_ENTRY)
-            .where(pack_entries.c.pack_id.in_(batch))
-            .order_by(pack_entries.c.pack_id, pack_entries.c.idx)
-        )
-        for r in rows:
-            out.setdefault(r[0], []).append(_entry(r[1:]))
-    return out
+def index_of(conn: Connection, pack_id: str) -> list[EntryRow]:
+    """Every index row of a pack, in order, for a commit's checks."""
+    rows = conn.execute(
+        select(*_ENTRY).where(pack_entries.c.pack_id == pack_id).order_by(pack_entries.c.idx)
+    )
+    return [_entry(r) for r in rows]
 
 
 def unusable(conn: Connection, ids: Iterable[str]) -> list[tuple[str, str]]:
